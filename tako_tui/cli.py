@@ -1,0 +1,38 @@
+"""The `tako` command: parses arguments, calls the core, renders errors. Textual loads only for screens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tako_core import __version__
+from tako_core.errors import EXIT_INTERRUPTED, TakoError
+
+
+class TakoGroup(click.Group):
+    """The one place where an error becomes a message and an exit code: never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TakoError as err:
+            click.echo(err.render(), err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=TakoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tako")
+def main() -> None:
+    """Deploy apps to your own Linux servers: one artifact, a release command run once, zero downtime."""
+
+
+def run() -> None:
+    main(prog_name="tako")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""One module per `tako` command group; `tako_tui.cli` registers them."""

@@ -1,0 +1,24 @@
+"""Options every command shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(func: F) -> F:
+    """`-c/--config FILE`: the app's tako.toml (default: ./tako.toml)."""
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=Path("tako.toml"),
+        show_default=True,
+        help="The app's tako.toml.",
+    )(func)
