@@ -71,10 +71,18 @@ class _Event:
 class DeployStarted(_Event):
     app: str
     env: str
-    build: str
     servers: tuple[str, ...]
     leader: str
     release: str | None  # the command, or None when the gate is skipped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArtifactBuilt(_Event):
+    """The artifact exists locally (built now, or taken from the cache): its build id is known."""
+
+    build: str
+    size: int
+    cached: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +165,7 @@ class DeployFinished(_Event):
 
 Event: TypeAlias = (
     DeployStarted
+    | ArtifactBuilt
     | PhaseChanged
     | UploadProgress
     | OutputLine
@@ -173,6 +182,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         DeployStarted,
+        ArtifactBuilt,
         PhaseChanged,
         UploadProgress,
         OutputLine,
