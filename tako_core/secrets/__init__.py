@@ -1,1 +1,29 @@
-"""secrets"""
+"""Secrets: `.tako/secrets.json` (AES-256-GCM per value), keys in the OS keyring or the environment.
+
+Public surface::
+
+    load_env_secrets(config_dir, app, env) -> dict[str, str]
+    SecretsStore.open(config_dir, app)  # envs(), names(env), get, get_all, set, remove, save,
+                                        # export_key, import_key, key_id
+    secrets_path(config_dir), key_env_var(env), is_valid_name(name)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tako_core.secrets._file import NAME_RE
+from tako_core.secrets._keys import env_var_name as key_env_var
+from tako_core.secrets._store import SecretsStore, secrets_path
+
+__all__ = ["SecretsStore", "is_valid_name", "key_env_var", "load_env_secrets", "secrets_path"]
+
+
+def load_env_secrets(config_dir: Path, app: str, env: str) -> dict[str, str]:
+    """All decrypted values of one env; {} (no key needed) when the env has none."""
+    return SecretsStore.open(config_dir, app).get_all(env)
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether `name` can be a secret's name (an environment variable name)."""
+    return NAME_RE.fullmatch(name) is not None
