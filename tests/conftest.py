@@ -1,0 +1,79 @@
+"""Shared fixtures: a temporary TAKO_HOME and the real-SSH test fleet (see tests/fleet.py).
+
+    def test_x(fleet: Fleet, tako_home: Path) -> None:
+        s1, s2 = fleet(2)          # 2 servers, registered as s1, s2 in tako_home/servers.toml
+        s1.server                  # the tako_core.config Server for it
+        s1.drop_connections()      # cut its SSH sessions (kills the sshd processes serving them)
+
+`fleet_kind` parametrizes a test over both kinds of host ("sshd" and "inprocess") via
+`any_fleet`; plain `fleet` uses sshd where installed (and fails in CI when it is not).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fleet import Fleet, HostPool, Kind, default_kind
+
+
+@pytest.fixture(scope="session")
+def host_pools() -> Iterator[Callable[[Kind], HostPool]]:
+    """Session-wide SSH hosts, one pool per kind, created on first use and stopped at the end."""
+    base = Path(tempfile.mkdtemp(prefix="tkpool"))
+    pools: dict[Kind, HostPool] = {}
+
+    def get(kind: Kind) -> HostPool:
+        if kind not in pools:
+            pools[kind] = HostPool(kind, base / kind)
+        return pools[kind]
+
+    yield get
+    for pool in pools.values():
+        pool.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def tako_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TAKO_HOME for this test (set in the environment, so subprocesses see it too)."""
+    home = tmp_path / "tako-home"
+    home.mkdir()
+    monkeypatch.setenv("TAKO_HOME", str(home))
+    return home
+
+
+def _fleet(kind: Kind, pools: Callable[[Kind], HostPool], home: Path) -> Iterator[Fleet]:
+    fleet = Fleet(pools(kind), home)
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+@pytest.fixture
+def fleet(host_pools: Callable[[Kind], HostPool], tako_home: Path) -> Iterator[Fleet]:
+    """`fleet(n)` → n FleetServers on real sshd (in-process asyncssh hosts where sshd is absent)."""
+    try:
+        kind = default_kind()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    yield from _fleet(kind, host_pools, tako_home)
+
+
+@pytest.fixture(params=["sshd", "inprocess"])
+def any_fleet(
+    request: pytest.FixtureRequest, host_pools: Callable[[Kind], HostPool], tako_home: Path
+) -> Iterator[Fleet]:
+    """Like `fleet`, once over OpenSSH and once over the in-process host."""
+    kind: Kind = request.param
+    if kind == "sshd":
+        try:
+            kind = default_kind()
+        except RuntimeError as err:
+            pytest.fail(str(err))
+    yield from _fleet(kind, host_pools, tako_home)
