@@ -8,6 +8,8 @@ import click
 
 from tako_core import __version__
 from tako_core.errors import EXIT_INTERRUPTED, TakoError
+from tako_tui.commands.config import config, init
+from tako_tui.commands.servers import servers
 
 
 class TakoGroup(click.Group):
@@ -28,6 +30,11 @@ class TakoGroup(click.Group):
 @click.version_option(__version__, prog_name="tako")
 def main() -> None:
     """Deploy apps to your own Linux servers: one artifact, a release command run once, zero downtime."""
+
+
+main.add_command(init)
+main.add_command(config)
+main.add_command(servers)
 
 
 def run() -> None:

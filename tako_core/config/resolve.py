@@ -1,0 +1,68 @@
+"""One env of an app, ready to deploy: servers looked up in the inventory, release and vars merged."""
+
+from __future__ import annotations
+
+from tako_core.errors import BadInput
+
+from .files import located
+from .model import AppConfig, Inventory, ResolvedEnv, Server
+from .schema import Invalid, suggest
+
+
+def resolve_release(top: str | None, env: str | None) -> str | None:
+    """The env's `release` wins; "" clears it; a whitespace-only value counts as not set at that level."""
+    if env == "":
+        return None
+    if env is not None and env.strip():
+        return env
+    return top if top is not None and top.strip() else None
+
+
+def default_env(config: AppConfig) -> str:
+    """The env to use when none was named: the only one, else none and a hint listing them."""
+    if len(config.envs) == 1:
+        return next(iter(config.envs))
+    raise BadInput(
+        f"{config.path} has {len(config.envs)} environments; which one?",
+        hint=f"pass --env with one of: {', '.join(config.envs)}",
+    )
+
+
+def resolve(config: AppConfig, env: str, inventory: Inventory) -> ResolvedEnv:
+    """The env named `env`; an unknown env or a server missing from the inventory is bad input."""
+    if env not in config.envs:
+        raise BadInput(
+            f"no environment {env!r} in {config.path}{suggest(env, config.envs)}",
+            hint=f"environments: {', '.join(config.envs)}",
+        )
+    env_config = config.envs[env]
+    servers = tuple(_server(config, env, i, name, inventory) for i, name in enumerate(env_config.servers))
+    return ResolvedEnv(
+        app=config.name,
+        env=env,
+        config_path=config.path,
+        servers=servers,
+        leader=servers[0],
+        release=resolve_release(config.release, env_config.release),
+        release_timeout=config.release_timeout,
+        vars={**config.vars, **config.env_vars.get(env, {})},
+        build=config.build,
+        install=config.install,
+        start=config.start,
+        health_path=config.health_path,
+        routes=env_config.routes,
+        instances=env_config.instances,
+    )
+
+
+def _server(config: AppConfig, env: str, index: int, name: str, inventory: Inventory) -> Server:
+    if name in inventory.servers:
+        return inventory.servers[name]
+    known = ", ".join(inventory.servers) or "none yet"
+    invalid = Invalid(
+        ("envs", env, "servers", index),
+        f"server {name!r} is not in the inventory {inventory.path}{suggest(name, inventory.servers)}",
+        f"add it with `tako servers add {name} --host HOST`; known servers: {known}",
+        at_value=True,
+    )
+    raise located(invalid, config.path, config.source)
