@@ -9,6 +9,7 @@ import click
 from tako_core import __version__
 from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
+from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
 
 
@@ -35,6 +36,7 @@ def main() -> None:
 main.add_command(init)
 main.add_command(config)
 main.add_command(servers)
+main.add_command(secrets)
 
 
 def run() -> None:

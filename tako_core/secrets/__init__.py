@@ -5,18 +5,19 @@ Public surface::
     load_env_secrets(config_dir, app, env) -> dict[str, str]
     SecretsStore.open(config_dir, app)  # envs(), names(env), get, get_all, set, remove, save,
                                         # export_key, import_key, key_id
-    secrets_path(config_dir), key_env_var(env), is_valid_name(name)
+    secrets_path(config_dir), key_env_var(env), is_valid_name(name), check_name(name)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tako_core.secrets._file import NAME_RE
+from tako_core.errors import SecretsError
+from tako_core.secrets._file import check_name
 from tako_core.secrets._keys import env_var_name as key_env_var
 from tako_core.secrets._store import SecretsStore, secrets_path
 
-__all__ = ["SecretsStore", "is_valid_name", "key_env_var", "load_env_secrets", "secrets_path"]
+__all__ = ["SecretsStore", "check_name", "is_valid_name", "key_env_var", "load_env_secrets", "secrets_path"]
 
 
 def load_env_secrets(config_dir: Path, app: str, env: str) -> dict[str, str]:
@@ -25,5 +26,9 @@ def load_env_secrets(config_dir: Path, app: str, env: str) -> dict[str, str]:
 
 
 def is_valid_name(name: str) -> bool:
-    """Whether `name` can be a secret's name (an environment variable name)."""
-    return NAME_RE.fullmatch(name) is not None
+    """Whether `name` can be a secret's name (an env var name that tako does not set itself)."""
+    try:
+        check_name(name)
+    except SecretsError:
+        return False
+    return True

@@ -25,6 +25,10 @@ NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 # Env names end up in `TAKO_SECRETS_KEY_<ENV>` and in keyring usernames: no separators, no spaces.
 ENV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 KEY_ID_RE = re.compile(r"[0-9a-f]{8}")
+# tako sets these in every process it starts; a secret of that name would silently lose or win.
+# (The same rule as [vars] in tako.toml; kept here because secrets do not depend on config.)
+RESERVED_NAMES = ("PORT", "ENV")
+RESERVED_PREFIX = "TAKO_"
 RESTORE_HINT = "restore it from version control (e.g. `git checkout -- .tako/secrets.json`)"
 
 
@@ -48,6 +52,11 @@ def check_name(name: str) -> None:
         raise SecretsError(
             f"invalid secret name {name!r}",
             hint="secret names are environment variable names: A-Z, 0-9 and _, not starting with a digit",
+        )
+    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX):
+        raise SecretsError(
+            f"{name} is set by tako itself in every process it starts, so it cannot be a secret",
+            hint=f"choose another name: not {', '.join(RESERVED_NAMES)}, not starting with {RESERVED_PREFIX}",
         )
 
 

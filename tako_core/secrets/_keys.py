@@ -113,6 +113,10 @@ class KeySource:
                 hint=_ways_out(env),
             )
 
+    def check_keyring(self, env: str) -> None:
+        """Raises the error `store_in_keyring` would raise for want of a usable backend."""
+        self._backend(env)
+
     def _backend(self, env: str) -> KeyringBackend:
         try:
             backend = keyring.get_keyring()

@@ -82,7 +82,8 @@ class SecretsStore:
         if "\0" in value:
             raise SecretsError(f"the value of {name} contains a NUL byte, which no environment can hold")
         key = self._key(env) or self._create_key(env)
-        entry = self._envs[env]
+        # An env seen for the first time takes the key it was given (env var) or the one just made.
+        entry = self._envs.setdefault(env, _file.EnvSecrets(key_id=_crypto.key_id(key)))
         if name in entry.secrets and self._unchanged(env, name, key, value):
             return  # keep the old ciphertext: re-encrypting an unchanged value would churn the diff
         entry.secrets[name] = _crypto.encrypt(key, self.app, env, name, value)
@@ -106,6 +107,15 @@ class SecretsStore:
         self._dirty = False
 
     # --- keys ---------------------------------------------------------------------------------
+
+    def unlock(self, env: str) -> None:
+        """Finds the env's existing key now (env var, then keyring), raising if it is unavailable.
+
+        Lets a front end report a missing key before asking the user for a value. For an env without
+        a key yet, checks that a usable keyring backend is there to hold the one `set` will create.
+        """
+        if self._key(env) is None:
+            self._source.check_keyring(env)
 
     def export_key(self, env: str) -> str:
         """The env's key in the form `TAKO_SECRETS_KEY_<ENV>` and `import_key` accept."""
@@ -184,9 +194,7 @@ class SecretsStore:
     def _create_key(self, env: str) -> bytes:
         key = _crypto.new_key()
         self._source.store_in_keyring(env, key)
-        self._envs[env] = _file.EnvSecrets(key_id=_crypto.key_id(key))
         self._keys[env] = key
-        self._dirty = True
         return key
 
     def _owner_note(self, kid: str) -> str:

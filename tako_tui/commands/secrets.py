@@ -1,0 +1,179 @@
+"""`tako secrets`: set, get, ls, rm, and key export/import. Data on stdout, messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from tako_core.config import AppConfig, default_env, load_config
+from tako_core.errors import BadInput
+from tako_core.secrets import SecretsStore, check_name, key_env_var
+from tako_tui.commands.options import config_option
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def env_option(func: F) -> F:
+    return click.option(
+        "--env",
+        "env",
+        default=None,
+        help="The environment (default: the only one in tako.toml).",
+    )(func)
+
+
+def _pick_env(config: AppConfig, env: str | None) -> str:
+    """The env named by --env (it must be in tako.toml: a typo must not mint a new key), else the only one."""
+    if env is None:
+        return default_env(config)
+    if env not in config.envs:
+        raise BadInput(
+            f"no environment {env!r} in {config.path}",
+            hint=f"environments: {', '.join(config.envs)}; add [envs.{env}] to tako.toml to create it",
+        )
+    return env
+
+
+def _open(config_path: Path) -> tuple[AppConfig, SecretsStore]:
+    config = load_config(config_path)
+    return config, SecretsStore.open(config.path.parent, config.name)
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _read_stdin(what: str) -> str:
+    raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{what} read from stdin is not UTF-8 text") from None
+    # One trailing newline is how `echo` and editors end a value; it is not part of it.
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text.removesuffix("\n")
+
+
+@click.group("secrets")
+def secrets() -> None:
+    """Encrypted secrets in .tako/secrets.json; keys in the OS keyring or TAKO_SECRETS_KEY_<ENV>."""
+
+
+@secrets.command("set")
+@click.argument("name")
+@config_option
+@env_option
+def set_(name: str, config_path: Path, env: str | None) -> None:
+    """Set secret NAME: typed at a hidden prompt, or read from stdin when stdin is not a terminal."""
+    config, store = _open(config_path)
+    env = _pick_env(config, env)
+    check_name(name)  # a bad name or a missing key is reported before anyone types a value
+    store.unlock(env)
+    had_key = store.key_id(env) is not None
+    if _stdin_is_terminal():
+        value = click.prompt(f"Value for {name} ({env})", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        value = _read_stdin(f"the value of {name}")
+    store.set(env, name, value)
+    store.save()
+    key_id = store.key_id(env)
+    if not had_key:
+        click.echo(
+            f"created key {key_id} for env {env}; back it up with `tako secrets key export --env {env}`",
+            err=True,
+        )
+    click.echo(f"set {name} in env {env}", err=True)
+
+
+@secrets.command("get")
+@click.argument("name")
+@config_option
+@env_option
+def get(name: str, config_path: Path, env: str | None) -> None:
+    """Print the decrypted value of secret NAME."""
+    config, store = _open(config_path)
+    click.echo(store.get(_pick_env(config, env), name))
+
+
+@secrets.command("ls")
+@config_option
+@env_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def ls(config_path: Path, env: str | None, as_json: bool) -> None:
+    """List secret names per env (values stay encrypted)."""
+    config, store = _open(config_path)
+    envs = [_pick_env(config, env)] if env is not None else sorted({*config.envs, *store.envs()})
+    if as_json:
+        doc = {"envs": {e: {"key_id": store.key_id(e), "names": store.names(e)} for e in envs}}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    if env is not None:
+        for name in store.names(env):
+            click.echo(name)
+        return
+    for e in envs:
+        key_id = store.key_id(e)
+        click.echo(f"{e} (key {key_id})" if key_id else f"{e} (no secrets)")
+        for name in store.names(e):
+            click.echo(f"  {name}")
+
+
+@secrets.command("rm")
+@click.argument("name")
+@config_option
+@env_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def rm(name: str, config_path: Path, env: str | None, yes: bool) -> None:
+    """Remove secret NAME."""
+    config, store = _open(config_path)
+    env = _pick_env(config, env)
+    store.remove(env, name)  # in memory until save(); raises when there is no such secret
+    if not yes:
+        if not _stdin_is_terminal():
+            raise BadInput(f"refusing to remove {name} from env {env} without confirmation", hint="add --yes")
+        click.confirm(f"Remove {name} from env {env}?", abort=True, err=True)
+    store.save()
+    click.echo(f"removed {name} from env {env}", err=True)
+
+
+@secrets.group("key")
+def key() -> None:
+    """Move an env's key between machines (the keyring here, TAKO_SECRETS_KEY_<ENV> in CI)."""
+
+
+@key.command("export")
+@config_option
+@env_option
+def key_export(config_path: Path, env: str | None) -> None:
+    """Print the env's key in the form TAKO_SECRETS_KEY_<ENV> and `key import` accept."""
+    config, store = _open(config_path)
+    env = _pick_env(config, env)
+    exported = store.export_key(env)
+    if sys.stdout.isatty():
+        click.echo(f"the key of env {env}: whoever has it can read its secrets", err=True)
+    click.echo(exported)
+
+
+@key.command("import")
+@config_option
+@env_option
+def key_import(config_path: Path, env: str | None) -> None:
+    """Read a key from stdin, check it against every secret of the env, store it in the keyring."""
+    config, store = _open(config_path)
+    env = _pick_env(config, env)
+    if _stdin_is_terminal():
+        text = click.prompt(f"Key for env {env}", hide_input=True, err=True)
+    else:
+        text = _read_stdin("the key")
+    key_id = store.import_key(env, text)
+    click.echo(
+        f"stored key {key_id} of env {env} in the keyring "
+        f"({len(store.names(env))} secrets checked; {key_env_var(env)} still wins when set)",
+        err=True,
+    )
