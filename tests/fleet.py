@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import asyncssh
 
-from tako_core.config.model import Server
+from tako_core.config import Server, add_server
 from tako_core.transport.inprocess import LocalSSHHost, known_hosts_line, write_host_key
 
 SSHD = Path("/usr/sbin/sshd")
@@ -185,6 +185,8 @@ class _LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class InProcessHost:
@@ -376,8 +378,6 @@ class Fleet:
         self.servers.extend(added)
         self._write_known_hosts()
         if register:
-            from tako_core.config import add_server
-
             for server in added:
                 add_server(server.server, home=self.tako_home)
         return added

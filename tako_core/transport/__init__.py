@@ -1,1 +1,6 @@
-"""transport"""
+"""SSH to the servers: pooled connections, exec streaming, SFTP, the unix-socket channel to the agent."""
+
+from tako_core.transport.connection import Completed, Connection
+from tako_core.transport.failures import AgentNotRunning
+
+__all__ = ["AgentNotRunning", "Completed", "Connection"]

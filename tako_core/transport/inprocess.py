@@ -181,9 +181,10 @@ class LocalSSHHost:
         finally:
             feed.cancel()
             if child.returncode is None:
-                # The client went away or we are stopping: the command's session ends with it.
+                # We are stopping: end the command and whatever it started (it leads its own
+                # session), or `wait()` would block on pipes its children still hold.
                 with contextlib.suppress(ProcessLookupError):
-                    child.kill()
+                    os.killpg(child.pid, signal.SIGKILL)
                 await child.wait()
         with contextlib.suppress(OSError, asyncssh.Error):
             if status < 0:

@@ -1,0 +1,279 @@
+"""One SSH connection per server, reused for every step of a deploy.
+
+Host keys are always verified (the server's known_hosts, else the user's own). Channels are capped
+below OpenSSH's `MaxSessions` (10, and slots free late), a command whose connection died is an error
+rather than a silent `exit_status=None`, and every asyncssh/socket failure becomes a TransportError
+that names the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from tako_core.config import Server
+from tako_core.errors import TransportError
+from tako_core.transport.failures import AgentNotRunning, connect_error, known_hosts_path, lost, where
+
+# Below OpenSSH's default MaxSessions of 10: with 10 at once an open fails now and then.
+MAX_CHANNELS = 8
+# OpenSSH drops the session when an SFTP write is larger than this (measured).
+SFTP_BLOCK_SIZE = 261_120
+KEEPALIVE_INTERVAL = 15.0
+KEEPALIVE_COUNT_MAX = 3
+# Waits before each reconnect attempt: about 8 s in all, then the server counts as gone.
+RECONNECT_DELAYS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+# Failures that another attempt cannot fix.
+_PERMANENT = (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, asyncssh.KeyImportError)
+
+if TYPE_CHECKING:
+    from tako_core.agent.client import AgentClient
+
+Progress = Callable[[int, int], None]
+LineHandler = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A command that ran to its end on the server."""
+
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+class Connection:
+    """An open SSH connection to one server. Safe to share between tasks; use `async with`."""
+
+    def __init__(self, server: Server, conn: asyncssh.SSHClientConnection, timeout: float) -> None:
+        self.server = server
+        self._conn = conn
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(MAX_CHANNELS)
+        self._reconnecting = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, server: Server, *, timeout: float = 10) -> Connection:  # noqa: ASYNC109 (contract)
+        try:
+            conn = await _connect(server, timeout)
+        except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+            raise connect_error(server, exc) from exc
+        return cls(server, conn, timeout)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._conn.is_closed())
+
+    async def run(
+        self,
+        command: str,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the contract's signature)
+        on_stdout: LineHandler | None = None,
+        on_stderr: LineHandler | None = None,
+    ) -> Completed:
+        """Run `sh`-style `command`; `on_stdout`/`on_stderr` get each line (no newline) as it arrives."""
+        label = _label(command)
+        async with self._slots:
+            conn = await self._live()
+            try:
+                async with asyncio.timeout(timeout):
+                    return await _execute(
+                        conn, command, input, on_stdout, on_stderr, self._lost_during(label)
+                    )
+            except TimeoutError:
+                raise TransportError(
+                    f"`{label}` on {where(self.server)} did not finish within {timeout:g} s",
+                    hint="the command may still be running on the server; check it there",
+                ) from None
+            except asyncssh.ChannelOpenError as exc:
+                raise lost(self.server, exc, f"starting `{label}`") from exc
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost_during(label) from exc
+
+    async def put(self, local: Path, remote: str, on_progress: Progress | None = None) -> None:
+        """Upload `local` to `remote` (as `<remote>.part`, then renamed), creating its directory."""
+        try:
+            size = local.stat().st_size  # noqa: ASYNC240 (one stat, never slow enough to matter)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot read {local}: {exc.strerror}", hint="check the file exists"
+            ) from exc
+        reported = -1
+
+        def progress(_src: bytes, _dst: bytes, done: int, total: int) -> None:
+            nonlocal reported
+            reported = done
+            if on_progress is not None:
+                on_progress(done, total)
+
+        part = f"{remote}.part"
+        async with self._slots:
+            conn = await self._live()
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    parent = posixpath.dirname(remote)
+                    if parent:
+                        await sftp.makedirs(parent, exist_ok=True)
+                    await sftp.put(str(local), part, block_size=SFTP_BLOCK_SIZE, progress_handler=progress)
+                    await sftp.posix_rename(part, remote)
+            except asyncssh.SFTPError as exc:
+                raise TransportError(
+                    f"uploading {local.name} to {where(self.server)}:{remote} failed: {exc.reason}",
+                    hint="check the server's disk space and the permissions of its tako root",
+                ) from exc
+            except (asyncssh.Error, OSError) as exc:
+                raise lost(self.server, exc, f"uploading {local.name}") from exc
+        if on_progress is not None and reported != size:
+            on_progress(size, size)  # empty files report no block at all
+
+    async def agent(self) -> AgentClient:
+        """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`."""
+        conn = await self._live()
+        path = f"{self.server.root}/run/tako.sock"
+        try:
+            # Not counted against MaxSessions: a forwarded socket is not a session.
+            reader, writer = await conn.open_unix_connection(path, encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            raise AgentNotRunning(
+                f"no tako agent answers on {where(self.server)} at {path}",
+                hint=f"install and start it with `tako servers setup {self.server.name}`",
+            ) from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise lost(self.server, exc, "reaching the agent") from exc
+        from tako_core.agent.client import AgentClient  # TEMP until the agent client lands
+
+        try:
+            return await AgentClient.connect(reader, writer)
+        except BaseException:
+            writer.close()
+            raise
+
+    async def reconnect(self) -> None:
+        """Replace the connection with a new one, retrying with backoff (about 8 s in all)."""
+        async with self._reconnecting:
+            await self._replace()
+
+    async def close(self) -> None:
+        self._conn.close()
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self._conn.wait_closed(), 5)
+
+    async def _live(self) -> asyncssh.SSHClientConnection:
+        """The connection, re-established first when it died between two uses."""
+        if self._conn.is_closed():
+            async with self._reconnecting:
+                if self._conn.is_closed():
+                    await self._replace()
+        return self._conn
+
+    async def _replace(self) -> None:
+        self._conn.abort()
+        failure: BaseException | None = None
+        for delay in RECONNECT_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                self._conn = await _connect(self.server, self._timeout)
+                return
+            except _PERMANENT as exc:
+                raise connect_error(self.server, exc) from exc
+            except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+                failure = exc
+        assert failure is not None  # the loop ran at least once and never returned
+        error = connect_error(self.server, failure)
+        raise TransportError(
+            f"{error.message} (gave up after {len(RECONNECT_DELAYS)} attempts)", hint=error.hint
+        ) from failure
+
+    def _lost_during(self, label: str) -> TransportError:
+        return TransportError(
+            f"the SSH connection to {where(self.server)} was lost while running `{label}`",
+            hint="the command may or may not have finished on the server; check there before retrying",
+        )
+
+
+async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection:
+    known_hosts = known_hosts_path(server)
+    if not known_hosts.is_file():
+        raise FileNotFoundError(2, "No such file", str(known_hosts))
+    options: dict[str, Any] = {
+        "known_hosts": str(known_hosts),
+        "connect_timeout": limit,
+        "login_timeout": limit,
+        "keepalive_interval": KEEPALIVE_INTERVAL,
+        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+    }
+    if server.user:
+        options["username"] = server.user
+    if server.identity is not None:
+        options["client_keys"] = [str(server.identity.expanduser())]
+    return await asyncssh.connect(server.host, server.port, **options)
+
+
+async def _execute(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    input: bytes | None,
+    on_stdout: LineHandler | None,
+    on_stderr: LineHandler | None,
+    lost_error: TransportError,
+) -> Completed:
+    process: asyncssh.SSHClientProcess[bytes] = await conn.create_process(command, encoding=None)
+    try:
+        if input:
+            process.stdin.write(input)
+        process.stdin.write_eof()
+        stdout, stderr = await asyncio.gather(
+            _read_lines(process.stdout, on_stdout), _read_lines(process.stderr, on_stderr)
+        )
+        await process.wait_closed()
+    finally:
+        process.close()
+    # asyncssh reports a connection that died mid-command as exit_status None, not as an error.
+    if process.exit_signal is not None:
+        status = _signal_status(process.exit_signal[0])
+    elif process.exit_status is None or process.exit_status < 0:
+        raise lost_error
+    else:
+        status = process.exit_status
+    return Completed(exit_status=status, stdout=stdout, stderr=stderr)
+
+
+def _signal_status(name: str) -> int:
+    """A command killed by a signal, as a shell reports it: 128 + the signal's number."""
+    try:
+        return 128 + signal.Signals[f"SIG{name}"].value
+    except KeyError:
+        return 255
+
+
+async def _read_lines(stream: asyncssh.SSHReader[bytes], on_line: LineHandler | None) -> str:
+    chunks: list[str] = []
+    while line := await stream.readline():
+        text = line.decode(errors="replace")
+        chunks.append(text)
+        if on_line is not None:
+            on_line(text.rstrip("\r\n"))
+    return "".join(chunks)
+
+
+def _label(command: str) -> str:
+    """A command as messages show it: its first line, shortened."""
+    first = command.strip().splitlines()[0] if command.strip() else command
+    return first if len(first) <= 60 else first[:57] + "..."

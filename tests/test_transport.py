@@ -1,0 +1,186 @@
+"""Connection over real SSH: OpenSSH sshd and the in-process host, both through the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tako_core.errors import TransportError
+from tako_core.transport import AgentNotRunning, Completed, Connection
+from tako_core.transport import connection as connection_module
+from tako_core.transport.inprocess import known_hosts_line
+from tests.fleet import Fleet, FleetServer, free_port
+
+
+async def _open(server: FleetServer) -> Connection:
+    return await Connection.open(server.server, timeout=5)
+
+
+async def test_run_returns_status_and_both_streams(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        result = await conn.run('read x; echo "got $x"; echo oops >&2; exit 4', input=b"hello\n")
+        assert result == Completed(exit_status=4, stdout="got hello\n", stderr="oops\n")
+        assert (await conn.run("kill -TERM $$")).exit_status == 143
+        # A command that reads stdin is not left waiting when there is no input.
+        assert (await conn.run("cat", timeout=5)).stdout == ""
+
+
+async def test_run_streams_lines_as_they_come(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    seen: list[tuple[str, str, float]] = []
+    async with await _open(s1) as conn:
+        started = time.monotonic()
+        result = await conn.run(
+            "echo first; echo warn >&2; sleep 0.5; echo second",
+            on_stdout=lambda line: seen.append(("out", line, time.monotonic() - started)),
+            on_stderr=lambda line: seen.append(("err", line, time.monotonic() - started)),
+        )
+        ended = time.monotonic() - started
+    assert result.stdout == "first\nsecond\n"
+    assert sorted((kind, line) for kind, line, _ in seen) == [
+        ("err", "warn"),
+        ("out", "first"),
+        ("out", "second"),
+    ]
+    first_at = next(at for kind, line, at in seen if line == "first")
+    assert ended - first_at > 0.3, "the first line arrived only when the command ended"
+
+
+async def test_put_uploads_atomically_with_progress(any_fleet: Fleet, tmp_path: Path) -> None:
+    (s1,) = any_fleet(1, register=False)
+    local = tmp_path / "artifact.bin"
+    local.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    progress: list[tuple[int, int]] = []
+    remote = s1.root / "uploads" / "artifact.bin"
+    async with await _open(s1) as conn:
+        await conn.put(local, str(remote), on_progress=lambda done, total: progress.append((done, total)))
+        empty = tmp_path / "empty"
+        empty.write_bytes(b"")
+        empty_progress: list[tuple[int, int]] = []
+        await conn.put(
+            empty, str(s1.root / "uploads" / "empty"), on_progress=lambda d, t: empty_progress.append((d, t))
+        )
+    assert remote.read_bytes() == local.read_bytes()
+    assert not remote.with_name("artifact.bin.part").exists()
+    size = local.stat().st_size
+    assert progress[-1] == (size, size)
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert len(progress) > 2
+    assert empty_progress == [(0, 0)]
+
+
+async def test_put_of_a_missing_file_is_a_transport_error(any_fleet: Fleet, tmp_path: Path) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        with pytest.raises(TransportError, match="cannot read"):
+            await conn.put(tmp_path / "nope", str(s1.root / "x"))
+
+
+async def test_a_killed_session_is_an_error_not_a_silent_none(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        started = asyncio.Event()
+        running = asyncio.create_task(conn.run("echo started; sleep 30", on_stdout=lambda _: started.set()))
+        await asyncio.wait_for(started.wait(), 10)
+        assert s1.drop_connections() > 0
+        with pytest.raises(TransportError, match="was lost while running"):
+            await asyncio.wait_for(running, 10)
+        # The next use reconnects by itself: the connection died between two commands.
+        assert (await conn.run("echo back")).stdout == "back\n"
+
+
+async def test_reconnect_replaces_the_connection(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        await conn.reconnect()
+        assert (await conn.run("echo ok")).stdout == "ok\n"
+
+
+async def test_reconnect_gives_up_after_bounded_attempts(
+    any_fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (s1,) = any_fleet(1, register=False)
+    monkeypatch.setattr(connection_module, "RECONNECT_DELAYS", (0.0, 0.05, 0.05))
+    async with await _open(s1) as conn:
+        s1.stop()
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="gave up after 3 attempts"):
+            await conn.reconnect()
+        assert time.monotonic() - started < 5
+        s1.start()
+        await conn.reconnect()
+        assert (await conn.run("true")).exit_status == 0
+
+
+async def test_twelve_concurrent_commands_share_one_connection(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        results = await asyncio.gather(*(conn.run(f"sleep 0.2; echo {i}") for i in range(12)))
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(12)]
+
+
+async def test_timeout_is_a_transport_error(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=r"did not finish within 0\.3 s"):
+            await conn.run("sleep 10", timeout=0.3)
+        assert time.monotonic() - started < 3
+        assert (await conn.run("echo still usable")).exit_status == 0
+
+
+async def test_a_wrong_host_key_is_refused(any_fleet: Fleet, tmp_path: Path) -> None:
+    s1, s2 = any_fleet(2, register=False)
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(known_hosts_line(s1.address, s1.port, s2.host.host_key))
+    with pytest.raises(TransportError, match="does not match known_hosts") as caught:
+        await Connection.open(dataclasses.replace(s1.server, known_hosts=wrong), timeout=5)
+    assert caught.value.hint is not None
+    assert "ssh-keygen -R" in caught.value.hint
+    wrong.write_text("")
+    with pytest.raises(TransportError, match="is not in known_hosts"):
+        await Connection.open(dataclasses.replace(s1.server, known_hosts=wrong), timeout=5)
+
+
+async def test_without_a_known_hosts_the_users_own_is_used(
+    any_fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (s1,) = any_fleet(1, register=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = dataclasses.replace(s1.server, known_hosts=None)
+    with pytest.raises(TransportError, match=r"known_hosts.*does not exist"):
+        await Connection.open(server, timeout=5)
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text(s1.known_hosts.read_text())
+    async with await Connection.open(server, timeout=5) as conn:
+        assert (await conn.run("true")).exit_status == 0
+
+
+async def test_login_failures_are_explained(any_fleet: Fleet, tmp_path: Path) -> None:
+    (s1,) = any_fleet(1, register=False)
+    stranger = tmp_path / "id_other"
+    import asyncssh
+
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
+    with pytest.raises(TransportError, match="refused the login"):
+        await Connection.open(dataclasses.replace(s1.server, identity=stranger), timeout=5)
+    closed_port = free_port(s1.address)
+    with pytest.raises(TransportError, match="connection refused"):
+        await Connection.open(dataclasses.replace(s1.server, port=closed_port), timeout=5)
+    with pytest.raises(TransportError, match="does not exist"):
+        await Connection.open(dataclasses.replace(s1.server, identity=tmp_path / "missing"), timeout=5)
+
+
+async def test_agent_channel_without_an_agent_says_how_to_start_one(any_fleet: Fleet) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await _open(s1) as conn:
+        with pytest.raises(AgentNotRunning, match="no tako agent answers") as caught:
+            await conn.agent()
+        assert caught.value.hint is not None
+        assert "tako servers setup s1" in caught.value.hint
