@@ -1,0 +1,253 @@
+"""`tako secrets` end to end: real `tako` processes, a real file-backed keyring backend.
+
+The backend (tests/secrets_file_keyring.py) is selected the way a user would select one:
+`PYTHON_KEYRING_BACKEND=module.Class`, with its module on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+TAKO = Path(sys.executable).parent / "tako"
+FILE_BACKEND = "secrets_file_keyring.FileKeyring"
+NO_BACKEND = "keyring.backends.fail.Keyring"
+TAKO_TOML = """\
+name = "shop"
+
+[envs.production]
+servers = ["web-1"]
+
+[envs.staging]
+servers = ["web-2"]
+"""
+DB_URL = "postgres://shop:correct-horse-battery@db.internal/shop"
+API_TOKEN = "tok_live_9f8e7d6c5b4a"
+
+
+@dataclass
+class Machine:
+    """One machine's view: its own HOME, TAKO_HOME and keyring, sharing the project directory."""
+
+    project: Path
+    home: Path
+    backend: str = FILE_BACKEND
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def keyring_file(self) -> Path:
+        return self.home / "keyring.json"
+
+    def env(self) -> dict[str, str]:
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TAKO_", "PYTHON_KEYRING", "XDG_")) and k not in ("HOME", "PYTHONPATH")
+        }
+        return {
+            **base,
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.home / ".config"),
+            "XDG_DATA_HOME": str(self.home / ".local" / "share"),
+            "TAKO_HOME": str(self.home / "tako"),
+            "PYTHONPATH": str(TESTS),
+            "PYTHON_KEYRING_BACKEND": self.backend,
+            "TAKO_TEST_KEYRING_FILE": str(self.keyring_file),
+            **self.extra,
+        }
+
+    def tako(self, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(TAKO), "secrets", *args],
+            cwd=self.project,
+            env=self.env(),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def ok(self, *args: str, input: str = "") -> str:
+        result = self.tako(*args, input=input)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def fails(self, *args: str, input: str = "") -> str:
+        """Runs a command that must be refused as bad input (exit 2); returns its stderr."""
+        result = self.tako(*args, input=input)
+        assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr.startswith("error: ")
+        assert "hint: " in result.stderr
+        return result.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "app"
+    path.mkdir()
+    (path / "tako.toml").write_text(TAKO_TOML)
+    return path
+
+
+@pytest.fixture
+def laptop(project: Path, tmp_path: Path) -> Machine:
+    return Machine(project, tmp_path / "laptop")
+
+
+@pytest.fixture
+def with_secrets(laptop: Machine) -> Machine:
+    laptop.ok("set", "DB_URL", "--env", "production", input=DB_URL + "\n")
+    laptop.ok("set", "API_TOKEN", "--env", "production", input=API_TOKEN)
+    laptop.ok("set", "DB_URL", "--env", "staging", input="sqlite:///staging.db\n")
+    return laptop
+
+
+def secrets_doc(project: Path) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
+    doc: dict[str, dict[str, dict[str, dict[str, str]]]] = json.loads(
+        (project / ".tako" / "secrets.json").read_text()
+    )
+    return doc
+
+
+def write_doc(project: Path, doc: object) -> None:
+    (project / ".tako" / "secrets.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def test_set_get_ls_rm_round_trip_through_a_real_keyring(with_secrets: Machine) -> None:
+    laptop = with_secrets
+    assert laptop.ok("get", "DB_URL", "--env", "production") == DB_URL + "\n"
+    assert laptop.ok("get", "API_TOKEN", "--env", "production") == API_TOKEN + "\n"
+    assert laptop.ok("get", "DB_URL", "--env", "staging") == "sqlite:///staging.db\n"
+
+    doc = secrets_doc(laptop.project)
+    kids = {env: doc["envs"][env]["key_id"] for env in ("production", "staging")}
+    listed = json.loads(laptop.ok("ls", "--json"))
+    assert listed == {
+        "envs": {
+            "production": {"key_id": kids["production"], "names": ["API_TOKEN", "DB_URL"]},
+            "staging": {"key_id": kids["staging"], "names": ["DB_URL"]},
+        }
+    }
+    assert laptop.ok("ls", "--env", "production") == "API_TOKEN\nDB_URL\n"
+    assert laptop.ok("ls") == (
+        f"production (key {kids['production']})\n  API_TOKEN\n  DB_URL\n"
+        f"staging (key {kids['staging']})\n  DB_URL\n"
+    )
+
+    # One keyring entry per env, named app/env/key_id; the file holds no key.
+    ring = json.loads(laptop.keyring_file.read_text())
+    assert sorted(ring) == sorted(f"tako\nshop/{env}/{kid}" for env, kid in kids.items())
+    text = (laptop.project / ".tako" / "secrets.json").read_text()
+    for exported in ring.values():
+        assert exported.split(":")[2] not in text
+
+    assert "without confirmation" in laptop.fails("rm", "API_TOKEN", "--env", "production")
+    laptop.ok("rm", "API_TOKEN", "--env", "production", "--yes")
+    assert laptop.ok("ls", "--env", "production") == "DB_URL\n"
+    assert "no secret API_TOKEN in env production" in laptop.fails("get", "API_TOKEN", "--env", "production")
+
+
+def test_the_file_holds_no_value_in_plain_text_base64_or_hex(with_secrets: Machine) -> None:
+    text = (with_secrets.project / ".tako" / "secrets.json").read_text()
+    for value in (DB_URL, API_TOKEN, "sqlite:///staging.db"):
+        raw = value.encode()
+        for form in (
+            value,
+            base64.b64encode(raw).decode().rstrip("="),
+            base64.urlsafe_b64encode(raw).decode().rstrip("="),
+            raw.hex(),
+        ):
+            assert form not in text
+    assert text.endswith("}\n")
+
+
+def test_a_flipped_byte_or_a_moved_value_makes_get_fail_clearly(with_secrets: Machine) -> None:
+    laptop = with_secrets
+    doc = secrets_doc(laptop.project)
+    prod = doc["envs"]["production"]["secrets"]
+    original = prod["DB_URL"]
+
+    blob = bytearray(base64.b64decode(original))
+    blob[20] ^= 0x04
+    prod["DB_URL"] = base64.b64encode(blob).decode()
+    write_doc(laptop.project, doc)
+    stderr = laptop.fails("get", "DB_URL", "--env", "production")
+    assert "secret DB_URL of env production" in stderr
+    assert DB_URL not in stderr
+
+    prod["DB_URL"] = prod["API_TOKEN"]  # a valid ciphertext, under the right key, of another name
+    write_doc(laptop.project, doc)
+    stderr = laptop.fails("get", "DB_URL", "--env", "production")
+    assert "secret DB_URL of env production" in stderr
+    assert API_TOKEN not in stderr
+    assert laptop.ok("get", "API_TOKEN", "--env", "production") == API_TOKEN + "\n"
+
+
+def test_an_exported_key_opens_its_env_and_nothing_else(with_secrets: Machine, tmp_path: Path) -> None:
+    exported = with_secrets.ok("key", "export", "--env", "production").strip()
+    kid = secrets_doc(with_secrets.project)["envs"]["production"]["key_id"]
+    assert exported.startswith(f"tako1:{kid}:")
+
+    ci = Machine(with_secrets.project, tmp_path / "ci", backend=NO_BACKEND)
+    ci.extra["TAKO_SECRETS_KEY_PRODUCTION"] = exported
+    assert ci.ok("get", "DB_URL", "--env", "production") == DB_URL + "\n"
+    assert ci.ok("ls", "--env", "staging") == "DB_URL\n"  # names need no key
+
+    stderr = ci.fails("get", "DB_URL", "--env", "staging")
+    assert "no keyring backend is available" in stderr
+    assert "TAKO_SECRETS_KEY_STAGING" in stderr
+    assert "PYTHON_KEYRING_BACKEND" in stderr
+
+    ci.extra["TAKO_SECRETS_KEY_STAGING"] = exported
+    stderr = ci.fails("get", "DB_URL", "--env", "staging")
+    assert "TAKO_SECRETS_KEY_STAGING" in stderr
+    assert "key of env production" in stderr
+    assert exported.split(":")[2] not in stderr
+
+    # And nothing was written on the keyring-less machine.
+    assert not ci.keyring_file.exists()
+
+
+def test_key_import_verifies_before_storing(with_secrets: Machine, tmp_path: Path) -> None:
+    prod = with_secrets.ok("key", "export", "--env", "production")
+    staging = with_secrets.ok("key", "export", "--env", "staging")
+    desktop = Machine(with_secrets.project, tmp_path / "desktop")
+
+    assert "not in the keyring" in desktop.fails("get", "DB_URL", "--env", "production")
+    stderr = desktop.fails("key", "import", "--env", "production", input=staging)
+    assert "is not the key of env production" in stderr
+    assert "nothing was stored" in stderr
+    assert not desktop.keyring_file.exists()
+
+    desktop.ok("key", "import", "--env", "production", input=prod)
+    assert desktop.ok("get", "DB_URL", "--env", "production") == DB_URL + "\n"
+    assert "not in the keyring" in desktop.fails("get", "DB_URL", "--env", "staging")
+
+
+def test_bad_input_exits_2_with_a_hint(laptop: Machine) -> None:
+    assert "which one?" in laptop.fails("set", "DB_URL", input="x-value")
+    assert "no environment 'prod'" in laptop.fails("set", "DB_URL", "--env", "prod", input="x-value")
+    assert "invalid secret name" in laptop.fails("set", "db-url", "--env", "production", input="x-value")
+    assert "empty value" in laptop.fails("set", "DB_URL", "--env", "production", input="\n")
+    assert "no secret NOPE" in laptop.fails("rm", "NOPE", "--env", "production", "--yes")
+
+    tako_dir = laptop.project / ".tako"
+    tako_dir.mkdir()
+    (tako_dir / "secrets.json").write_text('{\n  "version": 1,\n  "envs": {,}\n}\n')
+    stderr = laptop.fails("ls")
+    assert "error: .tako/secrets.json:3:12: not valid JSON" in stderr
