@@ -1,0 +1,99 @@
+"""The agent's command line: `serve --root R --http-host H --http-port P [--detach]` and `version`.
+
+This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
+and stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import select
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import tako_core
+from tako_core.agent.layout import Layout
+from tako_core.agent.protocol import PROTOCOL_VERSION
+
+DETACH_TIMEOUT = 20.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tako-agent", description="tako's runtime on a server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the agent")
+    serve.add_argument("--root", required=True, type=Path, help="the agent's root directory")
+    serve.add_argument("--http-host", default="0.0.0.0", help="address the HTTP router binds")
+    serve.add_argument("--http-port", type=int, default=80, help="port the HTTP router binds")
+    serve.add_argument("--detach", action="store_true", help="daemonize; exit 0 once the socket answers")
+    commands.add_parser("version", help="print '<agent version> <protocol version>'")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
+        return 0
+    layout = Layout(args.root.absolute())
+    if args.detach:
+        return _detach(layout, args.http_host, args.http_port)
+    return _serve(layout, args.http_host, args.http_port, None)
+
+
+def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
+    # Imported here so `version` works even where serving could not (e.g. a missing module).
+    from tako_core.agent.daemon import serve, setup_logging
+
+    setup_logging(layout)
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok\n")
+            os.close(ready_fd)
+
+    try:
+        asyncio.run(serve(layout, host, port, ready))
+    except Exception as e:
+        message = f"tako-agent: {type(e).__name__}: {e}\n"
+        if ready_fd is not None:
+            os.write(ready_fd, message.encode())
+        else:
+            sys.stderr.write(message)
+        return 1
+    return 0
+
+
+def _detach(layout: Layout, host: str, port: int) -> int:
+    """Double-fork into a session of its own; the parent waits for the daemon's word on a pipe."""
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # intermediate: new session, fork the daemon, leave
+        os.close(read_fd)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os._exit(_serve(layout, host, port, write_fd))
+    os.close(write_fd)
+    os.waitpid(child, 0)
+    answer = b""
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    while time.monotonic() < deadline and not answer.endswith(b"\n"):
+        readable, _, _ = select.select([read_fd], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(read_fd, 4096) if readable else b""
+        if not chunk:
+            break
+        answer += chunk
+    os.close(read_fd)
+    if answer == b"ok\n":
+        return 0
+    sys.stderr.write(answer.decode(errors="replace") or "tako-agent: the agent did not start in time\n")
+    return 1

@@ -1,0 +1,415 @@
+"""The client side of the agent protocol: typed calls over any line-oriented reader/writer pair.
+
+Works over asyncio streams (a local socket) and asyncssh's `open_unix_connection` alike. Many calls
+may run at once on one connection; replies are matched to calls by request id. This module runs on
+the client (never on the server), so it may use tako_core.errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tako_core.agent.protocol import (
+    LEASE_HELD,
+    MAX_LINE,
+    PROTOCOL_VERSION,
+    Message,
+    ProtocolError,
+    RunResult,
+    decode,
+    encode,
+    request,
+)
+from tako_core.errors import AgentError
+
+__all__ = [
+    "AgentClient",
+    "AgentDisconnected",
+    "AgentInfo",
+    "AgentReplyError",
+    "AppStatus",
+    "InstanceStatus",
+    "LeaseHeld",
+    "ReleaseInfo",
+    "RunResult",
+]
+
+
+class Reader(Protocol):
+    async def readline(self) -> bytes | str: ...
+
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> Any: ...
+    async def drain(self) -> None: ...
+    def close(self) -> Any: ...
+
+
+class AgentReplyError(AgentError):
+    """The agent answered a request with an error; `code` is one of protocol's error codes."""
+
+    def __init__(self, code: str, message: str, *, hint: str | None, details: dict[str, Any]) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.details = details
+
+
+class LeaseHeld(AgentReplyError):
+    """Someone else is deploying this app/env: `holder`, `build` and `started_at` (epoch seconds)."""
+
+    @property
+    def holder(self) -> str:
+        return str(self.details.get("holder", "?"))
+
+    @property
+    def build(self) -> str:
+        return str(self.details.get("build", "?"))
+
+    @property
+    def started_at(self) -> float:
+        return float(self.details.get("started_at", 0.0))
+
+
+class AgentDisconnected(AgentError):
+    """The connection to the agent ended before the reply came."""
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent_version: str
+    protocol: int
+    hostname: str
+    python: str
+    free_bytes: int
+    codecs: tuple[str, ...]  # what the server can unpack: "zst", "gz"
+    safe_extract: bool  # False: the server's Python lacks tarfile's data filter; prepare will fail
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    build: str
+    complete: bool
+    current: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    index: int
+    build: str
+    port: int
+    pid: int | None
+    running: bool
+    restarts: int
+    inflight: int
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    holder: str
+    build: str
+    started_at: float
+    ttl: float
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    app: str
+    env: str
+    current: str | None
+    running: str | None
+    routes: tuple[str, ...]
+    instances: tuple[InstanceStatus, ...]
+    lease: LeaseInfo | None
+
+
+_Pending = tuple["asyncio.Future[Message]", Callable[[Message], None] | None]
+
+
+class AgentClient:
+    def __init__(self, reader: Reader, writer: Writer) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._write_lock = asyncio.Lock()
+        self._read_task: asyncio.Task[None] | None = None
+        self._closed_reason: str | None = None
+        self.info: AgentInfo
+
+    @classmethod
+    async def connect(cls, reader: Reader, writer: Writer) -> AgentClient:
+        """Say hello and check the agent speaks our protocol version."""
+        client = cls(reader, writer)
+        client._read_task = asyncio.ensure_future(client._read_loop())
+        try:
+            reply = await client._call("hello", {})
+        except AgentReplyError as e:
+            await client.close()
+            raise AgentError(
+                f"the agent does not speak protocol {PROTOCOL_VERSION}: {e.message}",
+                hint="upgrade the agent (tako deploy installs the matching one)",
+            ) from None
+        except BaseException:
+            await client.close()
+            raise
+        client.info = AgentInfo(
+            agent_version=str(reply["agent_version"]),
+            protocol=int(reply["protocol"]),
+            hostname=str(reply["hostname"]),
+            python=str(reply["python"]),
+            free_bytes=int(reply["free_bytes"]),
+            codecs=tuple(reply["codecs"]),
+            safe_extract=bool(reply.get("safe_extract", True)),
+        )
+        return client
+
+    @classmethod
+    async def open_unix(cls, path: Path) -> AgentClient:
+        """Connect to a local agent socket."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=2 * MAX_LINE)
+        except OSError as e:
+            raise AgentError(
+                f"cannot reach the agent at {path}: {e.strerror}",
+                hint="is the agent running? (tako servers setup)",
+            ) from None
+        return await cls.connect(reader, writer)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._read_task
+        self._fail_pending("the connection was closed")
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = "the agent closed the connection"
+        try:
+            while True:
+                raw = await self._reader.readline()
+                if not raw:
+                    break
+                line = raw.encode() if isinstance(raw, str) else raw
+                try:
+                    message = decode(line)
+                except ProtocolError:
+                    continue  # nothing to match it to; the agent never sends these
+                pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+                if pending is None:
+                    continue
+                future, on_event = pending
+                if "event" in message:
+                    if on_event is not None and not future.done():
+                        try:
+                            on_event(message)
+                        except Exception as e:  # the caller's callback failed: that call fails
+                            future.set_exception(e)
+                elif not future.done():
+                    future.set_result(message)
+        except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as e:
+            reason = f"the connection to the agent broke: {type(e).__name__}"
+        finally:
+            self._fail_pending(reason)
+
+    def _fail_pending(self, reason: str) -> None:
+        self._closed_reason = self._closed_reason or reason
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(AgentDisconnected(reason, hint="reconnect and retry"))
+
+    async def _call(
+        self, op: str, params: Message, on_event: Callable[[Message], None] | None = None
+    ) -> Message:
+        if self._closed_reason is not None:
+            raise AgentDisconnected(self._closed_reason, hint="reconnect and retry")
+        request_id = self._next_id
+        self._next_id += 1
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (future, on_event)
+        try:
+            async with self._write_lock:
+                try:
+                    self._writer.write(encode(request(request_id, op, params)))
+                    await self._writer.drain()
+                except (OSError, EOFError) as e:
+                    raise AgentDisconnected(f"cannot send to the agent: {e}", hint="reconnect") from None
+            reply = await future
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.get("ok") is True:
+            return reply
+        error = reply.get("error") or {}
+        kind = LeaseHeld if error.get("code") == LEASE_HELD else AgentReplyError
+        raise kind(
+            str(error.get("code", "")),
+            str(error.get("message", "the agent refused the request")),
+            hint=error.get("hint"),
+            details=dict(error.get("details") or {}),
+        )
+
+    # --- operations -----------------------------------------------------------------------------
+
+    async def lease_acquire(
+        self, app: str, env: str, holder: str, build: str, ttl: float = 30.0, *, force: bool = False
+    ) -> None:
+        await self._call(
+            "lease_acquire",
+            {"app": app, "env": env, "holder": holder, "build": build, "ttl": ttl, "force": force},
+        )
+
+    async def lease_renew(self, app: str, env: str, holder: str) -> None:
+        await self._call("lease_renew", {"app": app, "env": env, "holder": holder})
+
+    async def lease_release(self, app: str, env: str, holder: str) -> None:
+        await self._call("lease_release", {"app": app, "env": env, "holder": holder})
+
+    async def has_release(self, app: str, env: str, build: str) -> bool:
+        reply = await self._call("has_release", {"app": app, "env": env, "build": build})
+        return bool(reply["complete"])
+
+    async def prepare(
+        self,
+        app: str,
+        env: str,
+        build: str,
+        upload_path: str,
+        install: str | None,
+        vars: dict[str, str],
+        secrets: dict[str, str],
+        on_output: Callable[[str], None],
+    ) -> None:
+        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there."""
+        await self._call(
+            "prepare",
+            {
+                "app": app,
+                "env": env,
+                "build": build,
+                "upload": upload_path,
+                "install": install,
+                "vars": vars,
+                "secrets": secrets,
+            },
+            lambda m: on_output(str(m.get("line", ""))),
+        )
+
+    async def release_start(
+        self,
+        app: str,
+        env: str,
+        build: str,
+        command: str,
+        vars: dict[str, str],
+        secrets: dict[str, str],
+        timeout: float,  # noqa: ASYNC109 (the release command's limit, not this call's)
+    ) -> str:
+        reply = await self._call(
+            "release_start",
+            {
+                "app": app,
+                "env": env,
+                "build": build,
+                "command": command,
+                "vars": vars,
+                "secrets": secrets,
+                "timeout": timeout,
+            },
+        )
+        return str(reply["run_id"])
+
+    async def release_watch(
+        self, app: str, env: str, run_id: str, offset: int, on_line: Callable[[int, str], None]
+    ) -> RunResult:
+        """Lines from byte `offset` on as on_line(next_offset, line), then the result once it ended."""
+        reply = await self._call(
+            "release_watch",
+            {"app": app, "env": env, "run_id": run_id, "offset": offset},
+            lambda m: on_line(int(m["offset"]), str(m["line"])),
+        )
+        return RunResult(reply["exit_code"], bool(reply["timed_out"]), bool(reply["stopped"]))
+
+    async def release_stop(self, app: str, env: str, run_id: str) -> None:
+        await self._call("release_stop", {"app": app, "env": env, "run_id": run_id})
+
+    async def cleanup(self, app: str, env: str, build: str) -> None:
+        await self._call("cleanup", {"app": app, "env": env, "build": build})
+
+    async def rollout(
+        self,
+        app: str,
+        env: str,
+        build: str,
+        *,
+        start: str,
+        instances: int,
+        health_path: str,
+        routes: tuple[str, ...] | list[str],
+        vars: dict[str, str],
+        secrets: dict[str, str],
+        on_progress: Callable[[int, int], None],
+        health_timeout: float = 30.0,
+    ) -> None:
+        await self._call(
+            "rollout",
+            {
+                "app": app,
+                "env": env,
+                "build": build,
+                "start": start,
+                "instances": instances,
+                "health_path": health_path,
+                "routes": list(routes),
+                "vars": vars,
+                "secrets": secrets,
+                "health_timeout": health_timeout,
+            },
+            lambda m: on_progress(int(m["done"]), int(m["total"])),
+        )
+
+    async def finalize(self, app: str, env: str, build: str, keep: int = 5) -> list[str]:
+        """Point `current` at build and prune; returns the builds pruned."""
+        reply = await self._call("finalize", {"app": app, "env": env, "build": build, "keep": keep})
+        return [str(b) for b in reply.get("pruned", [])]
+
+    async def status(self) -> list[AppStatus]:
+        reply = await self._call("status", {})
+        return [
+            AppStatus(
+                app=a["app"],
+                env=a["env"],
+                current=a["current"],
+                running=a["running"],
+                routes=tuple(a["routes"]),
+                instances=tuple(InstanceStatus(**i) for i in a["instances"]),
+                lease=LeaseInfo(**a["lease"]) if a["lease"] else None,
+            )
+            for a in reply["apps"]
+        ]
+
+    async def releases(self, app: str, env: str) -> list[ReleaseInfo]:
+        reply = await self._call("releases", {"app": app, "env": env})
+        return [ReleaseInfo(**r) for r in reply["releases"]]
+
+    async def rollback(
+        self, app: str, env: str, build: str, on_progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Roll out a kept release again (no release command) and point `current` at it."""
+        await self._call(
+            "rollback",
+            {"app": app, "env": env, "build": build},
+            (lambda m: on_progress(int(m["done"]), int(m["total"]))) if on_progress else None,
+        )
+
+    async def logs(self, app: str, env: str, lines: int = 100) -> list[str]:
+        reply = await self._call("logs", {"app": app, "env": env, "lines": lines})
+        return [str(line) for line in reply["lines"]]

@@ -1,0 +1,77 @@
+"""Running the agent: one per root (a file lock), its router, its socket, its log, its pid file."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from tako_core.agent.layout import Layout, write_private
+from tako_core.agent.router import Router
+from tako_core.agent.server import AgentServer
+from tako_core.agent.service import Agent
+
+log = logging.getLogger("tako.agent")
+
+
+class AgentAlreadyRunning(Exception):
+    pass
+
+
+def setup_logging(layout: Layout) -> None:
+    layout.log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(layout.log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("tako")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def lock_root(layout: Layout) -> int:
+    """Hold ROOT/run/agent.lock for the agent's lifetime; a second agent on the same root stops here."""
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentAlreadyRunning(f"another agent is running on {layout.root}") from None
+    return fd
+
+
+async def serve(
+    layout: Layout, http_host: str, http_port: int, ready: Callable[[], None] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests."""
+    layout.create()
+    lock = lock_root(layout)
+    try:
+        router = Router(http_host, http_port)
+        await router.start()
+        agent = Agent(layout, router)
+        server = AgentServer(agent)
+        try:
+            await agent.restore()
+            await server.start(layout.socket)
+            write_private(layout.pid_file, f"{os.getpid()}\n".encode())
+            log.info(
+                "agent %d serving on %s, router on %s:%d", os.getpid(), layout.socket, http_host, router.port
+            )
+            if ready:
+                ready()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            log.info("agent %d stopping", os.getpid())
+        finally:
+            await server.close()
+            await agent.shutdown()
+            await router.stop()
+            layout.socket.unlink(missing_ok=True)
+            layout.pid_file.unlink(missing_ok=True)
+    finally:
+        os.close(lock)

@@ -1,0 +1,137 @@
+"""Instances: the app's `start` processes, each on its own loopback port, restarted when they die."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tako_core.agent import procs
+from tako_core.agent.protocol import clip
+from tako_core.agent.router import Upstream
+from tako_core.mask import Masker
+
+STOP_GRACE = 10.0  # SIGTERM, this long, then SIGKILL
+TAIL_LINES = 20
+_BACKOFF_MAX = 30.0
+_STABLE_AFTER = 60.0  # an instance up this long restarts with a fresh backoff
+
+log = logging.getLogger("tako.agent")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    build: str
+    cwd: Path
+    command: str
+    env: dict[str, str]  # without PORT
+    masker: Masker
+
+
+class OutputLog:
+    """Instance output of one app/env: a file (rotated at a size cap) the `logs` op reads back."""
+
+    MAX_BYTES = 8 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, line: str) -> None:
+        try:
+            if self.path.exists() and self.path.stat().st_size > self.MAX_BYTES:
+                os.replace(self.path, self.path.with_suffix(".log.1"))
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "ab") as f:
+                f.write((line + "\n").encode())
+        except OSError as e:  # a full disk must not take the instance down with it
+            log.warning("cannot write %s: %s", self.path, e)
+
+    def tail(self, count: int) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(max(f.seek(0, os.SEEK_END) - (1 << 20), 0))
+                data = f.read()
+        except OSError:
+            return []
+        return data.decode(errors="replace").splitlines()[-count:] if count > 0 else []
+
+
+class Instance:
+    def __init__(self, spec: InstanceSpec, index: int, port: int, output: OutputLog) -> None:
+        self.spec = spec
+        self.index = index
+        self.port = port
+        self.upstream = Upstream("127.0.0.1", port)
+        self.output = output
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.restarts = 0
+        self.exit_code: int | None = None  # of the latest process, once it exited
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._pump: asyncio.Future[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    async def _spawn(self) -> None:
+        env = dict(self.spec.env, PORT=str(self.port))
+        self.exit_code = None
+        self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env)
+        assert self._proc.stdout is not None
+        self._pump = asyncio.ensure_future(self._read(self._proc.stdout))
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        prefix = f"[{self.spec.build}#{self.index}] "
+        async for line in procs.lines(stdout):
+            masked = clip(self.spec.masker(line))
+            self.tail.append(masked)
+            self.output.write(prefix + masked)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while True:
+            assert self._proc is not None
+            started = time.monotonic()
+            self.exit_code = await self._proc.wait()
+            if self._stopping:
+                return
+            log.warning(
+                "instance %s#%d (port %d) exited with %s; restarting in %.0f s",
+                self.spec.build,
+                self.index,
+                self.port,
+                self.exit_code,
+                backoff,
+            )
+            await procs.kill_group(self._proc.pid, 0)  # leftovers would hold the port
+            backoff = 1.0 if time.monotonic() - started > _STABLE_AFTER else backoff
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+            if self._stopping:
+                return
+            self.restarts += 1
+            await self._spawn()
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        self._stopping = True
+        if self._supervisor:
+            self._supervisor.cancel()
+        if self._proc is not None:
+            await procs.kill_group(self._proc.pid, grace)
+            if self._proc.returncode is None:
+                await self._proc.wait()
+            self.exit_code = self._proc.returncode

@@ -1,0 +1,129 @@
+"""Where the agent keeps things under its root, and the names it accepts in paths."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tako_core.agent.protocol import BAD_REQUEST, ProtocolError
+
+# App, env and build names become path components: no separators, no dot-dot, no hidden names.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"invalid {kind} name {str(value)[:80]!r}",
+            hint="names use letters, digits, '.', '_' and '-', and start with a letter or digit",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "tako.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run / "agent.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run / "agent.lock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "log" / "agent.log"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def apps(self) -> Path:
+        return self.root / "apps"
+
+    def app(self, app: str, env: str) -> AppLayout:
+        return AppLayout(self.apps / check_name("app", app) / check_name("env", env))
+
+    def create(self) -> None:
+        for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps):
+            path.mkdir(parents=True, exist_ok=True)
+        # The socket directory and anything holding state are the agent user's alone.
+        os.chmod(self.run, 0o700)
+
+
+@dataclass(frozen=True)
+class AppLayout:
+    base: Path
+
+    @property
+    def releases(self) -> Path:
+        return self.base / "releases"
+
+    def release(self, build: str) -> Path:
+        return self.releases / check_name("build", build)
+
+    @property
+    def current(self) -> Path:
+        return self.base / "current"
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def runs(self) -> Path:
+        return self.base / "runs"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state.json"
+
+    @property
+    def instance_log(self) -> Path:
+        return self.base / "instances.log"
+
+    def create(self) -> None:
+        for path in (self.releases, self.data, self.runs):
+            path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.runs, 0o700)
+
+    def current_build(self) -> str | None:
+        """The build `current` points at, or None."""
+        try:
+            target = os.readlink(self.current)
+        except OSError:
+            return None
+        return Path(target).name or None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`, readable by the agent's user only (0600)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,127 @@
+"""Child processes: their environment, their own process group, reading their output, killing them.
+
+Every command the agent runs (install, release, instances) is `sh -c` in its own session, so a
+signal to its process group reaches everything it started, grandchildren included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from tako_core.agent.protocol import MAX_OUTPUT_LINE
+
+INHERITED = ("PATH", "HOME", "LANG")  # all a child gets of the agent's own environment
+_POLL = 0.05
+
+
+def child_env(
+    vars: Mapping[str, str],
+    secrets: Mapping[str, str],
+    *,
+    build: str,
+    data_dir: Path,
+    env: str,
+    port: int | None = None,
+) -> dict[str, str]:
+    result = {k: os.environ[k] for k in INHERITED if k in os.environ}
+    result.update(vars)
+    result.update(secrets)
+    result.update(TAKO_BUILD=build, TAKO_DATA_DIR=str(data_dir), ENV=env)
+    if port is not None:
+        result["PORT"] = str(port)
+    return result
+
+
+async def spawn(command: str, cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`sh -c command` in a new session, stdout and stderr merged into one pipe."""
+    return await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
+    """Decoded output lines; an overlong line comes out in pieces instead of stalling the reader."""
+    pending = b""
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            yield raw.decode(errors="replace").rstrip("\r")
+        while len(pending) > MAX_OUTPUT_LINE:
+            yield pending[:MAX_OUTPUT_LINE].decode(errors="replace")
+            pending = pending[MAX_OUTPUT_LINE:]
+    if pending:
+        yield pending.decode(errors="replace").rstrip("\r")
+
+
+def _group_members(pgid: int) -> list[int] | None:
+    """Live (non-zombie) pids in a process group, from /proc; None where /proc is unavailable."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    members = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may contain spaces and parens): state ppid pgrp ...
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    members = _group_members(pgid)
+    if members is not None:
+        return bool(members)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def kill_group(pgid: int, grace: float) -> None:
+    """SIGTERM the group, wait up to `grace` seconds for all of it to exit, then SIGKILL the rest."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return
+        await asyncio.sleep(_POLL)
+    _signal_group(pgid, signal.SIGKILL)
+    # SIGKILL cannot be ignored; wait briefly so callers see the group gone.
+    for _ in range(40):
+        if not group_alive(pgid):
+            return
+        await asyncio.sleep(_POLL)

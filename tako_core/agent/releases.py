@@ -1,0 +1,152 @@
+"""Release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tako_core.agent import procs
+from tako_core.agent.compat import WaitTimeout
+from tako_core.agent.extract import extract
+from tako_core.agent.layout import AppLayout
+from tako_core.agent.protocol import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError
+from tako_core.mask import Masker
+
+COMPLETE = ".complete"  # written last: a release without it is partial
+INSTALL_TIMEOUT = 1800.0
+TAIL_LINES = 20
+
+
+def is_complete(layout: AppLayout, build: str) -> bool:
+    return (layout.release(build) / COMPLETE).is_file()
+
+
+def resolve_upload(uploads: Path, name: str) -> Path:
+    """The uploaded file `name` (a bare name or a path) inside the uploads directory, no further."""
+    path = (uploads / name).resolve()
+    if path.parent != uploads.resolve():
+        raise ProtocolError(BAD_REQUEST, f"upload {name!r} is not in {uploads}")
+    if not path.is_file():
+        raise ProtocolError(NOT_FOUND, f"no upload {path.name} in {uploads}", hint="upload it again")
+    return path
+
+
+async def prepare(
+    layout: AppLayout,
+    build: str,
+    upload: Path,
+    install: str | None,
+    env: dict[str, str],
+    masker: Masker,
+    on_line: Callable[[str], None],
+) -> None:
+    """Unpack into a temp dir, rename into releases/<build>, run install there, mark complete."""
+    layout.create()
+    target = layout.release(build)
+    if is_complete(layout, build):
+        return
+    if layout.current_build() == build:
+        raise ProtocolError(FAILED, f"{build} is current but incomplete; refusing to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build}-", dir=layout.releases))
+    try:
+        await asyncio.to_thread(extract, upload, tmp)
+        (tmp / COMPLETE).unlink(missing_ok=True)  # only the agent writes the marker
+        if target.exists():
+            await asyncio.to_thread(shutil.rmtree, target)  # a partial earlier attempt
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if install and install.strip():
+        await run_install(target, install, env, masker, on_line)
+    _mark_complete(target)
+    upload.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink; the upload did its job)
+
+
+def _mark_complete(target: Path) -> None:
+    (target / COMPLETE).write_text(f"{time.time()}\n")
+
+
+async def run_install(
+    cwd: Path, command: str, env: dict[str, str], masker: Masker, on_line: Callable[[str], None]
+) -> None:
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    proc = await procs.spawn(command, cwd, env)
+    assert proc.stdout is not None
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        async for line in procs.lines(proc.stdout):
+            masked = masker(line)
+            tail.append(masked)
+            on_line(masked)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), INSTALL_TIMEOUT)
+    except WaitTimeout:
+        await procs.kill_group(proc.pid, 5.0)
+        raise ProtocolError(FAILED, f"install timed out after {INSTALL_TIMEOUT:.0f} s") from None
+    except asyncio.CancelledError:
+        await procs.kill_group(proc.pid, 5.0)
+        raise
+    if proc.returncode != 0:
+        raise ProtocolError(
+            FAILED,
+            f"install exited with {proc.returncode}" + "".join(f"\n  {line}" for line in tail),
+            hint="fix the install command; the release was not marked complete",
+            exit_code=proc.returncode,
+            tail=list(tail),
+        )
+
+
+def cleanup(layout: AppLayout, build: str) -> bool:
+    """Remove releases/<build> unless `current` points at it; True when something was removed."""
+    if layout.current_build() == build:
+        raise ProtocolError(FAILED, f"{build} is the current release; not removing it")
+    target = layout.release(build)
+    if not target.exists():
+        return False
+    shutil.rmtree(target)
+    return True
+
+
+def point_current(layout: AppLayout, build: str) -> str | None:
+    """Swap `current` to releases/<build> atomically; returns the build it pointed at before."""
+    if not is_complete(layout, build):
+        raise ProtocolError(NOT_FOUND, f"release {build} is not prepared")
+    previous = layout.current_build()
+    tmp = layout.base / f".current.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.join("releases", build), tmp)
+    os.replace(tmp, layout.current)
+    return previous
+
+
+def created_at(layout: AppLayout, build: str) -> float:
+    path = layout.release(build)
+    marker = path / COMPLETE
+    return (marker if marker.exists() else path).stat().st_mtime
+
+
+def builds(layout: AppLayout) -> list[str]:
+    """Release names, newest first (hidden temp dirs excluded)."""
+    if not layout.releases.is_dir():
+        return []
+    names = [p.name for p in layout.releases.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(names, key=lambda b: created_at(layout, b), reverse=True)
+
+
+def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
+    """Remove all but the newest `keep` releases, never one in `protected`; returns those removed."""
+    removed = []
+    for build in builds(layout)[max(keep, 0) :]:
+        if build not in protected:
+            shutil.rmtree(layout.release(build), ignore_errors=True)
+            removed.append(build)
+    return removed

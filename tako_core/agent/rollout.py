@@ -1,0 +1,161 @@
+"""The instances of one app/env and their rolling update.
+
+Per instance: start the new one on a free loopback port, wait until its health path answers, switch
+the route to it, drain the old one. The drained old instances are stopped only once every new one is
+serving, so a failure at any step routes back to old instances that are still running: the old
+version keeps serving and the new instances are killed. State (what runs, with which env) is kept in
+state.json (0600, it holds secrets) so a restarted agent brings its apps back without the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from tako_core.agent import health, releases
+from tako_core.agent.instances import Instance, InstanceSpec, OutputLog
+from tako_core.agent.layout import AppLayout, write_private
+from tako_core.agent.procs import child_env
+from tako_core.agent.protocol import FAILED, NOT_FOUND, ProtocolError
+from tako_core.agent.router import Router
+from tako_core.mask import Masker
+
+HEALTH_TIMEOUT = 30.0
+HEALTH_INTERVAL = 0.1
+DRAIN_TIMEOUT = 30.0
+
+log = logging.getLogger("tako.agent")
+
+
+@dataclass
+class AppState:
+    """What an app/env runs; persisted so the agent can restart it on its own."""
+
+    build: str
+    start: str
+    instances: int
+    health_path: str
+    routes: list[str]
+    vars: dict[str, str]
+    secrets: dict[str, str]
+    previous: str | None = None  # the release `current` pointed at before the latest finalize
+
+
+class AppRuntime:
+    def __init__(self, app: str, env: str, layout: AppLayout, router: Router) -> None:
+        self.app = app
+        self.env = env
+        self.layout = layout
+        self.router = router
+        self.key = f"{app}/{env}"
+        self.lock = asyncio.Lock()  # one mutation (prepare, rollout, finalize, ...) at a time
+        self.instances: list[Instance] = []
+        self.output = OutputLog(layout.instance_log)
+        self.state: AppState | None = self._load_state()
+
+    def _load_state(self) -> AppState | None:
+        try:
+            data = json.loads(self.layout.state.read_text())
+            return AppState(**data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            log.error("ignoring unreadable %s: %s", self.layout.state, type(e).__name__)
+            return None
+
+    def save_state(self) -> None:
+        assert self.state is not None
+        write_private(self.layout.state, json.dumps(asdict(self.state)).encode())
+
+    def _spec(self, build: str, start: str, vars: dict[str, str], secrets: dict[str, str]) -> InstanceSpec:
+        env = child_env(vars, secrets, build=build, data_dir=self.layout.data, env=self.env)
+        return InstanceSpec(build, self.layout.release(build), start, env, Masker(secrets.values()))
+
+    def _route(self, routes: list[str], serving: list[Instance]) -> None:
+        if serving:
+            self.router.set_route(self.key, routes, [i.upstream for i in serving])
+        else:
+            self.router.remove_route(self.key)
+
+    async def rollout(
+        self, state: AppState, on_progress: Callable[[int, int], None], health_timeout: float = HEALTH_TIMEOUT
+    ) -> None:
+        if not releases.is_complete(self.layout, state.build):
+            raise ProtocolError(NOT_FOUND, f"release {state.build} is not prepared")
+        spec = self._spec(state.build, state.start, state.vars, state.secrets)
+        old, new = list(self.instances), []
+        old_routes = self.state.routes if self.state else state.routes
+        try:
+            for index in range(state.instances):
+                instance = Instance(spec, index, health.free_port(), self.output)
+                new.append(instance)
+                await instance.start()
+                await self._wait_healthy(instance, state.health_path, health_timeout)
+                self._route(state.routes, new + old[len(new) :])
+                if index < len(old):
+                    await self.router.drain(old[index].upstream, DRAIN_TIMEOUT)
+                on_progress(index + 1, state.instances)
+            self._route(state.routes, new)
+            for extra in old[len(new) :]:
+                await self.router.drain(extra.upstream, DRAIN_TIMEOUT)
+        except BaseException:
+            self._route(old_routes, old)
+            await asyncio.gather(*(i.stop() for i in new), return_exceptions=True)
+            raise
+        self.instances = new
+        state.previous = self.state.previous if self.state else None
+        self.state = state
+        self.save_state()
+        await asyncio.gather(*(i.stop() for i in old), return_exceptions=True)
+
+    async def _wait_healthy(self, instance: Instance, path: str, within: float) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if await health.probe(instance.port, path):
+                return
+            if not instance.running and instance.exit_code is not None:
+                reason = f"exited with {instance.exit_code} before answering {path}"
+                break
+            await asyncio.sleep(HEALTH_INTERVAL)
+        else:
+            reason = f"did not answer {path} with 2xx/3xx within {within:.0f} s"
+        await asyncio.sleep(0.2)  # let its last output reach the tail
+        tail = list(instance.tail)
+        raise ProtocolError(
+            FAILED,
+            f"new instance #{instance.index} of {instance.spec.build} (port {instance.port}) {reason}; "
+            "the old instances keep serving" + "".join(f"\n  {line}" for line in tail),
+            hint="check the start command: it must serve HTTP on 127.0.0.1:$PORT",
+            tail=tail,
+        )
+
+    def finalize(self, build: str, keep: int) -> list[str]:
+        previous = releases.point_current(self.layout, build)
+        if self.state is not None and previous != build:
+            self.state.previous = previous
+            self.save_state()
+        protected = {build, *(i.spec.build for i in self.instances)}
+        if self.state and self.state.previous:
+            protected.add(self.state.previous)
+        return releases.prune(self.layout, keep, protected)
+
+    async def restore(self) -> None:
+        """Start what state.json says was running, routed at once: it is the best there is."""
+        state = self.state
+        if state is None or not releases.is_complete(self.layout, state.build):
+            return
+        spec = self._spec(state.build, state.start, state.vars, state.secrets)
+        for index in range(state.instances):
+            instance = Instance(spec, index, health.free_port(), self.output)
+            await instance.start()
+            self.instances.append(instance)
+        self._route(state.routes, self.instances)
+        log.info("restored %s: %d instance(s) of %s", self.key, len(self.instances), state.build)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(i.stop() for i in self.instances), return_exceptions=True)
+        self.instances = []

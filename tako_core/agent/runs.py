@@ -1,0 +1,150 @@
+"""Release runs: one `sh -c` per run, detached from any client, its output in a log with offsets.
+
+The log holds masked lines; a watcher reads it from a byte offset, so a client that lost its
+connection re-attaches where it stopped and sees every line once, in order. The result is kept next
+to the log (`<run>.json`), so it outlives the watcher and the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from tako_core.agent import procs
+from tako_core.agent.compat import WaitTimeout
+from tako_core.agent.layout import check_name, write_private
+from tako_core.agent.protocol import NOT_FOUND, ProtocolError, RunResult, clip
+from tako_core.mask import Masker
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a run's process group
+_OUTPUT_SETTLE = 1.0  # after the command exits, how long its output may still trickle in
+_WATCH_POLL = 1.0
+
+
+class Run:
+    def __init__(self, run_id: str, directory: Path) -> None:
+        self.run_id = run_id
+        self.log = directory / f"{run_id}.log"
+        self.result_file = directory / f"{run_id}.json"
+        self.result: RunResult | None = None
+        self.pgid: int | None = None
+        self._stop = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        return self._wakeup
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def execute(
+        self, command: str, cwd: Path, env: dict[str, str], masker: Masker, limit: float
+    ) -> None:
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab", buffering=0) as log:
+            proc = await procs.spawn(command, cwd, env)
+            self.pgid = proc.pid
+            assert proc.stdout is not None
+            pump = asyncio.ensure_future(self._pump(proc.stdout, log, masker))
+            timed_out = stopped = False
+            waiter = asyncio.ensure_future(proc.wait())
+            stopper = asyncio.ensure_future(self._stop.wait())
+            try:
+                done, _ = await asyncio.wait({waiter, stopper}, timeout=limit, return_when="FIRST_COMPLETED")
+                timed_out, stopped = not done, stopper in done and waiter not in done
+            finally:
+                stopper.cancel()
+                # The command's leftovers (background jobs, a SIGTERM-ignoring child) go with it.
+                await procs.kill_group(proc.pid, 0 if waiter.done() else KILL_GRACE)
+                await waiter
+                # Past the settle time something outside the group holds the pipe; the log ends here.
+                with contextlib.suppress(WaitTimeout):
+                    await asyncio.wait_for(pump, _OUTPUT_SETTLE)
+            self.result = RunResult(proc.returncode, timed_out, stopped)
+            write_private(self.result_file, json.dumps(asdict(self.result)).encode())
+            self.notify()
+
+    async def _pump(self, stdout: asyncio.StreamReader, log: io.FileIO, masker: Masker) -> None:
+        async for line in procs.lines(stdout):
+            log.write((clip(masker(line)) + "\n").encode())
+            self.notify()
+
+
+class Runs:
+    """The runs of every app/env, by id."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+
+    def start(
+        self,
+        directory: Path,
+        command: str,
+        cwd: Path,
+        env: dict[str, str],
+        masker: Masker,
+        limit: float,
+    ) -> Run:
+        directory.mkdir(parents=True, exist_ok=True)
+        run_id = f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+        run = Run(run_id, directory)
+        run.log.touch(mode=0o600)
+        run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit))
+        self._runs[str(run.log)] = run
+        return run
+
+    def find(self, directory: Path, run_id: str) -> Run:
+        check_name("run", run_id)
+        run = self._runs.get(str(directory / f"{run_id}.log"))
+        if run is not None:
+            return run
+        # A run from before an agent restart: its log and result are still on disk.
+        run = Run(run_id, directory)
+        if not run.log.exists():
+            raise ProtocolError(NOT_FOUND, f"no release run {run_id}")
+        if run.result_file.exists():
+            run.result = RunResult(**json.loads(run.result_file.read_text()))
+        else:
+            run.result = RunResult(None, False, True)  # lost with the agent that ran it
+        return run
+
+    async def shutdown(self) -> None:
+        for run in self._runs.values():
+            if run.task and not run.task.done():
+                run.stop()
+        tasks = [r.task for r in self._runs.values() if r.task]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def watch(run: Run, offset: int, on_line: Callable[[int, str], None]) -> RunResult:
+    """Every complete log line from byte `offset` on, then the result once the run has ended."""
+    with open(run.log, "rb") as log:  # noqa: ASYNC230 (a local file: reads never block long)
+        log.seek(max(offset, 0))
+        position = log.tell()
+        while True:
+            wakeup = run.wakeup  # taken before reading, so a write after the read still wakes us
+            finished = run.result is not None
+            for raw in iter(log.readline, b""):
+                if not raw.endswith(b"\n"):
+                    log.seek(position)  # a line still being written; read it whole later
+                    break
+                position += len(raw)
+                on_line(position, raw[:-1].decode(errors="replace"))
+            if finished and run.result is not None:
+                return run.result
+            with contextlib.suppress(WaitTimeout):
+                await asyncio.wait_for(wakeup.wait(), _WATCH_POLL)

@@ -1,0 +1,313 @@
+"""The agent through its socket, with real processes: releases, release runs, rollouts, the router."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tako_core.agent.client import AgentClient, AgentReplyError, LeaseHeld, RunResult
+from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
+
+SECRET = "s3cret-value-xyz"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    base = tmp_path_factory.mktemp("agent")
+    process = start_agent(base / "root", base / "pyz")
+    yield process
+    process.stop()
+    assert process.proc.returncode == 0
+
+
+@pytest.fixture
+async def client(agent: AgentProcess) -> AsyncIterator[AgentClient]:
+    c = await agent.client()
+    yield c
+    await c.close()
+
+
+async def ship(
+    agent: AgentProcess,
+    client: AgentClient,
+    app: str,
+    build: str,
+    *,
+    mode: str = "ok",
+    install: str | None = None,
+    output: list[str] | None = None,
+) -> None:
+    """Upload and prepare `build` of the sample app (it answers `build`)."""
+    pack(agent.root / "uploads" / f"{build}.tar.zst", build, mode)
+    sink = output if output is not None else []
+    await client.prepare(
+        app,
+        "prod",
+        build,
+        f"{build}.tar.zst",
+        install,
+        {"GREETING": "hi"},
+        {"DB_PASSWORD": SECRET},
+        sink.append,
+    )
+
+
+async def roll(
+    client: AgentClient, app: str, build: str, health_timeout: float = 30.0
+) -> list[tuple[int, int]]:
+    progress: list[tuple[int, int]] = []
+    await client.rollout(
+        app,
+        "prod",
+        build,
+        start=START,
+        instances=1,
+        health_path="/health",
+        routes=[f"{app}.test"],
+        vars={"GREETING": "hi"},
+        secrets={"DB_PASSWORD": SECRET},
+        on_progress=lambda done, total: progress.append((done, total)),
+        health_timeout=health_timeout,
+    )
+    return progress
+
+
+async def release(
+    client: AgentClient, app: str, build: str, command: str, limit: float = 30.0
+) -> tuple[list[str], RunResult]:
+    run_id = await client.release_start(
+        app, "prod", build, command, {"GREETING": "hi"}, {"DB_PASSWORD": SECRET}, limit
+    )
+    lines: list[str] = []
+    result = await client.release_watch(app, "prod", run_id, 0, lambda _offset, line: lines.append(line))
+    return lines, result
+
+
+async def test_hello_and_socket(agent: AgentProcess, client: AgentClient) -> None:
+    assert client.info.protocol == 1
+    assert set(client.info.codecs) == {"zst", "gz"}
+    assert client.info.free_bytes > 0
+    assert stat.S_IMODE(agent.socket.stat().st_mode) == 0o600
+
+
+def test_version_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tako_core.agent", "version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == "0.1.0 1\n"
+
+
+async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: AgentClient) -> None:
+    assert not await client.has_release("shop", "prod", "b1")
+    output: list[str] = []
+    await ship(agent, client, "shop", "b1", install="echo installing $GREETING $DB_PASSWORD", output=output)
+    assert output == ["installing hi ***"]
+    assert await client.has_release("shop", "prod", "b1")
+    assert not (agent.root / "uploads" / "b1.tar.zst").exists()
+
+    lines, result = await release(
+        client,
+        "shop",
+        "b1",
+        "echo migrating $TAKO_BUILD $ENV; echo pw=$DB_PASSWORD; echo home=$HOME; "
+        'test -z "$SSH_AUTH_SOCK$PORT" && echo clean',
+    )
+    assert lines == ["migrating b1 prod", "pw=***", f"home={agent.root}", "clean"]
+    assert result.exit_code == 0
+    assert not result.timed_out
+
+    assert await roll(client, "shop", "b1") == [(1, 1)]
+    await client.finalize("shop", "prod", "b1")
+    assert os.readlink(agent.root / "apps/shop/prod/current") == "releases/b1"
+    assert await get(agent.http_port, "shop.test") == (200, "b1")
+
+    [status] = [s for s in await client.status() if s.app == "shop"]
+    assert status.current == "b1"
+    assert status.running == "b1"
+    assert len(status.instances) == 1
+    state = agent.root / "apps/shop/prod/state.json"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    logs = await client.logs("shop", "prod", 50)
+    assert any("sample app b1 starting" in line for line in logs)
+    assert all(SECRET not in line for line in logs)
+    assert any("secret is ***" in line for line in logs)
+    assert SECRET not in (agent.root / "log/agent.log").read_text()
+
+
+async def test_failed_release_starts_nothing_and_is_cleaned_up(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "cart", "c1")
+    await roll(client, "cart", "c1")
+    await client.finalize("cart", "prod", "c1")
+
+    await ship(agent, client, "cart", "c2")
+    lines, result = await release(client, "cart", "c2", "echo boom; exit 1")
+    assert lines == ["boom"]
+    assert result.exit_code == 1
+    await client.cleanup("cart", "prod", "c2")
+    assert not (agent.root / "apps/cart/prod/releases/c2").exists()
+    assert os.readlink(agent.root / "apps/cart/prod/current") == "releases/c1"
+    [status] = [s for s in await client.status() if s.app == "cart"]
+    assert [i.build for i in status.instances] == ["c1"]
+    assert await get(agent.http_port, "cart.test") == (200, "c1")
+    with pytest.raises(AgentReplyError, match="not removing it"):
+        await client.cleanup("cart", "prod", "c1")
+
+
+def _live_in_group(pgid: int) -> list[int]:
+    live = []
+    for entry in os.listdir("/proc"):
+        try:
+            data = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            live.append(int(entry))
+    return live
+
+
+async def test_release_timeout_kills_the_whole_group(agent: AgentProcess, client: AgentClient) -> None:
+    await ship(agent, client, "slow", "s1")
+    pidfile = agent.root / "apps/slow/prod/data/child.pid"
+    # A child that ignores SIGTERM and keeps starting grandchildren, behind a parent that just sleeps.
+    command = (
+        "sh -c 'trap \"\" TERM; echo $$ > $TAKO_DATA_DIR/child.pid; while :; do sleep 1; done' & "
+        "echo started; sleep 60"
+    )
+    started = time.monotonic()
+    lines, result = await release(client, "slow", "s1", command, limit=1.0)
+    assert lines == ["started"]
+    assert result.timed_out
+    assert result.exit_code != 0
+    assert time.monotonic() - started < 10
+    child = int(pidfile.read_text())
+    pgid = os.getpgid(child) if _alive(child) else None
+    assert pgid is None or not _live_in_group(pgid)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return state[state.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+async def test_watcher_reattaches_from_its_offset(agent: AgentProcess) -> None:
+    first = await agent.client()
+    await ship(agent, first, "feed", "f1")
+    run_id = await first.release_start(
+        "feed", "prod", "f1", "for i in $(seq 1 40); do echo line $i; sleep 0.02; done; exit 3", {}, {}, 30
+    )
+    seen: list[tuple[int, str]] = []
+    watching = asyncio.ensure_future(
+        first.release_watch("feed", "prod", run_id, 0, lambda o, line: seen.append((o, line)))
+    )
+    for _ in range(200):
+        if len(seen) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    await first.close()  # the connection drops mid-run
+    with pytest.raises(Exception):  # noqa: B017, PT011 - it fails with the connection, whatever the kind
+        await watching
+    offset = seen[-1][0]
+    second = await agent.client()
+    result = await second.release_watch(
+        "feed", "prod", run_id, offset, lambda o, line: seen.append((o, line))
+    )
+    await second.close()
+    assert [line for _, line in seen] == [f"line {i}" for i in range(1, 41)]
+    assert result.exit_code == 3
+    assert not result.timed_out
+
+
+async def test_unhealthy_build_keeps_the_old_one_serving_under_load(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "web", "w1")
+    await roll(client, "web", "w1")
+    await ship(agent, client, "web", "w2", mode="unhealthy")
+    load = Load(agent.http_port, "web.test", max_seconds=20)
+    load.start()
+    await asyncio.sleep(0.3)
+    with pytest.raises(AgentReplyError) as failure:
+        await roll(client, "web", "w2", health_timeout=2.0)
+    await asyncio.sleep(0.3)
+    await load.stop()
+    assert "did not answer /health" in failure.value.message
+    assert "sample app w2 starting" in failure.value.message  # the instance's last lines
+    assert SECRET not in failure.value.message
+    assert not load.failed, load.errors[:5]
+    assert len(load.samples) > 100
+    assert {s.body for s in load.samples} == {"w1"}
+    [status] = [s for s in await client.status() if s.app == "web"]
+    assert [i.build for i in status.instances] == ["w1"]
+
+
+async def test_good_rollout_under_load_switches_every_request(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "api", "a1")
+    await roll(client, "api", "a1")
+    await ship(agent, client, "api", "a2")
+    load = Load(agent.http_port, "api.test", max_seconds=20)
+    load.start()
+    await asyncio.sleep(0.3)
+    await roll(client, "api", "a2")
+    switched = time.monotonic()
+    await asyncio.sleep(0.3)
+    await load.stop()
+    assert not load.failed, load.errors[:5]
+    assert {s.body for s in load.samples if s.sent > switched} == {"a2"}
+    assert {s.body for s in load.samples} == {"a1", "a2"}
+    for connection in range(load.connections):  # per connection: old answers, then only new ones
+        bodies = [s.body or "" for s in load.samples if s.connection == connection]
+        assert bodies == sorted(bodies)
+
+
+async def test_leases(client: AgentClient) -> None:
+    await client.lease_acquire("lease", "prod", "ann@laptop", "b1", ttl=1.0)
+    with pytest.raises(LeaseHeld) as held:
+        await client.lease_acquire("lease", "prod", "bob@ci", "b2")
+    assert held.value.holder == "ann@laptop"
+    assert held.value.build == "b1"
+    assert "ann@laptop" in held.value.message
+    await client.lease_renew("lease", "prod", "ann@laptop")
+    with pytest.raises(AgentReplyError):
+        await client.lease_renew("lease", "prod", "bob@ci")
+    await client.lease_acquire("lease", "prod", "bob@ci", "b2", force=True)  # --force-unlock
+    await asyncio.sleep(1.1)  # bob's ttl is 30 s, but a new holder may take an expired one only
+    with pytest.raises(LeaseHeld):
+        await client.lease_acquire("lease", "prod", "ann@laptop", "b3")
+    await client.lease_release("lease", "prod", "bob@ci")
+    await client.lease_acquire("lease", "prod", "ann@laptop", "b3", ttl=1.0)
+    await asyncio.sleep(1.1)
+    await client.lease_acquire("lease", "prod", "bob@ci", "b4")  # ann stopped renewing: expired
+
+
+async def test_finalize_prunes_but_keeps_current_and_previous(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    for build in ("p1", "p2", "p3"):
+        await ship(agent, client, "prune", build)
+    await roll(client, "prune", "p1")
+    for build in ("p1", "p2"):
+        await client.finalize("prune", "prod", build)
+    pruned = await client.finalize("prune", "prod", "p3", keep=1)
+    # p1 still runs (no rollout since), p2 is previous: nothing may go.
+    assert pruned == []
+    assert {r.build for r in await client.releases("prune", "prod")} == {"p1", "p2", "p3"}
+    await client.rollback("prune", "prod", "p2")
+    assert os.readlink(agent.root / "apps/prune/prod/current") == "releases/p2"
+    assert await get(agent.http_port, "prune.test") == (200, "p2")
