@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,3 +254,54 @@ def test_bad_input_exits_2_with_a_hint(laptop: Machine) -> None:
     (tako_dir / "secrets.json").write_text('{\n  "version": 1,\n  "envs": {,}\n}\n')
     stderr = laptop.fails("ls")
     assert "error: .tako/secrets.json:3:12: not valid JSON" in stderr
+
+
+def on_terminal(machine: Machine, args: list[str], answers: list[str]) -> tuple[int, str]:
+    """Runs `tako secrets ARGS` on a real pseudo-terminal, typing each answer after a prompt.
+
+    Returns the exit code and everything the terminal showed.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal, as in an interactive shell
+        try:
+            os.chdir(machine.project)
+            os.execve(TAKO, [str(TAKO), "secrets", *args], machine.env())
+        finally:
+            os._exit(127)
+    shown = b""
+    pending = list(answers)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            # Click writes "Prompt:", then getpass turns echo off (flushing typed-ahead input) and
+            # writes " ": only then may the answer be typed.
+            if pending and shown.endswith(b": "):
+                os.write(fd, pending.pop(0).encode() + b"\r")
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_set_on_a_terminal_uses_a_hidden_prompt_with_confirmation(laptop: Machine) -> None:
+    code, shown = on_terminal(laptop, ["set", "DB_URL", "--env", "production"], [DB_URL, DB_URL])
+    assert code == 0, shown
+    assert "Value for DB_URL (production):" in shown
+    assert "Repeat for confirmation:" in shown
+    assert DB_URL not in shown  # never echoed
+    assert laptop.ok("get", "DB_URL", "--env", "production") == DB_URL + "\n"
+
+    code, shown = on_terminal(laptop, ["rm", "DB_URL", "--env", "production"], ["y"])
+    assert code == 0, shown
+    assert "Remove DB_URL from env production?" in shown
+    assert laptop.ok("ls", "--env", "production") == ""
