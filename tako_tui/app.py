@@ -1,0 +1,211 @@
+"""The deploy console: runs the core's deploy in a worker on Textual's event loop and shows it live.
+
+    from tako_tui.app import ConsolePrompter, run_deploy_console
+
+    prompter = ConsolePrompter()
+    finished = run_deploy_console(
+        lambda sink: deploy(resolved, sink=sink, prompter=prompter),
+        title=f"{app} → {env}",
+        prompter=prompter,          # binds the prompter's questions to this console's modals
+    )
+
+`run_deploy_console` returns the `DeployFinished` the core reported (also after an abort: exit code
+130), or None when the run was cancelled before it reported one. If the run raised, the exception is
+re-raised once the user has quit, so `tako_tui.cli` renders it like any other error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState
+
+from tako_core.events import DeployFinished, EventSink
+
+from .bridge import EventBridge
+from .screens.confirm import ConfirmScreen
+from .screens.deploy import DeployScreen
+from .screens.help import HelpScreen
+
+DeployRun = Callable[[EventSink], Awaitable[DeployFinished]]
+
+ABORT_QUESTION = (
+    "Abort the deploy? The release command will be stopped and the new release removed on every server."
+)
+STYLES = Path(__file__).parent / "styles"
+
+
+class DeployConsole(App[DeployFinished | None]):
+    CSS_PATH = [STYLES / "console.tcss", STYLES / "deploy.tcss"]
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("a", "abort", "Abort"),
+        # The terminal is in raw mode, so Ctrl-C is a key, not SIGINT: it asks, like `a`.
+        Binding("ctrl+c", "interrupt", "Abort", show=False, priority=True),
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(
+        self,
+        run: DeployRun,
+        *,
+        title: str,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = 0.05,
+    ) -> None:
+        """`clock` is "now" for every live duration, in the timebase of the events' `at` (wall-clock
+        seconds; tests pass a frozen one); `flush_interval` is the longest an event waits for the screen."""
+        super().__init__()
+        self.title = title
+        self._run = run
+        self._clock = clock
+        self._flush_interval = flush_interval
+        self.deploy_screen = DeployScreen(title, clock)
+        self.bridge = EventBridge(self.deploy_screen, flush_interval)
+        self.worker: Worker[DeployFinished] | None = None
+        self.result: DeployFinished | None = None  # what run_deploy_console returns
+        self.error: BaseException | None = None  # the run raised: re-raised after quitting
+        self._abort_dialog: ConfirmScreen | None = None
+
+    def get_default_screen(self) -> DeployScreen:
+        return self.deploy_screen
+
+    def on_mount(self) -> None:
+        self.worker = self.run_worker(self._deploy(), name="deploy", exit_on_error=False)
+
+    async def _deploy(self) -> DeployFinished:
+        try:
+            finished = await self._run(self.bridge.sink)
+            if not self.bridge.saw_finished:
+                self.bridge.sink(finished)  # the screen's verdict comes from events only
+            return finished
+        finally:
+            # Before the worker's state message: the last events must not trail behind it.
+            self.bridge.flush()
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and not self.worker.is_finished
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.worker:
+            return
+        model = self.deploy_screen.model
+        if event.state is WorkerState.SUCCESS:
+            self.result = event.worker.result
+        elif event.state is WorkerState.CANCELLED:
+            # Cancelled before the core reported its end (it normally does, with exit code 130).
+            self.result = model.finished
+            if model.finished is None:
+                model.crash = "The deploy was cancelled before it could report its result."
+                self.deploy_screen.show_summary()
+        elif event.state is WorkerState.ERROR:
+            self.error = event.worker.error
+            self.result = model.finished
+            model.crash = f"{type(self.error).__name__}: {self.error}"
+            self.deploy_screen.show_summary()
+        if event.worker.is_finished:
+            self.refresh_bindings()
+            self._close_abort_dialog()
+
+    # -- actions -------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "abort":
+            return True if self.running else None  # shown dimmed once the deploy has ended
+        return True
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: asks to abort; a second one confirms; once the deploy is over, it quits."""
+        if self._abort_dialog is not None:
+            self._abort_dialog.dismiss(True)
+        elif self.running:
+            self.action_abort()
+        else:
+            self.exit(self.result)
+
+    def action_abort(self) -> None:
+        if not self.running:
+            return
+        model = self.deploy_screen.model
+        if model.aborting:
+            self.notify("Aborting: waiting for every server to clean up.", timeout=3)
+            return
+        self._abort_dialog = ConfirmScreen(ABORT_QUESTION, yes="Abort", no="Keep deploying", danger=True)
+        self.push_screen(self._abort_dialog, self._abort_answered)
+
+    def _abort_answered(self, yes: bool | None) -> None:
+        self._abort_dialog = None
+        if not yes or not self.running or self.worker is None:
+            return
+        self.deploy_screen.model.aborting = True
+        self.deploy_screen.header.refresh()
+        # The core turns cancellation into an abort and still reports DeployFinished (exit 130):
+        # the screen stays until then.
+        self.worker.cancel()
+
+    def _close_abort_dialog(self) -> None:
+        if self._abort_dialog is not None and self._abort_dialog.is_current:
+            self._abort_dialog.dismiss(False)
+
+    async def action_quit(self) -> None:
+        if self.running:
+            self.action_abort()  # quitting mid-deploy means aborting it; the summary follows
+        else:
+            self.exit(self.result)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+
+class ConsolePrompter:
+    """The core's `Prompter` for the console: each question is a modal; the deploy waits for the answer.
+
+    Create it before the console exists and pass it to `run_deploy_console(..., prompter=...)`.
+    """
+
+    def __init__(self) -> None:
+        self._app: DeployConsole | None = None
+
+    def attach(self, app: DeployConsole) -> None:
+        self._app = app
+
+    async def confirm(self, question: str) -> bool:
+        app = self._app
+        if app is None:
+            raise RuntimeError("ConsolePrompter is not attached: pass it to run_deploy_console(prompter=...)")
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        dialog = ConfirmScreen(question)
+
+        def answered(yes: bool | None) -> None:
+            if not answer.done():
+                answer.set_result(bool(yes))
+
+        app.push_screen(dialog, answered)
+        try:
+            return await answer
+        finally:
+            # Cancelled (aborted) while asking: the question no longer matters.
+            if not answer.done() and dialog.is_current:
+                dialog.dismiss(False)
+
+
+def run_deploy_console(
+    run: DeployRun, *, title: str, prompter: ConsolePrompter | None = None
+) -> DeployFinished | None:
+    """Show the console until the user quits; see the module docstring."""
+    app = DeployConsole(run, title=title)
+    if prompter is not None:
+        prompter.attach(app)
+    app.run()
+    if app.error is not None:
+        raise app.error
+    return app.result

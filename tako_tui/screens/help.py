@@ -1,0 +1,60 @@
+"""`?`: the keys and what the glyphs mean."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tako_core.events import State
+
+from ..widgets.look import MUTED, STATE_GLYPH, STATE_STYLE
+
+KEYS = (
+    ("a  ctrl+c", "abort the deploy (asks first)"),
+    ("tab  arrows", "move between server panels"),
+    ("enter  click", "show only that server's output"),
+    ("l  escape", "show every server's output"),
+    ("end", "jump to the newest output and follow it"),
+    ("pgup  pgdn", "scroll the output (it stops following)"),
+    ("q", "quit once the deploy has ended"),
+    ("?", "this help"),
+)
+
+MEANING = {
+    State.PENDING: "not started",
+    State.RUNNING: "running",
+    State.WAITING: "waiting (followers wait for the leader's release command)",
+    State.DONE: "done",
+    State.FAILED: "failed: the error is under the phase",
+    State.CANCELLED: "cancelled: the deploy stopped before it ran",
+    State.SKIPPED: "skipped (e.g. no release command)",
+}
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        keys = Table.grid(padding=(0, 2))
+        keys.add_column(style="bold #f5a97f", no_wrap=True)
+        keys.add_column()
+        for key, what in KEYS:
+            keys.add_row(key, what)
+        states = Table.grid(padding=(0, 2))
+        states.add_column(no_wrap=True)
+        states.add_column()
+        for state, meaning in MEANING.items():
+            states.add_row(Text(f"{STATE_GLYPH[state]} {state.value}", STATE_STYLE[state]), meaning)
+        with Vertical(id="help"):
+            yield Static(Text("Keys", "bold"))
+            yield Static(keys)
+            yield Static(Text("\nPhase states", "bold"))
+            yield Static(states)
+            yield Static(Text("\nConnect · Upload · Install · Release · Rollout · Finalize", MUTED))
+            yield Static(Text("★ leader runs the release command once; followers wait for it.", MUTED))
+            yield Static(Text("\nescape to close", MUTED))

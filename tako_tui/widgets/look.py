@@ -1,0 +1,96 @@
+"""How states, durations and sizes look on screen: one place, so every widget says it the same way."""
+
+from __future__ import annotations
+
+from tako_core.events import State
+
+# A glyph and a Rich style per state. Running spins (see `running_glyph`); the rest are still.
+STATE_GLYPH: dict[State, str] = {
+    State.PENDING: "○",
+    State.RUNNING: "●",
+    State.WAITING: "◷",
+    State.DONE: "✓",
+    State.FAILED: "✗",
+    State.CANCELLED: "⊘",
+    State.SKIPPED: "↷",
+}
+
+STATE_STYLE: dict[State, str] = {
+    State.PENDING: "#6c7086",
+    State.RUNNING: "bold #f9e2af",
+    State.WAITING: "bold #89dceb",
+    State.DONE: "bold #a6e3a1",
+    State.FAILED: "bold #f38ba8",
+    State.CANCELLED: "#fab387",
+    State.SKIPPED: "#6c7086",
+}
+
+# The phase name's own style: finished-and-boring phases recede, live ones stand out.
+NAME_STYLE: dict[State, str] = {
+    State.PENDING: "#6c7086",
+    State.RUNNING: "bold",
+    State.WAITING: "bold",
+    State.DONE: "",
+    State.FAILED: "bold #f38ba8",
+    State.CANCELLED: "#fab387",
+    State.SKIPPED: "#6c7086",
+}
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+# Colours that tell servers apart in the merged log; assigned in inventory order.
+SERVER_COLOURS = ("#89b4fa", "#cba6f7", "#94e2d5", "#f5c2e7", "#b4befe", "#74c7ec", "#f2cdcd", "#eba0ac")
+LOCAL_COLOUR = "#9399b2"
+MUTED = "#6c7086"
+ERROR = "#f38ba8"
+
+
+def glyph(state: State, now: float) -> str:
+    """The state's glyph; a running phase shows a spinner frame derived from the clock (10 fps)."""
+    if state is State.RUNNING:
+        return SPINNER[int(now * 10) % len(SPINNER)]
+    return STATE_GLYPH[state]
+
+
+def duration(seconds: float) -> str:
+    """Short and stable-width enough for a panel column: 0.4s, 12s, 3m05s, 1h02m."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def clock(seconds: float) -> str:
+    """Elapsed wall time for the header: 00:42, 12:05, 1:02:03."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+
+
+def _unit(num: int) -> tuple[str, float]:
+    for unit, scale in _UNITS:
+        if num >= scale:
+            return unit, scale
+    return "B", 1.0
+
+
+def size(num: int) -> str:
+    """Bytes in the unit a person reads at a glance: 512 B, 4.2 MB."""
+    unit, scale = _unit(num)
+    return f"{num} B" if unit == "B" else f"{num / scale:.1f} {unit}"
+
+
+def progress(sent: int, total: int) -> str:
+    """Upload progress in the total's unit: "2.1/5.0 MB"."""
+    unit, scale = _unit(total)
+    if unit == "B":
+        return f"{sent}/{total} B"
+    return f"{sent / scale:.1f}/{total / scale:.1f} {unit}"
