@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -99,25 +100,33 @@ class Machine:
         return result.stderr
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    path = tmp_path / "app"
-    path.mkdir()
-    (path / "tako.toml").write_text(TAKO_TOML)
-    return path
+def new_laptop(root: Path) -> Machine:
+    project = root / "app"
+    project.mkdir()
+    (project / "tako.toml").write_text(TAKO_TOML)
+    return Machine(project, root / "laptop")
 
 
 @pytest.fixture
-def laptop(project: Path, tmp_path: Path) -> Machine:
-    return Machine(project, tmp_path / "laptop")
+def laptop(tmp_path: Path) -> Machine:
+    return new_laptop(tmp_path)
 
 
-@pytest.fixture
-def with_secrets(laptop: Machine) -> Machine:
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Machine:
+    """Secrets set once through the CLI; each test gets a copy (processes are the slow part)."""
+    laptop = new_laptop(tmp_path_factory.mktemp("seeded"))
     laptop.ok("set", "DB_URL", "--env", "production", input=DB_URL + "\n")
     laptop.ok("set", "API_TOKEN", "--env", "production", input=API_TOKEN)
     laptop.ok("set", "DB_URL", "--env", "staging", input="sqlite:///staging.db\n")
     return laptop
+
+
+@pytest.fixture
+def with_secrets(seeded: Machine, tmp_path: Path) -> Machine:
+    shutil.copytree(seeded.project, tmp_path / "app")
+    shutil.copytree(seeded.home, tmp_path / "laptop")
+    return Machine(tmp_path / "app", tmp_path / "laptop")
 
 
 def secrets_doc(project: Path) -> dict[str, dict[str, dict[str, dict[str, str]]]]:
