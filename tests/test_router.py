@@ -400,6 +400,28 @@ async def test_http10_clients(router: Router, apps: Callable[[str], App]) -> Non
     writer.close()
 
 
+async def test_idle_client_connections_are_closed(backend: str, apps: Callable[[str], App]) -> None:
+    r = Router("127.0.0.1", 0, backend=backend, idle_timeout=0.3)
+    await r.start()
+    try:
+        a = await apps("a").start()
+        r.set_route("a", ["a.test"], [a.upstream])
+        c = await Client(r.port).open()
+        assert (await c.request()).body == b"a"
+        trickle = await Client(r.port).open()
+        assert trickle.writer is not None
+        trickle.writer.write(b"GET / HTTP/1.1\r\nHost: a.")  # a head that never completes
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await c.closed_by_peer()
+        assert await trickle.closed_by_peer()
+        assert loop.time() - started < 3.0
+        c.close()
+        trickle.close()
+    finally:
+        await r.stop()
+
+
 async def test_pipelined_requests_answered_in_order(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
     router.set_route("a", ["a.test"], [a.upstream])

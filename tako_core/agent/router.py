@@ -45,6 +45,7 @@ from tako_core.agent.http1 import (
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024  # bytes of request line + headers a client may send
+IDLE_TIMEOUT = 75.0  # seconds a client connection may wait between requests (or trickle a head)
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection to an upstream
 _HIGH_WATER = 256 * 1024  # unread bytes buffered per connection before reading pauses
 _MAX_IDLE = 256  # pooled idle connections kept per upstream
@@ -174,6 +175,8 @@ class _ClientConn(_Conn):
     def __init__(self, router: Router) -> None:
         super().__init__()
         self._router = router
+        # When the connection started waiting for its next request head; None while one is served.
+        self.idle_since: float | None = asyncio.get_running_loop().time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -292,11 +295,15 @@ def _status_line(status: int) -> bytes:
 class Router:
     """HTTP/1.1 reverse proxy routing by Host to the upstreams given by `set_route`."""
 
-    def __init__(self, host: str, port: int, *, backend: str | None = None, max_head: int = MAX_HEAD) -> None:
+    def __init__(self, host: str, port: int, *, backend: str | None = None, max_head: int = MAX_HEAD,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self._host = host
         self._port = port
         self._backend = select_backend(backend)
         self._max_head = max_head
+        self._idle_timeout = idle_timeout
+        self._clients: set[_ClientConn] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self._routes: dict[str, _Route] = {}
         self._exact: dict[bytes, _Route] = {}
         self._wild: list[tuple[bytes, _Route]] = []  # (".example.com", route), longest suffix first
@@ -325,12 +332,16 @@ class Router:
         self._server = await loop.create_server(
             lambda: _ClientConn(self), self._host, self._port, reuse_address=True, backlog=1024
         )
+        self._sweeper = loop.create_task(self._sweep_idle())
 
     async def stop(self) -> None:
         self._closing = True
         if self._server is not None:
             self._server.close()
         tasks = list(self._tasks)
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+            self._sweeper = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -442,7 +453,18 @@ class Router:
 
     # --- serving ------------------------------------------------------------------------------------
 
+    async def _sweep_idle(self) -> None:
+        """Close client connections idle past the timeout: one timer for all, none per request."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, self._idle_timeout / 4))
+            cutoff = loop.time() - self._idle_timeout
+            for conn in list(self._clients):
+                if conn.idle_since is not None and conn.idle_since < cutoff:
+                    conn.close()
+
     def _accept(self, conn: _ClientConn) -> None:
+        self._clients.add(conn)
         task = asyncio.get_running_loop().create_task(self._serve(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -454,9 +476,12 @@ class Router:
             peername = client.transport.get_extra_info("peername") if client.transport else None
             peer = str(peername[0]) if peername else "unknown"
             trusted = peer.startswith("127.") or peer == "::1"
+            loop = asyncio.get_running_loop()
             while True:
                 head = None
+                client.idle_since = loop.time()
                 ev = await reqs.next()
+                client.idle_since = None
                 if ev is None or ev[0] != HEAD:
                     return
                 head = ev[1]
@@ -469,6 +494,7 @@ class Router:
         except Exception:  # a bug must cost one connection, never the router
             log.exception("router: unexpected error serving a client")
         finally:
+            self._clients.discard(client)
             client.close()
 
     def _reply(self, client: _Conn, req: Head | None, status: int, text: str, keep: bool) -> None:

@@ -1,0 +1,267 @@
+"""Router throughput and latency: direct vs the agent's router (llhttp and h11 parsers) vs Caddy.
+
+One run, side by side, on loopback: a raw asyncio upstream app, the router in its own process (as the
+agent runs it) for each parser, and Caddy's reverse_proxy, all in front of the same upstream; wrk
+against each in turn. Prints a table and writes it as the "Router" section of bench/BENCHMARKS.md.
+
+    .venv/bin/python bench/router.py [--duration 5] [--connections 50] [--no-write]
+
+Every process it starts is stopped at the end (terminate, then kill after 5 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "bench" / "BENCHMARKS.md"
+CADDY = "/usr/bin/caddy"
+WRK = "/usr/bin/wrk"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!"
+
+
+# --- the processes under test ---------------------------------------------------------------------
+
+class _App(asyncio.Protocol):
+    """The fastest honest upstream: answers every complete request head with a fixed response."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        count = buf.count(b"\r\n\r\n")
+        if count and self.transport is not None:
+            self.transport.write(RESPONSE * count)
+            buf = buf[buf.rfind(b"\r\n\r\n") + 4:]
+        self.buf = buf
+
+
+async def _serve_upstream(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(_App, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+async def _serve_router(port: int, upstream_ports: list[int], backend: str, switch_every: float) -> None:
+    """The router as the agent runs it. With two upstreams and `switch_every` > 0 it does what a
+    rollout does, over and over: route to the other upstream, then drain the previous one."""
+    sys.path.insert(0, str(ROOT))
+    from tako_core.agent.router import Router, Upstream
+
+    router = Router("127.0.0.1", port, backend=backend)
+    await router.start()
+    upstreams = [Upstream("127.0.0.1", p) for p in upstream_ports]
+    router.set_route("bench", ["127.0.0.1"], upstreams[:1])
+    if switch_every <= 0:
+        await asyncio.Event().wait()
+    for n in range(1_000_000):  # until terminated
+        await asyncio.sleep(switch_every)
+        router.set_route("bench", ["127.0.0.1"], [upstreams[(n + 1) % 2]])
+        await router.drain(upstreams[n % 2], 30.0)
+
+
+# --- orchestration --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process {proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port} after {timeout} s")
+
+
+def _caddy_config(port: int, upstream_port: int) -> dict[str, object]:
+    return {
+        "admin": {"disabled": True},
+        "logging": {"logs": {"default": {"level": "ERROR"}}},
+        "apps": {"http": {"servers": {"bench": {
+            "listen": [f"127.0.0.1:{port}"],
+            "automatic_https": {"disable": True},
+            "routes": [{"handle": [{"handler": "reverse_proxy",
+                                    "upstreams": [{"dial": f"127.0.0.1:{upstream_port}"}]}]}],
+        }}}},
+    }
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: str
+    cpu_us: float = 0.0  # CPU time of the measured process per request: robust to a noisy machine
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def _wrk(name: str, port: int, duration: int, connections: int, pid: int | None = None) -> Result:
+    cpu_before = _cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(
+        [WRK, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True, timeout=duration + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = "; ".join(line.strip() for line in out.splitlines()
+                       if "Socket errors" in line or "Non-2xx" in line) or "0"
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu_us = (_cpu_seconds(pid) - cpu_before) / requests * 1e6 if pid else 0.0
+    return Result(name, rps, p50, p99, errors, cpu_us)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, " \
+           f"{subprocess.run([CADDY, 'version'], capture_output=True, text=True).stdout.split()[0]} Caddy"
+
+
+def _table(results: list[Result]) -> str:
+    direct = results[0]
+    caddy = next(r for r in results if r.name.startswith("Caddy"))
+    rows = ["| target | req/s | p50 ms | p99 ms | req/s vs direct | req/s vs Caddy | p99 vs direct "
+            "| CPU µs/req (that process) | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        rows.append(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                    f"{r.rps / direct.rps:.2f}x | {r.rps / caddy.rps:.2f}x | "
+                    f"{r.p99_ms / direct.p99_ms:.2f}x | {r.cpu_us:.0f} | {r.errors} |")
+    return "\n".join(rows)
+
+
+def _write_section(section: str) -> None:
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    # Replace our own section (up to the next "## " heading) and leave everyone else's alone.
+    pattern = re.compile(r"^## Router\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = BENCHMARKS.with_suffix(".md.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, BENCHMARKS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    if shutil.which(WRK) is None or shutil.which(CADDY) is None:
+        raise SystemExit(f"needs {WRK} and {CADDY}")
+
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="tako-bench-router-"))
+
+    def spawn(argv: list[str], port: int, env: dict[str, str] | None = None) -> int:
+        log = open(tmp / f"{port}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.append(proc)
+        _wait_port(port, proc)
+        return proc.pid
+
+    try:
+        up = _free_port()
+        targets = [("direct to the app", up, spawn([sys.executable, __file__, "upstream", str(up)], up))]
+        for backend in ("httptools", "h11"):
+            port = _free_port()
+            pid = spawn([sys.executable, __file__, "router", str(port), str(up), backend, "0"], port)
+            targets.append((f"tako router ({backend})", port, pid))
+        # The same router switching between two upstream processes every 100 ms, drain included.
+        up2, port = _free_port(), _free_port()
+        spawn([sys.executable, __file__, "upstream", str(up2)], up2)
+        pid = spawn([sys.executable, __file__, "router", str(port), f"{up},{up2}", "httptools", "0.1"], port)
+        targets.append(("tako router (httptools), switching every 100 ms", port, pid))
+        caddy_port = _free_port()
+        config = tmp / "caddy.json"
+        config.write_text(json.dumps(_caddy_config(caddy_port, up)))
+        env = {**os.environ, "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp), "HOME": str(tmp)}
+        targets.append(("Caddy 2.6 reverse_proxy", caddy_port,
+                        spawn([CADDY, "run", "--config", str(config)], caddy_port, env)))
+
+        for _, port, _ in targets:  # warm up every target (connection pools, caches) before measuring
+            _wrk("warm-up", port, 1, args.connections)
+        results = [_wrk(name, port, args.duration, args.connections, pid) for name, port, pid in targets]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    table = _table(results)
+    print(table)
+    if not args.no_write:
+        command = (f".venv/bin/python bench/router.py --duration {args.duration} "
+                   f"--connections {args.connections}")
+        _write_section(
+            f"## Router\n\n"
+            f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {_machine()} · all processes on the "
+            f"same cores (wrk, app, proxy).\n"
+            f"Each proxy runs in its own process in front of the same raw asyncio app; "
+            f"`wrk -t2 -c{args.connections} -d{args.duration}s --latency` against each in turn "
+            f"after a 1 s warm-up. Reproduce: `{command}`\n\n{table}\n\n"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "upstream":
+        asyncio.run(_serve_upstream(int(sys.argv[2])))
+    elif len(sys.argv) > 5 and sys.argv[1] == "router":
+        asyncio.run(_serve_router(int(sys.argv[2]), [int(p) for p in sys.argv[3].split(",")], sys.argv[4],
+                                  float(sys.argv[5])))
+    else:
+        main()
