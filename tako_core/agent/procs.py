@@ -125,3 +125,24 @@ async def kill_group(pgid: int, grace: float) -> None:
         if not group_alive(pgid):
             return
         await asyncio.sleep(_POLL)
+
+
+def orphaned_instances(releases: Path) -> list[int]:
+    """Session leaders started by an earlier agent for instances under `releases` (cwd inside it,
+    PORT in their environment): what a killed agent leaves behind, still holding ports."""
+    found = []
+    prefix = str(releases.resolve()) + os.sep
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) != pid or not (os.readlink(f"/proc/{pid}/cwd") + os.sep).startswith(prefix):
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(item.startswith(b"PORT=") for item in environ):
+            found.append(pid)
+    return found

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from tako_core.agent import health, releases
-from tako_core.agent.instances import Instance, InstanceSpec, OutputLog
+from tako_core.agent import health, procs, releases
+from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec, OutputLog
 from tako_core.agent.layout import AppLayout, write_private
 from tako_core.agent.procs import child_env
 from tako_core.agent.protocol import FAILED, NOT_FOUND, ProtocolError
@@ -148,6 +148,11 @@ class AppRuntime:
         state = self.state
         if state is None or not releases.is_complete(self.layout, state.build):
             return
+        if self.layout.releases.is_dir():
+            orphans = procs.orphaned_instances(self.layout.releases)
+            await asyncio.gather(*(procs.kill_group(pid, STOP_GRACE) for pid in orphans))
+            if orphans:
+                log.warning("%s: stopped %d instance(s) left by an earlier agent", self.key, len(orphans))
         spec = self._spec(state.build, state.start, state.vars, state.secrets)
         for index in range(state.instances):
             instance = Instance(spec, index, health.free_port(), self.output)

@@ -121,6 +121,16 @@ class Runs:
             run.result = RunResult(None, False, True)  # lost with the agent that ran it
         return run
 
+    def prune(self, directory: Path, keep: int) -> None:
+        """Remove the logs and results of all but the newest `keep` runs (never a running one)."""
+        logs = sorted(directory.glob("run-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for log in logs[keep:]:
+            run = self._runs.get(str(log))
+            if run is None or run.result is not None:
+                self._runs.pop(str(log), None)
+                log.unlink(missing_ok=True)
+                log.with_suffix(".json").unlink(missing_ok=True)
+
     async def shutdown(self) -> None:
         for run in self._runs.values():
             if run.task and not run.task.done():

@@ -77,6 +77,7 @@ class AgentServer:
         self.agent = agent
         self._background: set[asyncio.Future[Any]] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -91,12 +92,16 @@ class AgentServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # Since 3.12 wait_closed() also waits for open connections: end them first.
+            for writer in self._writers:
+                writer.close()
             await self._server.wait_closed()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(writer)
+        self._writers.add(writer)
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -119,6 +124,7 @@ class AgentServer:
             conn.closed = True
             for task in tasks:
                 task.cancel()
+            self._writers.discard(writer)
             writer.close()
 
     async def _serve(self, conn: Connection, line: bytes) -> None:

@@ -30,6 +30,7 @@ Emit = Callable[[str, dict[str, Any]], None]
 Handler = Callable[[Params, Emit], Awaitable[dict[str, Any]]]
 
 MAX_RELEASE_TIMEOUT = 7 * 24 * 3600.0
+KEEP_RUNS = 20  # release run logs kept per app/env
 LOGS_BUDGET = 512 * 1024  # encoded bytes of log lines in one reply
 
 
@@ -210,6 +211,7 @@ class Agent:
         runtime = self.runtime(p)
         async with runtime.lock:
             removed = runtime.finalize(p.name("build"), p.int("keep", 5, 1, 1000))
+            self.runs.prune(runtime.layout.runs, KEEP_RUNS)
         return {"pruned": removed}
 
     async def rollback(self, p: Params, emit: Emit) -> dict[str, Any]:

@@ -1,0 +1,156 @@
+"""The agent as a daemon: the zipapp on the system's own Python, detaching, supervision, restore."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tako_core.agent.client import AgentClient, AgentReplyError
+from tako_core.agent.zipapp import build_zipapp
+from tests.agentkit.kit import START, free_port, get, pack, start_agent
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
+
+
+def system_python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(cwd)}
+    return subprocess.run(
+        [SYSTEM_PYTHON, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return state[state.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
+    pyz = build_zipapp(tmp_path / "dist")
+    assert re.fullmatch(r"tako-agent-0\.1\.0-[0-9a-f]{8}\.pyz", pyz.name)
+    assert build_zipapp(tmp_path / "dist") == pyz  # cached by content hash
+    assert system_python(str(pyz), "version", cwd=tmp_path).stdout == "0.1.0 1\n"
+
+    root = tmp_path / "root"
+    serve = [
+        str(pyz),
+        "serve",
+        "--root",
+        str(root),
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(free_port()),
+        "--detach",
+    ]
+    started = system_python(*serve, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    pid = int((root / "run/agent.pid").read_text())
+    try:
+        client = await AgentClient.open_unix(root / "run/tako.sock")
+        probe = system_python(
+            "-c",
+            "import tarfile, platform; print(platform.python_version(), hasattr(tarfile, 'data_filter'))",
+            cwd=tmp_path,
+        ).stdout.split()
+        assert client.info.python == probe[0]
+        assert client.info.safe_extract is (probe[1] == "True")
+        assert "zst" in client.info.codecs  # through the zstd binary: no zstandard module here
+        if not client.info.safe_extract:  # e.g. Debian 12's 3.11.2: refused with a hint, not unpacked
+            pack(root / "uploads/x1.tar.zst", "x1")
+            with pytest.raises(AgentReplyError, match="safe tar extraction") as refused:
+                await client.prepare("app", "prod", "x1", "x1.tar.zst", None, {}, {}, lambda _: None)
+            assert refused.value.hint
+        await client.close()
+
+        again = system_python(*serve, cwd=tmp_path)
+        assert again.returncode == 1
+        assert "another agent is running" in again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            await asyncio.sleep(0.05)
+    assert not _alive(pid)
+    assert not (root / "run/tako.sock").exists()
+
+
+async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "root", tmp_path / "pyz")
+    try:
+        client = await agent.client()
+        pack(agent.root / "uploads/r1.tar.zst", "r1")
+        await client.prepare("keep", "prod", "r1", "r1.tar.zst", None, {}, {}, lambda _: None)
+        await client.rollout(
+            "keep",
+            "prod",
+            "r1",
+            start=START,
+            instances=2,
+            health_path="/",
+            routes=["keep.test"],
+            vars={},
+            secrets={},
+            on_progress=lambda d, t: None,
+        )
+        [status] = await client.status()
+        victim = status.instances[0]
+        assert victim.pid is not None
+        os.killpg(victim.pid, signal.SIGKILL)
+        for _ in range(100):  # restarted after a 1 s backoff
+            [status] = await client.status()
+            if status.instances[0].restarts == 1 and status.instances[0].running:
+                break
+            await asyncio.sleep(0.05)
+        assert status.instances[0].restarts == 1
+        assert status.instances[0].pid != victim.pid
+        for _ in range(50):
+            assert await get(agent.http_port, "keep.test") == (200, "r1")
+        pids = [i.pid for i in status.instances if i.pid]
+        await client.close()
+    finally:
+        agent.stop()
+    assert agent.proc.returncode == 0
+    assert not any(_alive(pid) for pid in pids)  # the agent took its instances down with it
+
+    restarted = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
+    try:
+        answer: tuple[int, str] | None = None
+        for _ in range(100):  # no client involved: the agent restores from state.json
+            try:
+                answer = await get(restarted.http_port, "keep.test")
+                if answer[0] == 200:
+                    break
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        assert answer == (200, "r1")
+        client = await restarted.client()
+        [status] = await client.status()
+        assert status.running == "r1"
+        assert len(status.instances) == 2
+        orphans = [i.pid for i in status.instances if i.pid]
+        await client.close()
+    finally:
+        restarted.proc.kill()  # no chance to stop its instances: they live on, holding their ports
+        restarted.proc.wait()
+    assert all(_alive(pid) for pid in orphans)
+
+    third = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
+    try:
+        assert not any(_alive(pid) for pid in orphans)  # stopped before the new instances started
+        client = await third.client()
+        [status] = await client.status()
+        assert len(status.instances) == 2
+        await client.close()
+    finally:
+        third.stop()
