@@ -44,18 +44,23 @@ def read_text(path: Path, *, missing_hint: str) -> str:
 
 
 def parse(text: str, path: Path) -> TOMLDocument:
-    """tomlkit's document of `text`; TOML syntax errors point at tomlkit's line and column."""
+    """tomlkit's document of `text`; a TOML syntax error points at its line and column."""
     try:
         return tomlkit.parse(text)
     except ParseError as err:
         message = _TOMLKIT_WHERE.sub("", str(err)) or "invalid TOML"
-        if "'\\x00'" in message:  # tomlkit reports the end of the text as a NUL character
+        line, column = max(err.line, 1), err.col + 1  # tomlkit counts columns from 0
+        if "'\\x00'" in message and "\x00" not in text:  # tomlkit's name for the end of the text
             message = "unexpected end of file"
+            line, column = text.count("\n") + 1, len(text) - text.rfind("\n")
+        elif "already exists" in message or "redefinition" in message:
+            # tomlkit points past the definition; the locator finds the second one itself.
+            line, column = Locator(text).duplicate or (line, column)
         raise ConfigError(
             f"TOML syntax error: {message[0].lower()}{message[1:]}",
             path=path,
-            line=max(err.line, 1),
-            column=err.col + 1,  # tomlkit counts columns from 0
+            line=line,
+            column=column,
             hint="fix the TOML syntax at this place (https://toml.io)",
         ) from None
     except TOMLKitError as err:

@@ -35,6 +35,8 @@ class Locator:
         # On text it does not understand, keep what was indexed before that point.
         with contextlib.suppress(_Stop, IndexError):
             scanner.document()
+        # Where a key or table is defined a second time (TOML forbids it), if the scanner saw one.
+        self.duplicate = None if scanner.duplicate is None else self._position(scanner.duplicate)
 
     def key(self, path: KeyPath) -> Position:
         """Where the key (or table header) of `path` is written, else its nearest indexed ancestor."""
@@ -60,6 +62,8 @@ class _Scanner:
         self.i = 0
         self.keys = keys
         self.values = values
+        self.defined: set[KeyPath] = set()  # keys with a value, and [table] headers
+        self.duplicate: int | None = None
 
     def peek(self, n: int = 1) -> str:
         return self.text[self.i : self.i + n]
@@ -104,21 +108,31 @@ class _Scanner:
         # Array-of-tables headers index like tables: the schema never looks inside them.
         brackets = 2 if self.peek(2) == "[[" else 1
         self.i += brackets
-        path = self.dotted_key((), record_value=False)
+        start = self.i
+        path = self.dotted_key(())
+        if brackets == 1:
+            self.define(path, start)
         for _ in range(brackets):
             self.skip_blank(newlines=False)
             self.expect("]")
         return path
 
     def keyval(self, prefix: KeyPath) -> None:
-        path = self.dotted_key(prefix, record_value=True)
+        start = self.i
+        path = self.dotted_key(prefix)
+        self.define(path, start)
         self.skip_blank(newlines=False)
         self.expect("=")
         self.skip_blank(newlines=False)
         self.values.setdefault(path, self.i)
         self.value(path)
 
-    def dotted_key(self, prefix: KeyPath, *, record_value: bool) -> KeyPath:
+    def define(self, path: KeyPath, offset: int) -> None:
+        if path in self.defined and self.duplicate is None:
+            self.duplicate = offset
+        self.defined.add(path)
+
+    def dotted_key(self, prefix: KeyPath) -> KeyPath:
         path = prefix
         while True:
             self.skip_blank(newlines=False)

@@ -58,7 +58,10 @@ def type_name(value: object) -> str:
 
 def suggest(word: str, choices: Collection[str]) -> str:
     """`; did you mean 'x'?` when one of `choices` is close to `word`, else nothing."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    # Swapped letters ("prot") are the likeliest typo; abbreviations ("prod") score low but are common.
+    close.sort(key=lambda choice: sorted(choice) != sorted(word))
+    close = close or [choice for choice in choices if word and choice.startswith(word)]
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
