@@ -11,6 +11,7 @@ from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
 from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
+from tako_tui.commands.setup import setup, status
 
 
 class TakoGroup(click.Group):
@@ -36,6 +37,8 @@ def main() -> None:
 main.add_command(init)
 main.add_command(config)
 main.add_command(servers)
+servers.add_command(setup)
+servers.add_command(status)
 main.add_command(secrets)
 
 

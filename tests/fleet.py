@@ -56,6 +56,10 @@ UseDNS no
 PrintMotd no
 LogLevel INFO
 Subsystem sftp internal-sftp
+# Bash sources ~/.bashrc for commands run over SSH unless SHLVL says it is nested; this machine's
+# root .bashrc runs `pyenv init` (0.3 s a command) and puts pyenv's python3 first. A server's
+# .bashrc usually returns early for non-interactive shells; SHLVL=1 gives the fleet that behaviour.
+SetEnv SHLVL=1
 """
 
 

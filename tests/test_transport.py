@@ -120,9 +120,26 @@ async def test_reconnect_gives_up_after_bounded_attempts(
 
 async def test_twelve_concurrent_commands_share_one_connection(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
+    running = peak = 0
+
+    def started(_: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+
+    async def one(i: int) -> str:
+        nonlocal running
+        result = await conn.run(f"echo {i}; sleep 0.2", on_stdout=started)
+        running -= 1
+        return result.stdout
+
     async with await _open(s1) as conn:
-        results = await asyncio.gather(*(conn.run(f"sleep 0.2; echo {i}") for i in range(12)))
-    assert [r.stdout for r in results] == [f"{i}\n" for i in range(12)]
+        assert await asyncio.gather(*(one(i) for i in range(12))) == [f"{i}\n" for i in range(12)]
+        assert 1 < peak <= connection_module.MAX_CHANNELS
+        # Bursts of short commands: OpenSSH frees session slots late, yet none may fail.
+        for _ in range(10):
+            results = await asyncio.gather(*(conn.run("true") for _ in range(12)))
+            assert {r.exit_status for r in results} == {0}
 
 
 async def test_timeout_is_a_transport_error(any_fleet: Fleet) -> None:

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import posixpath
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import asyncssh
 
+from tako_core.agent.client import AgentClient
 from tako_core.config import Server
 from tako_core.errors import TransportError
 from tako_core.transport.failures import AgentNotRunning, connect_error, known_hosts_path, lost, where
@@ -31,13 +32,13 @@ KEEPALIVE_INTERVAL = 15.0
 KEEPALIVE_COUNT_MAX = 3
 # Waits before each reconnect attempt: about 8 s in all, then the server counts as gone.
 RECONNECT_DELAYS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Waits between attempts to open a session the server refused (about 2 s in all).
+SESSION_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 # Failures that another attempt cannot fix.
 _PERMANENT = (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, asyncssh.KeyImportError)
 
-if TYPE_CHECKING:
-    from tako_core.agent.client import AgentClient
-
+T = TypeVar("T")
 Progress = Callable[[int, int], None]
 LineHandler = Callable[[str], None]
 
@@ -91,12 +92,12 @@ class Connection:
         """Run `sh`-style `command`; `on_stdout`/`on_stderr` get each line (no newline) as it arrives."""
         label = _label(command)
         async with self._slots:
-            conn = await self._live()
             try:
                 async with asyncio.timeout(timeout):
-                    return await _execute(
-                        conn, command, input, on_stdout, on_stderr, self._lost_during(label)
+                    process = await self._open_session(
+                        lambda conn: conn.create_process(command, encoding=None)
                     )
+                    return await _execute(process, input, on_stdout, on_stderr, self._lost_during(label))
             except TimeoutError:
                 raise TransportError(
                     f"`{label}` on {where(self.server)} did not finish within {timeout:g} s",
@@ -125,9 +126,8 @@ class Connection:
 
         part = f"{remote}.part"
         async with self._slots:
-            conn = await self._live()
             try:
-                async with conn.start_sftp_client() as sftp:
+                async with await self._open_session(lambda conn: conn.start_sftp_client()) as sftp:
                     parent = posixpath.dirname(remote)
                     if parent:
                         await sftp.makedirs(parent, exist_ok=True)
@@ -157,8 +157,6 @@ class Connection:
             ) from exc
         except (asyncssh.Error, OSError) as exc:
             raise lost(self.server, exc, "reaching the agent") from exc
-        from tako_core.agent.client import AgentClient  # TEMP until the agent client lands
-
         try:
             return await AgentClient.connect(reader, writer)
         except BaseException:
@@ -174,6 +172,23 @@ class Connection:
         self._conn.close()
         with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
             await asyncio.wait_for(self._conn.wait_closed(), 5)
+
+    async def _open_session(self, start: Callable[[asyncssh.SSHClientConnection], Awaitable[T]]) -> T:
+        """Open a session channel with `start`, retrying while the server refuses it.
+
+        OpenSSH frees a session's MaxSessions slot a little after the client sees it close, so a
+        burst of short commands is refused now and then even below the cap. Nothing ran yet, so
+        trying again is safe.
+        """
+        for delay in SESSION_RETRY_DELAYS:
+            conn = await self._live()
+            try:
+                return await start(conn)
+            except asyncssh.ChannelOpenError:
+                if conn.is_closed():
+                    raise
+                await asyncio.sleep(delay)
+        return await start(await self._live())
 
     async def _live(self) -> asyncssh.SSHClientConnection:
         """The connection, re-established first when it died between two uses."""
@@ -227,14 +242,12 @@ async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection
 
 
 async def _execute(
-    conn: asyncssh.SSHClientConnection,
-    command: str,
+    process: asyncssh.SSHClientProcess[bytes],
     input: bytes | None,
     on_stdout: LineHandler | None,
     on_stderr: LineHandler | None,
     lost_error: TransportError,
 ) -> Completed:
-    process: asyncssh.SSHClientProcess[bytes] = await conn.create_process(command, encoding=None)
     try:
         if input:
             process.stdin.write(input)

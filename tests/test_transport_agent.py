@@ -1,0 +1,114 @@
+"""Installing and starting the agent over real SSH: `ensure_agent`, `tako servers setup|status`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import tako_core
+from tako_core.config import Server
+from tako_core.transport import Connection
+from tako_core.transport.agent_setup import ensure_agent, systemd_unit, systemd_unit_name
+from tests.fleet import Fleet
+
+TAKO = [sys.executable, "-m", "tako_tui.cli"]
+
+
+def _tako(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TAKO_HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")}
+    return subprocess.run([*TAKO, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_setup_then_status_then_setup_again_is_a_no_op(fleet: Fleet, tako_home: Path) -> None:
+    s1, s2 = fleet(2)
+    first = _tako("servers", "setup", "s1", "s2", home=tako_home)
+    assert first.returncode == 0, first.stderr
+    assert "s1  agent not running: installing tako-agent-" in first.stderr
+    pids = [s1.agent_pid(), s2.agent_pid()]
+    assert all(pid is not None and _alive(pid) for pid in pids)
+
+    status = _tako("servers", "status", home=tako_home)
+    assert status.returncode == 0, status.stderr
+    for name in ("s1", "s2"):
+        assert f"{name}  agent {tako_core.__version__} (protocol 1) up" in status.stderr
+
+    again = _tako("servers", "setup", "s1", "s2", home=tako_home)
+    assert again.returncode == 0, again.stderr
+    assert "installing" not in again.stderr
+    assert again.stderr.count("already current") == 2
+    assert [s1.agent_pid(), s2.agent_pid()] == pids
+
+
+def test_status_names_servers_without_an_agent(fleet: Fleet, tako_home: Path) -> None:
+    fleet(1)
+    result = _tako("servers", "status", "s1", home=tako_home)
+    assert result.returncode == 1
+    assert "s1  no agent answers: run `tako servers setup s1`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_setup_of_an_unknown_server_is_bad_input(fleet: Fleet, tako_home: Path) -> None:
+    fleet(1)
+    result = _tako("servers", "setup", "s1", "nope", home=tako_home)
+    assert result.returncode == 2
+    assert "unknown server(s): nope" in result.stderr
+
+
+async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp_path: Path) -> None:
+    (s1,) = any_fleet(1, register=False)
+    steps: list[str] = []
+    async with await Connection.open(s1.server) as conn:
+        client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
+        assert client.info.agent_version == tako_core.__version__
+        await client.close()
+        first = s1.agent_pid()
+        assert steps[0].startswith("agent not running: installing")
+
+        # Another build of tako installed it: replaced, and the old process is gone.
+        (s1.root / "bin" / "tako-agent.build").write_text("tako-agent-0.0.1-00000000\n")
+        steps.clear()
+        client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
+        await client.close()
+        assert steps[0].startswith("agent installed from another build of tako: installing tako-agent-")
+        second = s1.agent_pid()
+        assert second not in (None, first)
+        assert first is not None
+        assert not _alive(first)
+
+        # Up to date: nothing happens.
+        steps.clear()
+        client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
+        await client.close()
+        assert steps == []
+        assert s1.agent_pid() == second
+
+        # Dead (its stale pid file left behind): started again.
+        os.kill(second, signal.SIGKILL)
+        steps.clear()
+        client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
+        await client.close()
+        assert steps[0].startswith("agent not running: installing")
+        assert s1.agent_pid() not in (None, second)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_systemd_unit_runs_the_agent_of_its_root() -> None:
+    server = Server(name="web1", host="10.0.0.5", root="/srv/tako", http_port=8080, http_host="10.0.0.5")
+    unit = systemd_unit(server)
+    assert (
+        "ExecStart=/usr/bin/env python3 /srv/tako/bin/tako-agent.pyz serve --root /srv/tako "
+        "--http-host 10.0.0.5 --http-port 8080\n" in unit
+    )
+    assert "Restart=always" in unit
+    assert systemd_unit_name("/opt/tako") == "tako-agent.service"
+    assert systemd_unit_name("/srv/tako").startswith("tako-agent-")
+    assert systemd_unit_name("/srv/tako") != systemd_unit_name("/srv/other")
