@@ -53,6 +53,8 @@ def parse(text: str, path: Path) -> TOMLDocument:
         if "'\\x00'" in message and "\x00" not in text:  # tomlkit's name for the end of the text
             message = "unexpected end of file"
             line, column = text.count("\n") + 1, len(text) - text.rfind("\n")
+        elif "character: '\\n'" in message:
+            message = "unexpected end of line"
         elif "already exists" in message or "redefinition" in message:
             # tomlkit points past the definition; the locator finds the second one itself.
             line, column = Locator(text).duplicate or (line, column)
