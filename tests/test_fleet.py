@@ -10,8 +10,10 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from tako_core.config import load_config, load_inventory, resolve
 from tako_core.transport.inprocess import known_hosts_line
-from tests.fleet import SSHD, Fleet, HostPool, default_kind
+from tests import fleet as fleet_module
+from tests.fleet import SSHD, Fleet, HostPool, default_kind, write_app
 
 
 def test_system_ssh_reaches_each_server_with_strict_host_keys(any_fleet: Fleet) -> None:
@@ -61,8 +63,6 @@ async def test_asyncssh_verifies_host_keys(any_fleet: Fleet, tmp_path: Path) -> 
 
 
 def test_servers_are_registered_in_tako_home(fleet: Fleet, tako_home: Path) -> None:
-    from tako_core.config import load_inventory
-
     servers = fleet(2)
     inventory = load_inventory(tako_home)
     assert list(inventory.servers) == ["s1", "s2"]
@@ -122,5 +122,23 @@ def test_three_fresh_sshd_start_in_under_a_second() -> None:
         pool.close()
 
 
-def test_fleet_uses_openssh_where_installed() -> None:
+def test_fleet_uses_openssh_where_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CI", raising=False)
     assert default_kind() == ("sshd" if SSHD.exists() else "inprocess")
+    monkeypatch.setattr(fleet_module, "SSHD", tmp_path / "sshd")
+    assert default_kind() == "inprocess"
+    # In CI a missing sshd is a failure, never a silent fallback.
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(RuntimeError, match="install openssh-server"):
+        default_kind()
+
+
+def test_write_app_gives_a_config_that_resolves_to_the_fleet(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    path = write_app(tmp_path, servers, release="python3 migrate.py")
+    resolved = resolve(load_config(path), "production", load_inventory(tako_home))
+    assert resolved.servers == tuple(s.server for s in servers)
+    assert resolved.leader == servers[0].server
+    assert resolved.release == "python3 migrate.py"

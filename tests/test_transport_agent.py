@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tako_core
 from tako_core.config import Server
+from tako_core.errors import AgentError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import ensure_agent, systemd_unit, systemd_unit_name
 from tests.fleet import Fleet
@@ -112,3 +116,17 @@ def test_systemd_unit_runs_the_agent_of_its_root() -> None:
     assert systemd_unit_name("/opt/tako") == "tako-agent.service"
     assert systemd_unit_name("/srv/tako").startswith("tako-agent-")
     assert systemd_unit_name("/srv/tako") != systemd_unit_name("/srv/other")
+
+
+async def test_the_agent_channel_survives_a_dropped_connection(any_fleet: Fleet, tmp_path: Path) -> None:
+    (s1,) = any_fleet(1, register=False)
+    async with await Connection.open(s1.server) as conn:
+        client = await ensure_agent(conn, cache_dir=tmp_path)
+        assert s1.drop_connections() > 0
+        with pytest.raises(AgentError):
+            await asyncio.wait_for(client.status(), 10)
+        await client.close()
+        # What a deploy does after a drop: a new channel (the connection is re-established first).
+        client = await conn.agent()
+        assert client.info.agent_version == tako_core.__version__
+        await client.close()

@@ -1,6 +1,7 @@
 """SSH to the servers: pooled connections, exec streaming, SFTP, the unix-socket channel to the agent."""
 
+from tako_core.transport.agent_setup import ensure_agent
 from tako_core.transport.connection import Completed, Connection
 from tako_core.transport.failures import AgentNotRunning
 
-__all__ = ["AgentNotRunning", "Completed", "Connection"]
+__all__ = ["AgentNotRunning", "Completed", "Connection", "ensure_agent"]

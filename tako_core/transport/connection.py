@@ -76,10 +76,6 @@ class Connection:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def closed(self) -> bool:
-        return bool(self._conn.is_closed())
-
     async def run(
         self,
         command: str,

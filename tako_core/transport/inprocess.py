@@ -38,19 +38,20 @@ def known_hosts_line(address: str, port: int, key: asyncssh.SSHKey) -> str:
 
 
 class _HostSession(asyncssh.SSHServer):
-    """Per-connection policy: public-key auth only, unix-socket forwarding allowed."""
+    """Per-connection policy: public-key auth only (any user name: commands run as this process's
+    user), unix-socket forwarding allowed. Keeps `live` up to date for `drop_connections`."""
 
-    def __init__(self, host: LocalSSHHost) -> None:
-        self._host = host
+    def __init__(self, live: set[asyncssh.SSHServerConnection]) -> None:
+        self._live = live
         self._conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        self._host._connections.add(conn)
+        self._live.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
-            self._host._connections.discard(self._conn)
+            self._live.discard(self._conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -98,7 +99,7 @@ class LocalSSHHost:
 
     async def start(self) -> None:
         self._server = await asyncssh.create_server(
-            lambda: _HostSession(self),
+            lambda: _HostSession(self._connections),
             self.address,
             self._requested_port,
             server_host_keys=[str(self._host_key)],
