@@ -156,8 +156,10 @@ def _machine() -> str:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, " \
-           f"{subprocess.run([CADDY, 'version'], capture_output=True, text=True).stdout.split()[0]} Caddy"
+    caddy = subprocess.run([CADDY, "version"], capture_output=True, text=True).stdout.split()[0]
+    load = Path("/proc/loadavg").read_text().split()[0]
+    return (f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, Caddy {caddy}, "
+            f"load average {load} when the run ended")
 
 
 def _table(results: list[Result]) -> str:

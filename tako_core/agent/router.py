@@ -535,7 +535,10 @@ class Router:
         if state is None:
             return await self._refuse(client, reqs, req, 503, "no instance of this app is ready")
         if not has_body:
-            await reqs.next()  # the request's END, parsed along with its head
+            if reqs.ready():  # the request's END, parsed along with its head (always, in practice)
+                reqs.pos += 1
+            else:
+                await reqs.next()
         replayable = req.method in _IDEMPOTENT and not has_body
         for attempt in (0, 1):
             current = state
@@ -564,14 +567,18 @@ class Router:
                 self._end(current)
         return False  # pragma: no cover - the loop always returns
 
-    async def _checkout(self, state: _UpstreamState) -> tuple[_Conn, bool]:
-        """A pooled idle connection (reused=True) or a new one."""
+    @staticmethod
+    def _pooled(state: _UpstreamState) -> _Conn | None:
+        """An idle pooled connection that is still good, if any (synchronous: the hot path)."""
         idle = state.idle
         while idle:
             conn = idle.pop()
             if conn.reusable():
-                return conn, True
+                return conn
             conn.close()
+        return None
+
+    async def _connect(self, state: _UpstreamState) -> _Conn:
         loop = asyncio.get_running_loop()
         up = state.upstream
         try:
@@ -580,7 +587,7 @@ class Router:
         except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041 - not the builtin before 3.11
             log.warning("router: cannot connect to %s:%s: %s", up.host, up.port, e)
             raise _ConnectFailed from None
-        return conn, False
+        return conn
 
     def _checkin(self, state: _UpstreamState, conn: _Conn, clean: bool) -> None:
         if clean and state.routed and not self._closing and len(state.idle) < _MAX_IDLE and conn.reusable():
@@ -590,7 +597,10 @@ class Router:
 
     async def _forward(self, client: _Conn, reqs: _Requests, req: Head, xhead: bytes,
                        state: _UpstreamState, has_body: bool, may_retry: bool) -> bool:
-        up, reused = await self._checkout(state)
+        up = self._pooled(state)
+        reused = up is not None
+        if up is None:
+            up = await self._connect(state)
         clean = False
         try:
             if has_body:
@@ -764,7 +774,7 @@ class Router:
         self._begin(state)
         try:
             try:
-                up, _ = await self._checkout(state)
+                up = self._pooled(state) or await self._connect(state)
             except _ConnectFailed:
                 self._reply(client, req, 502, "the app's instance is not reachable", False)
                 return False
