@@ -149,7 +149,8 @@ class Connection:
         except asyncssh.ChannelOpenError as exc:
             raise AgentNotRunning(
                 f"no tako agent answers on {where(self.server)} at {path}",
-                hint=f"install and start it with `tako servers setup {self.server.name}`",
+                hint=f"install and start it with `tako servers setup {self.server.name}` (the server's "
+                "sshd must also allow it: AllowStreamLocalForwarding yes, the default)",
             ) from exc
         except (asyncssh.Error, OSError) as exc:
             raise lost(self.server, exc, "reaching the agent") from exc
