@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -241,8 +243,13 @@ async def test_unhealthy_build_keeps_the_old_one_serving_under_load(
     load = Load(agent.http_port, "web.test", max_seconds=20)
     load.start()
     await asyncio.sleep(0.3)
+    attempt = asyncio.ensure_future(roll(client, "web", "w2", health_timeout=2.0))
+    await asyncio.sleep(0.5)
+    with pytest.raises(AgentReplyError) as busy:  # one change at a time per app/env
+        await client.finalize("web", "prod", "w1")
+    assert busy.value.code == "busy"
     with pytest.raises(AgentReplyError) as failure:
-        await roll(client, "web", "w2", health_timeout=2.0)
+        await attempt
     await asyncio.sleep(0.3)
     await load.stop()
     assert "did not answer /health" in failure.value.message
@@ -311,3 +318,30 @@ async def test_finalize_prunes_but_keeps_current_and_previous(
     await client.rollback("prune", "prod", "p2")
     assert os.readlink(agent.root / "apps/prune/prod/current") == "releases/p2"
     assert await get(agent.http_port, "prune.test") == (200, "p2")
+
+
+async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    (agent.root / "uploads/e1.tar.gz").write_bytes(evil.getvalue())
+    with pytest.raises(AgentReplyError, match="cannot unpack"):
+        await client.prepare("evil", "prod", "e1", "e1.tar.gz", None, {}, {}, lambda _: None)
+    assert not list(agent.root.rglob("escaped.txt"))
+    assert not list((agent.root / "apps/evil/prod/releases").iterdir())
+
+    with pytest.raises(AgentReplyError, match="not in"):
+        await client.prepare("evil", "prod", "e2", "../run/tako.sock", None, {}, {}, lambda _: None)
+
+    output: list[str] = []
+    with pytest.raises(AgentReplyError) as failed:
+        await ship(agent, client, "evil", "e3", install="echo one; echo $DB_PASSWORD; exit 4", output=output)
+    assert output == ["one", "***"]
+    assert "install exited with 4" in failed.value.message
+    assert "one" in failed.value.message
+    assert SECRET not in failed.value.message
+    assert not await client.has_release("evil", "prod", "e3")

@@ -39,16 +39,26 @@ class OutputLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._fd: int | None = None
+        self._size = 0
 
     def write(self, line: str) -> None:
+        data = (line + "\n").encode()
         try:
-            if self.path.exists() and self.path.stat().st_size > self.MAX_BYTES:
+            if self._fd is not None and self._size + len(data) > self.MAX_BYTES:
+                self.close()
                 os.replace(self.path, self.path.with_suffix(".log.1"))
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "ab") as f:
-                f.write((line + "\n").encode())
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._size = os.fstat(self._fd).st_size
+            self._size += os.write(self._fd, data)
         except OSError as e:  # a full disk must not take the instance down with it
             log.warning("cannot write %s: %s", self.path, e)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def tail(self, count: int) -> list[str]:
         try:

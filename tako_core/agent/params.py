@@ -61,6 +61,24 @@ class Params:
             raise self._bad(key, "a list of strings")
         return list(value)
 
+    def hosts(self, key: builtins.str) -> list[builtins.str]:
+        """Route host names (`example.com`, `*.example.com`), checked before anything starts."""
+        hosts = self.strings(key)
+        for host in hosts:
+            name = host.removeprefix("*.")
+            try:
+                valid = 0 < len(name) <= 253 and all(c.isalnum() or c in ".-" for c in name)
+                valid = valid and bool(name.encode("idna"))
+            except UnicodeError:
+                valid = False
+            if not valid:
+                raise ProtocolError(
+                    BAD_REQUEST,
+                    f"route {host[:80]!r} is not a host name",
+                    hint="use e.g. example.com or *.example.com",
+                )
+        return hosts
+
     def command(self, key: builtins.str) -> builtins.str:
         value = self.str(key)
         if not value.strip() or "\0" in value:

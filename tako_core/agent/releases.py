@@ -143,7 +143,10 @@ def builds(layout: AppLayout) -> list[str]:
 
 
 def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
-    """Remove all but the newest `keep` releases, never one in `protected`; returns those removed."""
+    """Remove all but the newest `keep` releases, never one in `protected`; returns those removed.
+    Also removes temp dirs a crashed prepare left (the caller holds the app's lock: none is live)."""
+    for leftover in layout.releases.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     removed = []
     for build in builds(layout)[max(keep, 0) :]:
         if build not in protected:

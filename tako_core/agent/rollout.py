@@ -10,17 +10,18 @@ state.json (0600, it holds secrets) so a restarted agent brings its apps back wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
 from tako_core.agent import health, procs, releases
 from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec, OutputLog
 from tako_core.agent.layout import AppLayout, write_private
 from tako_core.agent.procs import child_env
-from tako_core.agent.protocol import FAILED, NOT_FOUND, ProtocolError
+from tako_core.agent.protocol import BUSY, FAILED, NOT_FOUND, ProtocolError
 from tako_core.agent.router import Router
 from tako_core.mask import Masker
 
@@ -52,10 +53,21 @@ class AppRuntime:
         self.layout = layout
         self.router = router
         self.key = f"{app}/{env}"
-        self.lock = asyncio.Lock()  # one mutation (prepare, rollout, finalize, ...) at a time
+        self._lock = asyncio.Lock()
         self.instances: list[Instance] = []
         self.output = OutputLog(layout.instance_log)
         self.state: AppState | None = self._load_state()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, what: str) -> AsyncIterator[None]:
+        """One change (prepare, rollout, finalize, ...) at a time; a second one is refused, not queued:
+        queued behind a rollout it would act on a state its sender never saw."""
+        if self._lock.locked():
+            raise ProtocolError(
+                BUSY, f"{self.key} is busy; {what} refused", hint="retry when it has finished"
+            )
+        async with self._lock:
+            yield
 
     def _load_state(self) -> AppState | None:
         try:
@@ -164,3 +176,4 @@ class AppRuntime:
     async def stop(self) -> None:
         await asyncio.gather(*(i.stop() for i in self.instances), return_exceptions=True)
         self.instances = []
+        self.output.close()

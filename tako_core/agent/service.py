@@ -77,7 +77,7 @@ class Agent:
             p = Params({"app": env_dir.parent.name, "env": env_dir.name})
             try:
                 runtime = self.runtime(p)
-                async with runtime.lock:
+                async with runtime.exclusive("restore"):
                     await runtime.restore()
             except (ProtocolError, OSError) as e:
                 log.error("cannot restore %s: %s", env_dir, e)
@@ -131,7 +131,7 @@ class Agent:
         runtime, build = self.runtime(p), p.name("build")
         upload = releases.resolve_upload(self.layout.uploads, p.str("upload"))
         env, masker = self._env(runtime, build, p)
-        async with runtime.lock:
+        async with runtime.exclusive("prepare"):
             await releases.prepare(
                 runtime.layout,
                 build,
@@ -178,7 +178,7 @@ class Agent:
 
     async def cleanup(self, p: Params, emit: Emit) -> dict[str, Any]:
         runtime, build = self.runtime(p), p.name("build")
-        async with runtime.lock:
+        async with runtime.exclusive("cleanup"):
             if any(i.spec.build == build for i in runtime.instances):
                 raise ProtocolError(BAD_REQUEST, f"{build} has running instances; not removing it")
             removed = await asyncio.to_thread(releases.cleanup, runtime.layout, build)
@@ -194,11 +194,11 @@ class Agent:
             start=p.command("start"),
             instances=p.int("instances", 1, 1, 64),
             health_path=health_path,
-            routes=p.strings("routes"),
+            routes=p.hosts("routes"),
             vars=p.mapping("vars"),
             secrets=p.mapping("secrets"),
         )
-        async with runtime.lock:
+        async with runtime.exclusive("rollout"):
             await runtime.rollout(
                 state,
                 lambda done, total: emit("progress", {"done": done, "total": total}),
@@ -209,14 +209,14 @@ class Agent:
 
     async def finalize(self, p: Params, emit: Emit) -> dict[str, Any]:
         runtime = self.runtime(p)
-        async with runtime.lock:
+        async with runtime.exclusive("finalize"):
             removed = runtime.finalize(p.name("build"), p.int("keep", 5, 1, 1000))
             self.runs.prune(runtime.layout.runs, KEEP_RUNS)
         return {"pruned": removed}
 
     async def rollback(self, p: Params, emit: Emit) -> dict[str, Any]:
         runtime, build = self.runtime(p), p.name("build")
-        async with runtime.lock:
+        async with runtime.exclusive("rollback"):
             if runtime.state is None:
                 raise ProtocolError(NOT_FOUND, f"{runtime.key} has never been rolled out here")
             previous = runtime.state
