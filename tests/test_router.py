@@ -59,6 +59,10 @@ class App:
                 if target == "/upgrade":
                     await self._upgrade(conn, reader, writer)
                     return
+                if target in RAW_ANSWERS:  # broken upstream behaviour, written by hand
+                    writer.write(RAW_ANSWERS[target])
+                    await writer.drain()
+                    return
                 if target == "/slow":
                     self.arrived.set()
                     await self.gate.wait()
@@ -114,6 +118,12 @@ class App:
                 return
             writer.write(data.upper())
             await writer.drain()
+
+
+RAW_ANSWERS = {
+    "/die": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial",  # dies mid-body
+    "/garbage": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+}
 
 
 async def _receive_request(conn: h11.Connection,
@@ -514,6 +524,39 @@ async def test_upgrade_becomes_a_tunnel(router: Router, apps: Callable[[str], Ap
     assert await asyncio.wait_for(reader.read(), IO_TIMEOUT) == b""
     writer.close()
     assert await router.drain(a.upstream, 2.0)
+
+
+async def test_upgrade_declined_by_the_app_is_relayed(router: Router, apps: Callable[[str], App]) -> None:
+    a = await apps("a").start()
+    router.set_route("a", ["a.test"], [a.upstream])
+    raw = await raw_exchange(router.port, b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: upgrade\r\n"
+                                          b"Upgrade: h2c\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert b"Connection: close" in raw  # after an upgrade attempt the router does not parse on
+    assert raw.endswith(b"\r\n\r\na")
+    assert router.inflight(a.upstream) == 0
+
+
+# --- broken upstreams -----------------------------------------------------------------------------
+
+async def test_upstream_dying_mid_response_closes_the_client(
+    router: Router, apps: Callable[[str], App]
+) -> None:
+    a = await apps("a").start()
+    router.set_route("a", ["a.test"], [a.upstream])
+    raw = await raw_exchange(router.port, b"GET /die HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.endswith(b"\r\n\r\npartial")  # truncated, and the close tells the client so
+    assert router.inflight(a.upstream) == 0
+
+
+async def test_garbage_from_upstream_is_502(router: Router, apps: Callable[[str], App]) -> None:
+    a = await apps("a").start()
+    router.set_route("a", ["a.test"], [a.upstream])
+    c = await client(router)
+    assert (await c.request("GET", "/garbage")).status == 502
+    assert (await c.request()).body == b"a"  # the client connection carries on
+    c.close()
 
 
 # --- switching and draining -----------------------------------------------------------------------

@@ -261,9 +261,10 @@ class _Stale(Exception):
 
 
 class _UpstreamFailed(Exception):
-    def __init__(self, started: bool, message: str) -> None:
+    def __init__(self, started: bool, message: str, body_unread: bool = False) -> None:
         super().__init__(message)
         self.started = started  # bytes of the response already reached the client
+        self.body_unread = body_unread  # part of the request body is still on the client connection
 
 
 def _host_key(host: bytes) -> bytes:
@@ -476,6 +477,7 @@ class Router:
             peername = client.transport.get_extra_info("peername") if client.transport else None
             peer = str(peername[0]) if peername else "unknown"
             trusted = peer.startswith("127.") or peer == "::1"
+            peer_bytes = peer.encode()
             loop = asyncio.get_running_loop()
             while True:
                 head = None
@@ -485,7 +487,7 @@ class Router:
                 if ev is None or ev[0] != HEAD:
                     return
                 head = ev[1]
-                if not await self._exchange(client, reqs, head, peer.encode(), trusted):
+                if not await self._exchange(client, reqs, head, peer_bytes, trusted):
                     return
         except ParseError as e:
             self._reply(client, head, e.status, str(e), keep=False)
@@ -548,6 +550,7 @@ class Router:
                 return await self._forward(client, reqs, req, xhead, current, has_body,
                                            replayable and attempt == 0)
             except _Stale:
+                current.close_idle()  # its siblings are likely stale too (e.g. the app restarted)
                 continue  # same upstream, fresh connection
             except _ConnectFailed:
                 other = route.pick() if replayable and attempt == 0 else None
@@ -561,8 +564,9 @@ class Router:
                 if e.started:
                     return False  # the client has part of a response: only closing tells it
                 log.warning("router: upstream %s failed: %s", current.upstream, e)
-                self._reply(client, req, 502, "the app's instance failed to answer", req.keep_alive)
-                return req.keep_alive
+                keep = req.keep_alive and not e.body_unread
+                self._reply(client, req, 502, "the app's instance failed to answer", keep)
+                return keep
             finally:
                 self._end(current)
         return False  # pragma: no cover - the loop always returns
@@ -606,7 +610,10 @@ class Router:
             if has_body:
                 if req.expect_continue and req.minor == 1:
                     client.write(_CONTINUE)
-                await self._send_body(reqs, up, xhead, req.chunked)
+                try:
+                    await self._send_body(reqs, up, xhead, req.chunked)
+                except ConnectionError:  # only the upstream is written to while sending the body
+                    raise _UpstreamFailed(False, "upstream closed while receiving the body", True) from None
             else:
                 up.write(xhead)
             keep, clean, _ = await self._relay(client, up, req, may_retry and reused, False)
@@ -708,7 +715,7 @@ class Router:
         reusable, bytes after a 101 or None)."""
         parser = self._backend.response_parser(req.method, upgrade, self._max_head)
         events = parser.events
-        keep = req.keep_alive
+        keep = req.keep_alive and not upgrade  # after an upgrade attempt the router stops parsing
         mode = _NO_BODY
         resp: Head | None = None
         started = got = False
