@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,10 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
 
         # Dead (its stale pid file left behind): started again.
         os.kill(second, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(second):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
         steps.clear()
         client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
         await client.close()

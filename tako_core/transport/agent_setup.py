@@ -104,9 +104,11 @@ async def inspect_agent(conn: Connection, build: str) -> AgentState:
         conn.agent(),
         return_exceptions=True,
     )
+    if isinstance(answer, AgentNotRunning):
+        return AgentState(None, False, "not running")
+    if isinstance(answer, AgentError):  # it answers, but not in a way this client understands
+        return AgentState(None, False, f"unusable ({answer.message})")
     if isinstance(answer, BaseException):
-        if isinstance(answer, AgentNotRunning | AgentError):
-            return AgentState(None, False, "not running")
         raise answer
     if isinstance(stamp, BaseException):
         await answer.close()

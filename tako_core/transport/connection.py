@@ -94,7 +94,9 @@ class Connection:
                         lambda conn: conn.create_process(command, encoding=None)
                     )
                     return await _execute(process, input, on_stdout, on_stderr, self._lost_during(label))
-            except TimeoutError:
+            except TimeoutError as exc:
+                if timeout is None:  # a socket timing out, not our limit
+                    raise self._lost_during(label) from exc
                 raise TransportError(
                     f"`{label}` on {where(self.server)} did not finish within {timeout:g} s",
                     hint="the command may still be running on the server; check it there",
