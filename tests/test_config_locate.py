@@ -85,3 +85,20 @@ def test_crlf_and_tabs() -> None:
     locator = Locator("a = 1\r\n[t]\r\n\tb\t=\t2\r\n")
     assert locator.key(("t", "b")) == (3, 2)
     assert locator.value(("t", "b")) == (3, 6)
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "span"),
+    [
+        ("a = 1\n[t]\nb = 2\n\n[u]\nc = 3\n", ("t",), (2, 5)),
+        ("a = 1\n[t]\nb = 2\n\n[u]\nc = 3\n", ("u",), (5, 8)),  # the last one ends past the last line
+        ("[s.t]\nb = 2\n[[x]]\n", ("s", "t"), (1, 3)),
+        ("[t]\nb = 2\n[t.sub]\nc = 3\n", ("t",), None),  # a sub-table: not one section
+        ("t.b = 1\n[u]\n", ("t",), None),  # dotted keys, no header
+        ("[t]\nb = 2\n[u]\n[t.c]\n", ("t",), None),  # reopened further down
+        ("[s]\nt = { b = 1 }\n", ("s", "t"), None),  # inline
+        ("[t]\nb = 'unterminated\n", ("t",), None),  # the scanner gave up: never guess
+    ],
+)
+def test_sections(text: str, path: tuple[str, ...], span: tuple[int, int] | None) -> None:
+    assert Locator(text).section(path) == span

@@ -155,11 +155,62 @@ def test_remove(tmp_path: Path) -> None:
     path = tmp_path / "servers.toml"
     path.write_text(COMMENTED)
     remove_server("web-2", tmp_path)
-    assert path.read_text() == COMMENTED.split("\n[servers.web-2]")[0] + "\n"
+    assert path.read_text() == COMMENTED.split("\n[servers.web-2]")[0]
     assert list(load_inventory(tmp_path).servers) == ["web-1"]
     with pytest.raises(BadInput, match=r"no server 'web-2' in .*; did you mean 'web-1'") as caught:
         remove_server("web-2", tmp_path)
     assert caught.value.exit_code == 2
+
+
+NEIGHBOURS = """\
+# my servers
+
+# the leader
+[servers.a]
+host = "a"  # inline
+# about a, still
+
+# b is the spare
+[servers.b]
+host = "b"
+# c is new
+[servers.c]
+host = "c"
+
+# end of file
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "removed_lines"),
+    [
+        ("a", [3, 4, 5, 6, 7]),  # its own comments go, "# b is the spare" stays
+        ("b", [8, 9, 10]),  # "# c is new" stays with c
+        ("c", [11, 12, 13]),  # the closing comment of the file stays
+    ],
+)
+def test_remove_keeps_the_neighbours_comments(tmp_path: Path, name: str, removed_lines: list[int]) -> None:
+    path = tmp_path / "servers.toml"
+    path.write_text(NEIGHBOURS)
+    remove_server(name, tmp_path)
+    lines = NEIGHBOURS.splitlines(keepends=True)
+    assert path.read_text() == "".join(
+        line for number, line in enumerate(lines, 1) if number not in removed_lines
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'servers.a.host = "a"\nservers.b.host = "b"\n',  # dotted keys
+        '[servers]\na = { host = "a" }\nb = { host = "b" }\n',  # inline tables
+        '[servers.b]\nhost = "b"\nidentity = """\n# not a comment"""\n[servers.a]\nhost = "a"\n',
+    ],
+)
+def test_remove_other_forms(tmp_path: Path, text: str) -> None:
+    (tmp_path / "servers.toml").write_text(text)
+    remove_server("a", tmp_path)
+    assert list(load_inventory(tmp_path).servers) == ["b"]
 
 
 def test_remove_from_an_empty_inventory(tmp_path: Path) -> None:

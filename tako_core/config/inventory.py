@@ -6,19 +6,20 @@ Edits go through tomlkit on the user's own document, so their comments and layou
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 import tomlkit
+from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 from tomlkit.toml_document import TOMLDocument
 
-from tako_core.errors import BadInput
+from tako_core.errors import BadInput, ConfigError
 
 from .files import located, parse, read_text, write_atomic
-from .locate import KeyPath
+from .locate import KeyPath, Locator
 from .model import Inventory, Server
 from .schema import (
     Invalid,
@@ -65,26 +66,27 @@ def add_server(server: Server, home: Path | None = None, *, replace: bool = Fals
             f"server {server.name!r} already exists in {path}",
             hint="pick another name, or pass --replace to overwrite it",
         )
-    check_server(server)
+    written = check_server(server, path.parent)
     if "servers" not in doc:
         doc.append("servers", tomlkit.table(is_super_table=True))
     parent = doc["servers"]
-    if not isinstance(parent, Table):
+    if isinstance(parent, InlineTable):
         raise BadInput(
             f"{path} writes 'servers' as an inline table, which tako cannot add a table to",
             hint="rewrite it as one [servers.<name>] table per server",
         )
+    assert isinstance(parent, MutableMapping)  # _read checked that it is a table
     table = parent.get(server.name)
     if not isinstance(table, Table):
         parent.pop(server.name, None)  # an inline table being replaced
         table = tomlkit.table()
-        parent.append(server.name, table)
     for key, value in _fields(server).items():
         if value is None:
             table.pop(key, None)
         else:
             table[key] = value
-    write_atomic(path, doc.as_string())
+    parent[server.name] = table
+    _write_checked(path, doc.as_string(), {**servers, server.name: written})
 
 
 def remove_server(name: str, home: Path | None = None) -> None:
@@ -95,17 +97,70 @@ def remove_server(name: str, home: Path | None = None) -> None:
             f"no server {name!r} in {path}{suggest(name, servers)}",
             hint=f"known servers: {', '.join(servers) or 'none'} (see `tako servers ls`)",
         )
-    parent = doc["servers"]
-    assert isinstance(parent, Table | InlineTable)  # _read checked that it is a table
-    del parent[name]
-    write_atomic(path, doc.as_string())
+    remaining = {key: server for key, server in servers.items() if key != name}
+    text = _cut_section(doc.as_string(), ("servers", name))
+    if text is None or _servers_in(text, path.parent) != remaining:
+        # Not a plain [servers.<name>] section: let tomlkit remove it (it may take a neighbour's comment).
+        parent = doc["servers"]
+        assert isinstance(parent, MutableMapping)  # _read checked that it is a table
+        del parent[name]
+        text = doc.as_string()
+    _write_checked(path, text, remaining)
 
 
-def check_server(server: Server) -> None:
-    """Check a server built from flags against the same rules as the file; `BadInput` names the flag."""
+def _write_checked(path: Path, text: str, expected: dict[str, Server]) -> None:
+    """Write `text` only if it holds exactly the `expected` servers: an edit never breaks the file."""
+    if _servers_in(text, path.parent) != expected:
+        raise ConfigError(
+            "tako cannot make this change without disturbing the rest of the file",
+            path=path,
+            hint="make the change by hand (see `tako servers add --help` for the keys)",
+        )
+    write_atomic(path, text)
+
+
+def _cut_section(text: str, table: KeyPath) -> str | None:
+    """`text` without the `[table]` section, with the comment lines right above its header (they
+    describe it) but not those right above the next header (they describe that one)."""
+    span = Locator(text).section(table)
+    if span is None:
+        return None
+    lines = text.split("\n")
+    header, end = span[0] - 1, span[1] - 1
+    first = header
+    while first > 0 and lines[first - 1].lstrip().startswith("#"):
+        first -= 1
+    if end >= len(lines):
+        return "\n".join(lines[:first] + _closing_comments(lines, header)).rstrip("\r\n") + "\n"
+    while end - 1 > header and lines[end - 1].lstrip().startswith("#"):
+        end -= 1
+    return "\n".join(lines[:first] + lines[end:])
+
+
+def _closing_comments(lines: list[str], header: int) -> list[str]:
+    """The comment block that ends the file after a blank line: it belongs to the file, not the table."""
+    end = len(lines)
+    while end - 1 > header and not lines[end - 1].strip():
+        end -= 1
+    start = end
+    while start - 1 > header and lines[start - 1].lstrip().startswith("#"):
+        start -= 1
+    return ["", *lines[start:end]] if start < end and not lines[start - 1].strip() else []
+
+
+def _servers_in(text: str, base: Path) -> dict[str, Server] | None:
+    """The servers `text` holds, or None when it is not a valid inventory."""
+    try:
+        return _servers(tomlkit.parse(text).unwrap(), base)
+    except (TOMLKitError, Invalid):
+        return None
+
+
+def check_server(server: Server, base: Path) -> Server:
+    """`server` as the file will hold it, checked against the same rules; `BadInput` names the flag."""
     fields = {key: value for key, value in _fields(server).items() if value is not None}
     try:
-        server_from_table(server.name, fields, ("servers", server.name), Path.cwd())
+        return server_from_table(server.name, fields, ("servers", server.name), base)
     except Invalid as err:
         flag = "NAME" if len(err.path) == 2 else f"--{str(err.path[-1]).replace('_', '-')}"
         raise BadInput(f"{flag}: {err.message}", hint=err.hint) from None

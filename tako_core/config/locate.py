@@ -35,6 +35,9 @@ class Locator:
         # On text it does not understand, keep what was indexed before that point.
         with contextlib.suppress(_Stop, IndexError):
             scanner.document()
+        self._length = len(source)
+        self._complete = scanner.i >= len(source)
+        self._definitions = scanner.definitions
         # Where a key or table is defined a second time (TOML forbids it), if the scanner saw one.
         self.duplicate = None if scanner.duplicate is None else self._position(scanner.duplicate)
 
@@ -51,6 +54,21 @@ class Locator:
         offset = self._values.get(path)
         return self._position(offset) if offset is not None else self.key(path)
 
+    def section(self, path: KeyPath) -> tuple[int, int] | None:
+        """The lines (first, end exclusive) of the table `path` when it is written as one `[path]`
+        header with all its keys below it; None for any other form (dotted keys, inline, sub-tables)."""
+        headers = [(offset, other) for offset, other, is_header in self._definitions if is_header]
+        own = [offset for offset, other in headers if other == path]
+        if not self._complete or len(own) != 1:
+            return None
+        start = own[0]
+        end = min((offset for offset, _ in headers if offset > start), default=self._length)
+        for offset, other, _ in self._definitions:
+            if other[: len(path)] == path and other != path and not start < offset < end:
+                return None
+        end_line = self._position(end)[0] if end < self._length else len(self._line_starts) + 1
+        return self._position(start)[0], end_line
+
     def _position(self, offset: int) -> Position:
         line = bisect.bisect_right(self._line_starts, offset)
         return (line, offset - self._line_starts[line - 1] + 1)
@@ -62,6 +80,7 @@ class _Scanner:
         self.i = 0
         self.keys = keys
         self.values = values
+        self.definitions: list[tuple[int, KeyPath, bool]] = []  # (offset, path, is a header)
         self.defined: set[KeyPath] = set()  # keys with a value, and [table] headers
         self.duplicate: int | None = None
 
@@ -110,6 +129,7 @@ class _Scanner:
         self.i += brackets
         start = self.i
         path = self.dotted_key(())
+        self.definitions.append((start, path, True))
         if brackets == 1:
             self.define(path, start)
         for _ in range(brackets):
@@ -120,6 +140,7 @@ class _Scanner:
     def keyval(self, prefix: KeyPath) -> None:
         start = self.i
         path = self.dotted_key(prefix)
+        self.definitions.append((start, path, False))
         self.define(path, start)
         self.skip_blank(newlines=False)
         self.expect("=")
