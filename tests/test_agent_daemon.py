@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tako_core.agent.client import AgentClient, AgentReplyError
-from tako_core.agent.zipapp import build_zipapp
+from tako_core.agent.zipapp import build_id, build_zipapp
 from tests.agentkit.kit import START, free_port, get, pack, start_agent
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
@@ -56,6 +56,8 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
     pid = int((root / "run/agent.pid").read_text())
     try:
         client = await AgentClient.open_unix(root / "run/tako.sock")
+        assert pyz.name.endswith(f"-{client.info.build_id}.pyz")
+        assert client.info.build_id == build_id()
         probe = system_python(
             "-c",
             "import tarfile, platform; print(platform.python_version(), hasattr(tarfile, 'data_filter'))",

@@ -88,6 +88,7 @@ class AgentInfo:
     free_bytes: int
     codecs: tuple[str, ...]  # what the server can unpack: "zst", "gz"
     safe_extract: bool  # False: the server's Python lacks tarfile's data filter; prepare will fail
+    build_id: str | None  # the agent zipapp's content hash (zipapp.build_id()); None when not a zipapp
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class AgentClient:
             free_bytes=int(reply["free_bytes"]),
             codecs=tuple(reply["codecs"]),
             safe_extract=bool(reply.get("safe_extract", True)),
+            build_id=reply.get("build_id"),
         )
         return client
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pkgutil
 import platform
 import shutil
 import socket
@@ -32,6 +33,15 @@ Handler = Callable[[Params, Emit], Awaitable[dict[str, Any]]]
 MAX_RELEASE_TIMEOUT = 7 * 24 * 3600.0
 KEEP_RUNS = 20  # release run logs kept per app/env
 LOGS_BUDGET = 512 * 1024  # encoded bytes of log lines in one reply
+
+
+def _build_id() -> str | None:
+    """The zipapp's content hash (written into it by zipapp.build_zipapp); None outside a zipapp."""
+    try:
+        data = pkgutil.get_data("tako_core.agent", "BUILD")
+    except OSError:
+        return None
+    return data.decode() if data else None
 
 
 class Agent:
@@ -95,6 +105,7 @@ class Agent:
             "free_bytes": shutil.disk_usage(self.layout.root).free,
             "codecs": list(extract.codecs()),
             "safe_extract": extract.safe_extraction_available(),
+            "build_id": _build_id(),
         }
 
     async def lease_acquire(self, p: Params, emit: Emit) -> dict[str, Any]:

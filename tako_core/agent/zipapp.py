@@ -19,6 +19,7 @@ import tako_core
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = b"from tako_core.agent.cli import main\n\nraise SystemExit(main())\n"
+BUILD_FILE = "tako_core/agent/BUILD"  # inside the zipapp only
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same sources, same bytes
 
 
@@ -37,13 +38,21 @@ def sources() -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
+def build_id(files: dict[str, bytes] | None = None) -> str:
+    """The content hash (8 hex digits) of the zipapp this installation builds."""
+    digest = hashlib.sha256()
+    for name, data in (sources() if files is None else files).items():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:8]
+
+
 def build_zipapp(dest_dir: Path) -> Path:
     """`dest_dir/tako-agent-<version>-<hash8>.pyz`, built unless it already exists."""
     files = sources()
-    digest = hashlib.sha256()
-    for name, data in files.items():
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    target = dest_dir / f"tako-agent-{tako_core.__version__}-{digest.hexdigest()[:8]}.pyz"
+    build = build_id(files)
+    # The agent reports this in hello, so a client can tell a stale agent of the same version.
+    files[BUILD_FILE] = build.encode()
+    target = dest_dir / f"tako-agent-{tako_core.__version__}-{build}.pyz"
     if target.is_file():
         return target
     dest_dir.mkdir(parents=True, exist_ok=True)
