@@ -251,7 +251,7 @@ def test_servers_add_ls_rm(tako_home: Path, tmp_path: Path, monkeypatch: pytest.
         "127.0.0.2",
     )
     assert result.exit_code == 0, result.stderr
-    assert "added server web-1" in result.stderr
+    assert "saved server web-1" in result.stderr
     assert tako("servers", "add", "web-2", "--host", "h2").exit_code == 0
 
     listed = json.loads(tako("servers", "ls", "--json").stdout)

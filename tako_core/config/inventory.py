@@ -18,8 +18,9 @@ from tomlkit.toml_document import TOMLDocument
 
 from tako_core.errors import BadInput, ConfigError
 
+from .edit import cut_section
 from .files import located, parse, read_text, write_atomic
-from .locate import KeyPath, Locator
+from .locate import KeyPath
 from .model import Inventory, Server
 from .schema import (
     Invalid,
@@ -98,7 +99,7 @@ def remove_server(name: str, home: Path | None = None) -> None:
             hint=f"known servers: {', '.join(servers) or 'none'} (see `tako servers ls`)",
         )
     remaining = {key: server for key, server in servers.items() if key != name}
-    text = _cut_section(doc.as_string(), ("servers", name))
+    text = cut_section(doc.as_string(), ("servers", name))
     if text is None or _servers_in(text, path.parent) != remaining:
         # Not a plain [servers.<name>] section: let tomlkit remove it (it may take a neighbour's comment).
         parent = doc["servers"]
@@ -117,35 +118,6 @@ def _write_checked(path: Path, text: str, expected: dict[str, Server]) -> None:
             hint="make the change by hand (see `tako servers add --help` for the keys)",
         )
     write_atomic(path, text)
-
-
-def _cut_section(text: str, table: KeyPath) -> str | None:
-    """`text` without the `[table]` section, with the comment lines right above its header (they
-    describe it) but not those right above the next header (they describe that one)."""
-    span = Locator(text).section(table)
-    if span is None:
-        return None
-    lines = text.split("\n")
-    header, end = span[0] - 1, span[1] - 1
-    first = header
-    while first > 0 and lines[first - 1].lstrip().startswith("#"):
-        first -= 1
-    if end >= len(lines):
-        return "\n".join(lines[:first] + _closing_comments(lines, header)).rstrip("\r\n") + "\n"
-    while end - 1 > header and lines[end - 1].lstrip().startswith("#"):
-        end -= 1
-    return "\n".join(lines[:first] + lines[end:])
-
-
-def _closing_comments(lines: list[str], header: int) -> list[str]:
-    """The comment block that ends the file after a blank line: it belongs to the file, not the table."""
-    end = len(lines)
-    while end - 1 > header and not lines[end - 1].strip():
-        end -= 1
-    start = end
-    while start - 1 > header and lines[start - 1].lstrip().startswith("#"):
-        start -= 1
-    return ["", *lines[start:end]] if start < end and not lines[start - 1].strip() else []
 
 
 def _servers_in(text: str, base: Path) -> dict[str, Server] | None:

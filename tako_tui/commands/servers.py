@@ -51,7 +51,7 @@ def add(
         http_host=http_host,
     )
     add_server(server, replace=replace)
-    click.echo(f"{'replaced' if replace else 'added'} server {name} in {inventory_path()}", err=True)
+    click.echo(f"saved server {name} in {inventory_path()}", err=True)
 
 
 @servers.command("ls")
