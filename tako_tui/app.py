@@ -138,7 +138,9 @@ class DeployConsole(App[DeployFinished | None]):
         if model.aborting:
             self.notify("Aborting: waiting for every server to clean up.", timeout=3)
             return
-        self._abort_dialog = ConfirmScreen(ABORT_QUESTION, yes="Abort", no="Keep deploying", danger=True)
+        self._abort_dialog = ConfirmScreen(
+            ABORT_QUESTION, title="Abort", yes="Abort", no="Keep deploying", danger=True
+        )
         self.push_screen(self._abort_dialog, self._abort_answered)
 
     def _abort_answered(self, yes: bool | None) -> None:

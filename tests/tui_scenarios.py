@@ -8,6 +8,8 @@ behaves like the core on cancellation: it emits the abort's events and reports e
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +78,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class WallClock(FakeClock):
+    """The real time, for watching a scripted deploy live (`scripts/screenshots.py --live`)."""
+
+    def __call__(self) -> float:
+        return time.time()
+
+    def advance(self, seconds: float) -> None:
+        pass  # time passes by itself: `pace` sleeps
 
 
 @dataclass
@@ -297,3 +309,57 @@ async def until(pilot: Pilot[Any], condition: Callable[[], bool], within: float 
 
 def console(scenario: ScriptedDeploy) -> DeployConsole:
     return DeployConsole(scenario, title="shop → production", clock=scenario.clock)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    lines: int  # lines that reached the log pane
+    seconds: float  # from the first line emitted to the last one in the pane
+    max_gap: float  # longest gap between ticks of a 16 ms timer while streaming: the worst frame
+    ticks: int
+
+
+async def stream_lines(
+    total: int = 100_000, chunk: int = 1000, size: tuple[int, int] = (120, 40)
+) -> StreamResult:
+    """A release command printing `total` lines, `chunk` lines per read, as fast as the loop allows."""
+    go = asyncio.Event()
+    first: list[float] = []
+
+    async def release(sink: EventSink) -> DeployFinished:
+        sink(DeployStarted(app="shop", env="production", servers=SERVERS, leader=SERVERS[0], release=RELEASE))
+        sink(
+            PhaseChanged(server=SERVERS[0], phase=Phase.RELEASE, state=State.RUNNING, detail=RUNNING_RELEASE)
+        )
+        await go.wait()
+        first.append(time.perf_counter())
+        for start in range(0, total, chunk):
+            for i in range(start, min(start + chunk, total)):
+                sink(
+                    OutputLine(
+                        server=SERVERS[0], phase=Phase.RELEASE, line=f"  Applying shop.{i:06d}_step... OK"
+                    )
+                )
+            await asyncio.sleep(0)  # the next read from the SSH channel
+        await asyncio.Event().wait()  # the release keeps running; the test ends the app
+        raise AssertionError("not reached")
+
+    app = DeployConsole(release, title="stream", clock=FakeClock())
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        ticks: list[float] = []
+        app.set_interval(0.016, lambda: ticks.append(time.perf_counter()))
+        await pilot.pause(0.1)
+        go.set()
+        output = app.deploy_screen.output
+        await until(pilot, lambda: output.line_count >= total, within=60)
+        done = time.perf_counter()
+        await pilot.pause(0.05)
+        streaming = [t for t in ticks if t >= first[0]]
+        gaps = [b - a for a, b in itertools.pairwise(streaming)]
+        return StreamResult(
+            lines=output.line_count,
+            seconds=done - first[0],
+            max_gap=max(gaps, default=0.0),
+            ticks=len(streaming),
+        )

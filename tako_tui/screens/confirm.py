@@ -18,15 +18,19 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("left,right", "app.focus_next", show=False),
     ]
 
-    def __init__(self, question: str, *, yes: str = "Yes", no: str = "No", danger: bool = False) -> None:
+    def __init__(
+        self, question: str, *, title: str = "tako", yes: str = "Yes", no: str = "No", danger: bool = False
+    ) -> None:
         super().__init__()
+        self._title = title
         self._question = question
         self._yes = yes
         self._no = no
         self._danger = danger
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with Vertical(id="dialog") as dialog:
+            dialog.border_title = self._title
             yield Static(self._question, id="question")
             with Horizontal(id="buttons"):
                 yield Button(

@@ -23,6 +23,7 @@ from ..widgets.server_panel import ServerGrid, ServerPanel, panel_id
 from ..widgets.summary import Summary
 
 TICK = 0.1  # spinner frames and live durations
+ROOMY_HEIGHT = 32
 
 
 class DeployScreen(Screen[None]):
@@ -83,9 +84,7 @@ class DeployScreen(Screen[None]):
 
     def show_summary(self) -> None:
         """The deploy ended (or the run crashed): the verdict appears above the output."""
-        summary = self.query_one(Summary)
-        summary.display = True
-        summary.refresh(layout=True)
+        self.query_one(Summary).sync()
         self.header.refresh()
         for panel in self.panels:
             panel.sync()
@@ -100,7 +99,13 @@ class DeployScreen(Screen[None]):
             self._arrange()
 
     def _arrange(self) -> None:
-        self.query_one(ServerGrid).arrange_panels(self.size.width, self.size.height)
+        width, height = self.size
+        compact = self.query_one(ServerGrid).arrange_panels(width, height)
+        summary = self.query_one(Summary)
+        summary.detailed = not compact
+        summary.refresh(layout=True)
+        # A blank row between sections where the terminal has rows to spare.
+        self.set_class(height >= ROOMY_HEIGHT, "-roomy")
 
     def on_resize(self) -> None:
         self._arrange()
@@ -108,7 +113,7 @@ class DeployScreen(Screen[None]):
     def _tick(self) -> None:
         self.header.refresh()
         for panel in self.panels:
-            if panel.has_class("-active"):
+            if panel.has_class("-active") or panel.has_class("-waiting"):
                 panel.refresh()
         self.output.update_follow()
 

@@ -100,16 +100,19 @@ class ServerView:
 
     @property
     def current(self) -> PhaseView | None:
-        """The phase to name in one line: the active one, else the failed one, else the last finished."""
+        """The phase to name in one line: the active one, else the failed one, else the first cancelled
+        (where the deploy stopped for this server), else the last one that started."""
         views = list(self.phases.values())
-        for view in views:
-            if view.active:
-                return view
-        for view in views:
-            if view.state is State.FAILED:
-                return view
-        finished = [v for v in views if v.state is not State.PENDING]
-        return finished[-1] if finished else None
+        for wanted in (
+            lambda v: v.active,
+            lambda v: v.state is State.FAILED,
+            lambda v: v.state is State.CANCELLED,
+        ):
+            for view in views:
+                if wanted(view):
+                    return view
+        started = [v for v in views if v.state is not State.PENDING]
+        return started[-1] if started else None
 
     @property
     def failed(self) -> bool:
@@ -181,8 +184,10 @@ class DeployModel:
                 changes.servers.add(event.server)
                 changes.header = True
             if event.state is State.FAILED and event.error:
-                where = "build" if event.server is None else event.server
-                changes.lines.append((event.server, f"✗ {event.phase} failed on {where}: {event.error}"))
+                where = "the build" if event.server is None else event.server
+                first, *more = event.error.splitlines() or [""]
+                changes.lines.append((event.server, f"✗ {event.phase} failed on {where}: {first}"))
+                changes.lines.extend((event.server, f"✗ {line}") for line in more)
         elif isinstance(event, UploadProgress):
             self.server(event.server).upload = (event.sent, event.total)
             changes.servers.add(event.server)

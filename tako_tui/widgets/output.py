@@ -20,6 +20,7 @@ LOCAL = "local"  # label of lines with no server: the build, the deploy's own no
 SEPARATOR = " │ "
 ALL_LINES = 200_000
 SERVER_LINES = 50_000
+SLICE = 5_000  # lines written per frame at most: ~10 ms of work on a slow core
 
 
 class _LineHighlighter(Highlighter):
@@ -89,6 +90,8 @@ class OutputPane(Vertical):
         super().__init__(id=id)
         self._all: deque[str] = deque(maxlen=ALL_LINES)
         self._by_server: dict[str, deque[str]] = {}
+        self._pending: deque[tuple[str | None, str]] = deque()
+        self._draining = False
         self._label_width = len(LOCAL)
         self._highlighter = _LineHighlighter()
         self.server: str | None = None  # the filter: None = every server
@@ -123,30 +126,50 @@ class OutputPane(Vertical):
             self._highlighter.prefix = self._label_width + len(SEPARATOR)
 
     def add(self, lines: list[tuple[str | None, str]]) -> None:
-        """Buffer a batch and write what the current filter shows in one `write_lines` call."""
-        shown: list[str] = []
-        width = self._label_width
-        for server, text in lines:
+        """Queue a batch; it is written in slices of at most SLICE lines per frame."""
+        self._pending.extend(lines)
+        if not self._draining:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Write one slice now and the rest after the next refresh, so a flood never stalls a frame."""
+        self._write(SLICE)
+        self._draining = bool(self._pending)
+        if self._draining:
+            self.call_after_refresh(self._drain)
+
+    def _write(self, limit: int) -> None:
+        """Buffer up to `limit` queued lines and write the ones the filter shows in one call."""
+        pending, shown = self._pending, []
+        width, shown_server = self._label_width, self.server
+        for _ in range(min(limit, len(pending))):
+            server, text = pending.popleft()
             name = server or LOCAL
+            buffer = self._by_server.get(name)
+            if buffer is None:
+                buffer = self._by_server[name] = deque(maxlen=SERVER_LINES)
             # A line with embedded newlines (e.g. an error) becomes several log lines.
             for part in text.splitlines() or [""]:
-                buffer = self._by_server.get(name)
-                if buffer is None:
-                    buffer = self._by_server[name] = deque(maxlen=SERVER_LINES)
                 buffer.append(part)
                 merged = f"{name:<{width}}{SEPARATOR}{part}"
                 self._all.append(merged)
-                if self.server is None:
+                if shown_server is None:
                     shown.append(merged)
-                elif self.server == name:
+                elif shown_server == name:
                     shown.append(part)
         if shown:
             self.log_view.add_lines(shown)
+
+    @property
+    def pending(self) -> int:
+        """Lines received but not written yet (a flood drains over a few frames)."""
+        return len(self._pending)
 
     def show(self, server: str | None) -> None:
         """Switch the filter and re-show its buffered history, scrolled to the tail."""
         if server == self.server:
             return
+        self._write(len(self._pending))  # buffers first, so the history shown is complete
         self.server = server
         self._highlighter.prefix = 0 if server is not None else self._label_width + len(SEPARATOR)
         log = self.log_view

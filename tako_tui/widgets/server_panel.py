@@ -90,7 +90,9 @@ class ServerPanel(Widget, can_focus=True):
         self.set_class(view.leader, "-leader")
         self.set_class(view.failed, "-failed")
         self.set_class(view.complete, "-done")
-        self.set_class(any(p.active for p in view.phases.values()), "-active")
+        states = {p.state for p in view.phases.values()}
+        self.set_class(State.RUNNING in states, "-active")
+        self.set_class(State.WAITING in states and State.RUNNING not in states, "-waiting")
         title = Text.assemble((view.name, "bold"), "  ")
         title.append_text(
             Text(f"{LEADER_MARK} leader", "bold #f5a97f") if view.leader else Text("follower", MUTED)
@@ -232,7 +234,8 @@ class ServerGrid(Container):
         crowded = servers > self.MAX_FULL_SERVERS or rows * self.FULL_PANEL_HEIGHT > height - 14
         return (1, True) if crowded else (columns, False)
 
-    def arrange_panels(self, width: int, height: int) -> None:
+    def arrange_panels(self, width: int, height: int) -> bool:
+        """Lay the panels out for the screen size; True when they are compact rows."""
         panels = list(self.query(ServerPanel))
         columns, compact = self.layout_for(len(panels), width, height)
         self.styles.grid_size_columns = columns
@@ -242,3 +245,4 @@ class ServerGrid(Container):
         for panel in panels:
             panel.compact = compact
             panel.name_width = name_width
+        return compact

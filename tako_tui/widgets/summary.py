@@ -17,24 +17,34 @@ _OUTCOME_STATE = {
     Outcome.ROLLED_BACK: State.FAILED,
     Outcome.ABORTED: State.CANCELLED,
 }
-HINT = "q quit · l all output · enter/click a server for its own"
+HINT = "q quit · enter on a server: its output"
 
 
 class Summary(Widget):
     def __init__(self, model: DeployModel, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._model = model
+        self.detailed = True  # one row per server; off when the panels are compact rows that say it
+
+    def sync(self) -> None:
+        """Show the verdict, coloured by how it ended."""
+        finished = self._model.finished
+        self.display = True
+        self.set_class(finished is not None and finished.ok, "-ok")
+        self.set_class(finished is None or not finished.ok, "-failed")
+        self.border_subtitle = HINT
+        self.refresh(layout=True)
 
     def render(self) -> RenderableType:
         model = self._model
         finished = model.finished
         if finished is None:
             head = Text(f"{STATE_GLYPH[State.FAILED]} The deploy crashed", STATE_STYLE[State.FAILED])
-            return Group(_headline(head), Text(model.crash or "", ERROR))
-        parts: list[RenderableType] = [_headline(self._head(finished))]
+            return Group(head, Text(model.crash or "", ERROR))
+        parts: list[RenderableType] = [self._head(finished)]
         if finished.error:
             parts.append(Text(finished.error, ERROR))
-        if finished.results:
+        if finished.results and self.detailed:
             table = Table.grid(padding=(0, 2))
             table.add_column(no_wrap=True)
             table.add_column(no_wrap=True)
@@ -59,11 +69,3 @@ class Summary(Widget):
         if finished.exit_code == 130:
             return Text(f"⊘ Aborted after {took}", STATE_STYLE[State.CANCELLED])
         return Text(f"✗ Deploy failed after {took} (exit {finished.exit_code})", STATE_STYLE[State.FAILED])
-
-
-def _headline(head: Text) -> Table:
-    grid = Table.grid(expand=True)
-    grid.add_column(no_wrap=True)
-    grid.add_column(justify="right", no_wrap=True, overflow="ellipsis")
-    grid.add_row(head, Text(HINT, MUTED))
-    return grid
