@@ -26,9 +26,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h11
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "bench" / "BENCHMARKS.md"
 CADDY = "/usr/bin/caddy"
+HOST_PYTHON = "/usr/bin/python3"  # what the agent runs under on a server
 WRK = "/usr/bin/wrk"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!"
 
@@ -67,7 +70,7 @@ async def _serve_router(port: int, upstream_ports: list[int], backend: str, swit
     sys.path.insert(0, str(ROOT))
     from tako_core.agent.router import Router, Upstream
 
-    router = Router("127.0.0.1", port, backend=backend)
+    router = Router("127.0.0.1", port, backend=None if backend == "auto" else backend)
     await router.start()
     upstreams = [Upstream("127.0.0.1", p) for p in upstream_ports]
     router.set_route("bench", ["127.0.0.1"], upstreams[:1])
@@ -136,8 +139,9 @@ def _ms(value: str) -> float:
 
 def _wrk(name: str, port: int, duration: int, connections: int, pid: int | None = None) -> Result:
     cpu_before = _cpu_seconds(pid) if pid else 0.0
+    threads = min(2, connections)
     out = subprocess.run(
-        [WRK, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True, timeout=duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -175,6 +179,16 @@ def _table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def _latency_table(results: list[Result]) -> str:
+    direct = results[0]
+    rows = ["| target | req/s | p50 ms | p99 ms | p50 added vs direct | p99 vs direct |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        rows.append(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+                    f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} µs | {r.p99_ms / direct.p99_ms:.2f}x |")
+    return "\n".join(rows)
+
+
 def _write_section(section: str) -> None:
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     # Replace our own section (up to the next "## " heading) and leave everyone else's alone.
@@ -189,6 +203,22 @@ def _write_section(section: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, BENCHMARKS)
+
+
+def _version(module: str) -> str:
+    try:
+        return str(__import__(module).__version__)
+    except ImportError:
+        return "(not installed)"
+
+
+def _host_python_httptools() -> str | None:
+    """The httptools version the host's python3 imports ("" when none); None without a python3."""
+    if not Path(HOST_PYTHON).exists():
+        return None
+    probe = subprocess.run([HOST_PYTHON, "-c", "import httptools; print(httptools.__version__)"],
+                           capture_output=True, text=True, cwd="/")
+    return probe.stdout.strip() if probe.returncode == 0 else ""
 
 
 def main() -> None:
@@ -223,6 +253,19 @@ def main() -> None:
         spawn([sys.executable, __file__, "upstream", str(up2)], up2)
         pid = spawn([sys.executable, __file__, "router", str(port), f"{up},{up2}", "httptools", "0.1"], port)
         targets.append(("tako router (httptools), switching every 100 ms", port, pid))
+        # As on a server: the host's python3 with only h11 beside tako_core (as in the zipapp), and
+        # whatever httptools the distribution packages (Debian 12: python3-httptools 0.1.1).
+        host_httptools = _host_python_httptools()
+        if host_httptools is not None:
+            bundle = tmp / "bundle"
+            shutil.copytree(Path(h11.__file__).parent, bundle / "h11")
+            env = {**os.environ, "PYTHONPATH": str(bundle)}
+            port = _free_port()
+            pid = spawn([HOST_PYTHON, __file__, "router", str(port), str(up), "auto", "0"], port, env)
+            version = f"python3-httptools {host_httptools}" if host_httptools else "no httptools: h11"
+            targets.append((f"tako router, {HOST_PYTHON} ({version})", port, pid))
+        else:
+            print(f"({HOST_PYTHON} is missing: no row for the host's own Python)", file=sys.stderr)
         caddy_port = _free_port()
         config = tmp / "caddy.json"
         config.write_text(json.dumps(_caddy_config(caddy_port, up)))
@@ -233,6 +276,8 @@ def main() -> None:
         for _, port, _ in targets:  # warm up every target (connection pools, caches) before measuring
             _wrk("warm-up", port, 1, args.connections)
         results = [_wrk(name, port, args.duration, args.connections, pid) for name, port, pid in targets]
+        # One connection, one request at a time: what a hop adds when nothing queues.
+        single = [_wrk(name, port, args.duration, 1) for name, port, _ in targets]
     finally:
         for proc in procs:
             proc.terminate()
@@ -244,18 +289,29 @@ def main() -> None:
                 proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    table = _table(results)
-    print(table)
+    table, latency = _table(results), _latency_table(single)
+    print(table, latency, sep="\n\n")
     if not args.no_write:
         command = (f".venv/bin/python bench/router.py --duration {args.duration} "
                    f"--connections {args.connections}")
         _write_section(
             f"## Router\n\n"
-            f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {_machine()} · all processes on the "
-            f"same cores (wrk, app, proxy).\n"
-            f"Each proxy runs in its own process in front of the same raw asyncio app; "
-            f"`wrk -t2 -c{args.connections} -d{args.duration}s --latency` against each in turn "
-            f"after a 1 s warm-up. Reproduce: `{command}`\n\n{table}\n\n"
+            f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {_machine()}; wrk, the app and the proxy "
+            f"share the cores. Reproduce: `{command}` (about a minute).\n\n"
+            f"Each proxy runs in its own process in front of the same raw asyncio app. The router rows "
+            f"without a path run under the venv's Python with httptools {_version('httptools')} or "
+            f"h11 {_version('h11')}; the `{HOST_PYTHON}` row runs as the agent does on a server: the "
+            f"host's Python, h11 beside tako_core as in the zipapp, and the distribution's httptools "
+            f"if any (picked automatically). \"switching\" swaps the route between two app processes "
+            f"every 100 ms and drains the old one, as a rollout does, while wrk runs.\n\n"
+            f"### Under load: `wrk -t2 -c{args.connections} -d{args.duration}s --latency`, "
+            f"after a 1 s warm-up\n\n{table}\n\n"
+            f"CPU µs/req is the CPU time (user + system) of that one process divided by the requests "
+            f"it served: the proxy's own cost per request, steadier than req/s on a busy machine. "
+            f"At saturation a closed-loop client's latency is about connections / throughput, so "
+            f"p99 there mostly restates req/s; the table below isolates what a hop adds.\n\n"
+            f"### One connection, one request at a time: `wrk -t1 -c1 -d{args.duration}s --latency`"
+            f"\n\n{latency}\n\n"
         )
 
 
