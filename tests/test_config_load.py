@@ -30,7 +30,7 @@ RATIO = 0.5
 LOG_LEVEL = "warning"
 
 [envs.production]
-routes = ["Example.com", "www.example.com"]
+routes = ["Example.com", "*.example.com"]
 servers = ["web-1", "web-2"]
 instances = 2
 
@@ -64,7 +64,7 @@ def test_full_config(tmp_path: Path) -> None:
         env_vars={"production": {"LOG_LEVEL": "warning"}, "staging": {}},
         envs={
             "production": EnvConfig(
-                "production", ("example.com", "www.example.com"), ("web-1", "web-2"), None, 2
+                "production", ("example.com", "*.example.com"), ("web-1", "web-2"), None, 2
             ),
             "staging": EnvConfig("staging", ("staging.example.com",), ("web-3",), ""),
         },
@@ -128,15 +128,16 @@ BROKEN = [
     ),
     # wrong types point at the value
     ('name = "a"' + ENV + 'instances = "2"\n', 4, 13, "'instances' must be an integer, not a string"),
-    ('name = "a"' + ENV + "instances = 0\n", 4, 13, "between 1 and 100"),
+    ('name = "a"' + ENV + "instances = 0\n", 4, 13, "between 1 and 64"),
     ('name = "a"' + ENV + "instances = true\n", 4, 13, "not a boolean"),
     ("name = 5" + ENV, 1, 8, "'name' must be a string, not an integer"),
     ('name = "a"\nbuild = ["make"]' + ENV, 2, 9, "'build' must be a string, not an array"),
     ('name = "a"\nrelease_timeout = "soon"' + ENV, 2, 19, "not a duration"),
-    ('name = "a"\nrelease_timeout = 0' + ENV, 2, 19, "more than 0"),
-    ('name = "a"\nrelease_timeout = -5' + ENV, 2, 19, "more than 0"),
-    ('name = "a"\nrelease_timeout = nan' + ENV, 2, 19, "more than 0"),
-    ('name = "a"\nrelease_timeout = "48h"' + ENV, 2, 19, "at most 24h"),
+    ('name = "a"\nrelease_timeout = "0.05s"' + ENV, 2, 19, "between 0.1s and 24h"),
+    ('name = "a"\nrelease_timeout = 0' + ENV, 2, 19, "between 0.1s and 24h"),
+    ('name = "a"\nrelease_timeout = -5' + ENV, 2, 19, "between 0.1s and 24h"),
+    ('name = "a"\nrelease_timeout = nan' + ENV, 2, 19, "between 0.1s and 24h"),
+    ('name = "a"\nrelease_timeout = "48h"' + ENV, 2, 19, "between 0.1s and 24h"),
     ('name = "a"\nhealth_path = "health"' + ENV, 2, 15, "invalid health_path"),
     ('name = "a"\npreset = "pyhton"' + ENV, 2, 10, "unknown preset 'pyhton'; did you mean 'python'?"),
     # names
@@ -163,6 +164,7 @@ BROKEN = [
     ('name = "a"' + ENV + 'route = "a.com"\nroutes = ["b.com"]\n', 5, 1, "either 'route' or 'routes'"),
     ('name = "a"' + ENV + 'route = "https://a.com"\n', 4, 9, "has a scheme"),
     ('name = "a"' + ENV + 'routes = ["a.com", "a b"]\n', 4, 20, "not a host name"),
+    ('name = "a"' + ENV + 'route = "a.com:8080"\n', 4, 9, "not a host name"),
     ('name = "a"' + ENV + "release = 1\n", 4, 11, "'release' must be a string, not an integer"),
     ('name = "a"\n[[envs]]\nservers = ["w"]\n', 2, 3, "'envs' must be a table, not an array"),
     # vars

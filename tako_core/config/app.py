@@ -42,13 +42,12 @@ TOP_KEYS = (
 ENV_KEYS = ("route", "routes", "servers", "release", "instances")
 PRESETS = ("python", "node", "bun")
 DEFAULT_RELEASE_TIMEOUT = 600.0
-MAX_INSTANCES = 100
+MAX_INSTANCES = 64  # what the agent accepts
 # tako sets these for every process it starts; a [vars] entry would silently lose or win.
 RESERVED_VARS = ("PORT", "ENV")
 RESERVED_PREFIX = "TAKO_"
-_HOST = re.compile(
-    r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?", re.IGNORECASE
-)
+# A host name as the router matches it (the Host header without its port); `*.` for every subdomain.
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.IGNORECASE)
 _COMMAND_HINT = 'a shell command as a string, e.g. start = "./server --port $PORT"'
 
 
@@ -162,7 +161,7 @@ def _host(value: object, path: KeyPath, hint: str) -> str:
         raise Invalid(
             path, f"route {host!r} has a scheme", "write the host only, e.g. example.com", at_value=True
         )
-    if not _HOST.fullmatch(host):
+    if not _HOST.fullmatch(host) or len(host) > 253:
         raise Invalid(path, f"invalid route {host!r}: not a host name", hint, at_value=True)
     return host.lower()
 

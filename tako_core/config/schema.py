@@ -18,7 +18,7 @@ from .locate import KeyPath
 _LABEL = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(h|m|s)")
-MAX_TIMEOUT = 24 * 3600.0
+MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 24 * 3600.0  # the agent refuses less than 0.1 s
 
 
 class Invalid(Exception):
@@ -166,10 +166,10 @@ def duration(value: object, path: KeyPath) -> float:
     seconds = _parse_duration(value) if isinstance(value, str) else float(value)
     if seconds is None:
         raise Invalid(path, f"'{_name(path)}' is not a duration: {value!r}", hint, at_value=True)
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+    if not (math.isfinite(seconds) and MIN_TIMEOUT <= seconds <= MAX_TIMEOUT):
         raise Invalid(
             path,
-            f"'{_name(path)}' must be more than 0 and at most 24h, not {value!r}",
+            f"'{_name(path)}' must be between 0.1s and 24h, not {value!r}",
             hint,
             at_value=True,
         )
