@@ -126,6 +126,8 @@ BROKEN = [
         33,
         "did you mean 'instances'?",
     ),
+    ('servers = ["w"]\nname = "a"' + ENV, 1, 1, "'servers' belongs to an environment, not the top level"),
+    ('name = "a"' + ENV + "[envs.production.vars]\nA = 1\n", 4, 18, "go in [vars.production]"),
     # wrong types point at the value
     ('name = "a"' + ENV + 'instances = "2"\n', 4, 13, "'instances' must be an integer, not a string"),
     ('name = "a"' + ENV + "instances = 0\n", 4, 13, "between 1 and 64"),

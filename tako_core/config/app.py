@@ -48,6 +48,7 @@ RESERVED_VARS = ("PORT", "ENV")
 RESERVED_PREFIX = "TAKO_"
 # A host name as the router matches it (the Host header without its port); `*.` for every subdomain.
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.IGNORECASE)
+_MOVE_TO_ENV = "move it into an [envs.<name>] table, e.g. [envs.production] then {key} = ..."
 _COMMAND_HINT = 'a shell command as a string, e.g. start = "./server --port $PORT"'
 
 
@@ -62,6 +63,11 @@ def load_config(path: Path) -> AppConfig:
 
 
 def _app(data: Mapping[str, Any], path: Path, source: str) -> AppConfig:
+    for key in ("route", "routes", "servers", "instances"):
+        if key in data:
+            raise Invalid(
+                (key,), f"'{key}' belongs to an environment, not the top level", _MOVE_TO_ENV.format(key=key)
+            )
     check_keys(data, TOP_KEYS, ())
     if "name" not in data:
         raise Invalid(
@@ -130,6 +136,12 @@ def _envs(data: Mapping[str, Any]) -> dict[str, EnvConfig]:
 
 
 def _env(name: str, table: Mapping[str, Any], path: KeyPath) -> EnvConfig:
+    if "vars" in table:
+        raise Invalid(
+            (*path, "vars"),
+            f"variables of an environment go in [vars.{name}], not in [envs.{name}]",
+            f"move them to a [vars.{name}] table",
+        )
     check_keys(table, ENV_KEYS, path)
     instances_hint = f"instances is a whole number from 1 to {MAX_INSTANCES}"
     return EnvConfig(
