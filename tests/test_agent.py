@@ -277,7 +277,9 @@ async def test_good_rollout_under_load_switches_every_request(
     await load.stop()
     assert not load.failed, load.errors[:5]
     assert {s.body for s in load.samples if s.sent > switched} == {"a2"}
-    assert {s.body for s in load.samples} == {"a1", "a2"}
+    answers = [s.body for s in load.samples]
+    assert answers.count("a1") > 20  # the load really ran through the switch
+    assert answers.count("a2") > 20
     for connection in range(load.connections):  # per connection: old answers, then only new ones
         bodies = [s.body or "" for s in load.samples if s.connection == connection]
         assert bodies == sorted(bodies)
