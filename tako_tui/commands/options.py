@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from tako_core.config import ResolvedEnv, default_env, load_config, load_inventory, resolve
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -22,3 +24,9 @@ def config_option(func: F) -> F:
         show_default=True,
         help="The app's tako.toml.",
     )(func)
+
+
+def load_target(config_path: Path, env: str | None) -> ResolvedEnv:
+    """The env a command acts on: tako.toml + the inventory; the env defaults to the only one."""
+    config = load_config(config_path)
+    return resolve(config, env or default_env(config), load_inventory())

@@ -1,0 +1,37 @@
+"""The sample app the end-to-end tests deploy: answers with its version and build on 127.0.0.1:$PORT.
+
+It records each start in $TAKO_DATA_DIR/timeline.log so tests can check that no new instance started
+before the release command ended.
+"""
+
+import http.server
+import os
+import time
+
+VERSION = open("VERSION").read().strip()
+BUILD = os.environ.get("TAKO_BUILD", "?")
+DATA = os.environ["TAKO_DATA_DIR"]
+
+with open(os.path.join(DATA, "timeline.log"), "a") as log:
+    log.write(f"{time.time():.6f} start {VERSION}\n")
+
+if os.environ.get("SAMPLE_BOOT_SECONDS"):
+    time.sleep(float(os.environ["SAMPLE_BOOT_SECONDS"]))
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        healthy = os.environ.get("SAMPLE_HEALTHY", "1") == "1"
+        body = f"{VERSION} {BUILD}\n".encode()
+        self.send_response(200 if healthy else 500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
