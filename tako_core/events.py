@@ -60,6 +60,7 @@ class Outcome(StrEnum):
     DEPLOYED = "deployed"  # serves the new build
     ROLLED_BACK = "rolled back"  # tried the rollout, failed, old instances keep serving
     ABORTED = "aborted"  # the deploy stopped before the rollout; old build untouched
+    FAILED = "failed"  # new instances serve but a later step (finalize) failed; see the message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
