@@ -321,6 +321,32 @@ async def test_finalize_prunes_but_keeps_current_and_previous(
     assert os.readlink(agent.root / "apps/prune/prod/current") == "releases/p2"
     assert await get(agent.http_port, "prune.test") == (200, "p2")
 
+    await ship(agent, client, "prune", "p4")
+    await roll(client, "prune", "p4")
+    # Newest first: p4 is kept and current, p2 was current before (the rollback target): both stay.
+    assert await client.finalize("prune", "prod", "p4", keep=1) == ["p3", "p1"]
+    assert [r.build for r in await client.releases("prune", "prod")] == ["p4", "p2"]
+
+
+async def test_release_stop_kills_the_group(agent: AgentProcess, client: AgentClient) -> None:
+    await ship(agent, client, "halt", "h1")
+    run_id = await client.release_start("halt", "prod", "h1", "echo go; sleep 30 & sleep 30", {}, {}, 60)
+    lines: list[str] = []
+    watching = asyncio.ensure_future(
+        client.release_watch("halt", "prod", run_id, 0, lambda _o, line: lines.append(line))
+    )
+    for _ in range(200):
+        if lines:
+            break
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await client.release_stop("halt", "prod", run_id)
+    result = await watching
+    assert time.monotonic() - started < 3
+    assert result.stopped
+    assert not result.timed_out
+    assert lines == ["go"]
+
 
 async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
     agent: AgentProcess, client: AgentClient
