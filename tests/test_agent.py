@@ -373,3 +373,10 @@ async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
     assert "one" in failed.value.message
     assert SECRET not in failed.value.message
     assert not await client.has_release("evil", "prod", "e3")
+
+
+async def test_a_long_log_arrives_whole_in_batches(agent: AgentProcess, client: AgentClient) -> None:
+    await ship(agent, client, "chatty", "c1")
+    lines, result = await release(client, "chatty", "c1", "seq 1 3000; printf 'no newline at the end'")
+    assert lines == [str(i) for i in range(1, 3001)] + ["no newline at the end"]
+    assert result.exit_code == 0

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from tako_core.mask import Masker
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a run's process group
 _OUTPUT_SETTLE = 1.0  # after the command exits, how long its output may still trickle in
 _WATCH_POLL = 1.0
+_WATCH_BATCH = 256  # lines sent between waits for the connection to drain
 
 
 class Run:
@@ -140,20 +141,30 @@ class Runs:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def watch(run: Run, offset: int, on_line: Callable[[int, str], None]) -> RunResult:
-    """Every complete log line from byte `offset` on, then the result once the run has ended."""
+async def watch(
+    run: Run, offset: int, on_line: Callable[[int, str], None], drain: Callable[[], Awaitable[None]]
+) -> RunResult:
+    """Every complete log line from byte `offset` on, then the result once the run has ended.
+    `drain` is awaited between batches, so a slow reader slows the watch instead of filling memory."""
     with open(run.log, "rb") as log:  # noqa: ASYNC230 (a local file: reads never block long)
         log.seek(max(offset, 0))
         position = log.tell()
         while True:
             wakeup = run.wakeup  # taken before reading, so a write after the read still wakes us
             finished = run.result is not None
+            sent = 0
             for raw in iter(log.readline, b""):
                 if not raw.endswith(b"\n"):
                     log.seek(position)  # a line still being written; read it whole later
                     break
                 position += len(raw)
                 on_line(position, raw[:-1].decode(errors="replace"))
+                sent += 1
+                if sent == _WATCH_BATCH:
+                    break
+            if sent == _WATCH_BATCH:
+                await drain()
+                continue
             if finished and run.result is not None:
                 return run.result
             with contextlib.suppress(WaitTimeout):

@@ -72,6 +72,20 @@ class Connection:
                     self.closed = True
 
 
+class _Events:
+    """The events of one request, tagged with its id."""
+
+    def __init__(self, conn: Connection, request_id: int) -> None:
+        self._conn = conn
+        self._id = request_id
+
+    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+        self._conn.send(event(self._id, name, fields))
+
+    async def drain(self) -> None:
+        await self._conn.flush()
+
+
 class AgentServer:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -146,10 +160,7 @@ class AgentServer:
             if handler is None:
                 raise ProtocolError(UNKNOWN_OP, f"unknown op {str(op)[:80]!r}")
 
-            def emit(name: str, fields: dict[str, Any]) -> None:
-                conn.send(event(request_id, name, fields))
-
-            work = handler(Params(message), emit)
+            work = handler(Params(message), _Events(conn, request_id))
             if op in self.agent.detached:
                 result = await asyncio.shield(self._keep(work))
             else:

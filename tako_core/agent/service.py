@@ -11,7 +11,7 @@ import shutil
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 import tako_core
 from tako_core.agent import extract, releases
@@ -27,7 +27,16 @@ from tako_core.mask import Masker
 
 log = logging.getLogger("tako.agent")
 
-Emit = Callable[[str, dict[str, Any]], None]
+
+class Emit(Protocol):
+    """Sends events of the request being handled."""
+
+    def __call__(self, name: str, fields: dict[str, Any]) -> None: ...
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was sent (backpressure for long event streams)."""
+
+
 Handler = Callable[[Params, Emit], Awaitable[dict[str, Any]]]
 
 MAX_RELEASE_TIMEOUT = 7 * 24 * 3600.0
@@ -177,6 +186,7 @@ class Agent:
             run,
             p.int("offset", 0, 0, 1 << 62),
             lambda offset, line: emit("line", {"offset": offset, "line": line}),
+            emit.drain,
         )
         return asdict(result)
 
