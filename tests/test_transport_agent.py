@@ -47,11 +47,17 @@ def test_setup_then_status_then_setup_again_is_a_no_op(fleet: Fleet, tako_home: 
     assert [s1.agent_pid(), s2.agent_pid()] == pids
 
 
-def test_status_names_servers_without_an_agent(fleet: Fleet, tako_home: Path) -> None:
-    fleet(1)
-    result = _tako("servers", "status", "s1", home=tako_home)
+def test_status_names_servers_without_an_agent_or_unreachable(fleet: Fleet, tako_home: Path) -> None:
+    _, s2 = fleet(2)
+    s2.stop()
+    result = _tako("servers", "status", home=tako_home)
     assert result.returncode == 1
     assert "s1  no agent answers: run `tako servers setup s1`" in result.stderr
+    assert (
+        f"s2  failed: cannot connect to s2 ({s2.user}@{s2.address}:{s2.port}): connection refused"
+        in result.stderr
+    )
+    assert "error: status: 2 server(s) not ready: s1, s2" in result.stderr
     assert "Traceback" not in result.stderr
 
 
