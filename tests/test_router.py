@@ -568,6 +568,26 @@ async def test_app_writing_in_pieces_with_nagle_is_not_slowed(
     c.close()
 
 
+async def test_client_writing_in_pieces_with_nagle_is_not_slowed(
+    router: Router, apps: Callable[[str], App]
+) -> None:
+    a = await apps("a").start()
+    router.set_route("a", ["a.test"], [a.upstream])
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(20):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\r\n")
+        await writer.drain()
+        writer.write(b"body")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await asyncio.wait_for(reader.readexactly(4), IO_TIMEOUT) == b"body"
+    assert loop.time() - started < 0.4
+    writer.close()
+
+
 async def test_garbage_from_upstream_is_502(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
     router.set_route("a", ["a.test"], [a.upstream])

@@ -677,6 +677,7 @@ class Router:
                 up.write(b"".join(out))
                 out = []
                 await up.drain()
+                reqs.conn.quickack()  # a client sending head and body apart waits for this ACK
             ev = await reqs.next()
             if ev is None:
                 raise ParseError(400, "connection closed inside a request body")
