@@ -25,7 +25,7 @@ from tako_core.agent.protocol import (
     encode,
     request,
 )
-from tako_core.errors import AgentError
+from tako_core.errors import AgentError, TransportError
 
 __all__ = [
     "AgentClient",
@@ -75,8 +75,9 @@ class LeaseHeld(AgentReplyError):
         return float(self.details.get("started_at", 0.0))
 
 
-class AgentDisconnected(AgentError):
-    """The connection to the agent ended before the reply came."""
+class AgentDisconnected(AgentError, TransportError):
+    """The connection to the agent ended before the reply came. Also a TransportError: the cure is
+    the same as for a dropped SSH connection (reconnect, then e.g. re-attach a release watch)."""
 
 
 @dataclass(frozen=True)
@@ -343,8 +344,11 @@ class AgentClient:
     async def release_stop(self, app: str, env: str, run_id: str) -> None:
         await self._call("release_stop", {"app": app, "env": env, "run_id": run_id})
 
-    async def cleanup(self, app: str, env: str, build: str) -> None:
-        await self._call("cleanup", {"app": app, "env": env, "build": build})
+    async def cleanup(self, app: str, env: str, build: str) -> bool:
+        """Remove a partial or failed release; True when removed. A release that `current` points at
+        or that instances run is kept (False), never an error: abort paths call this blindly."""
+        reply = await self._call("cleanup", {"app": app, "env": env, "build": build})
+        return bool(reply["removed"])
 
     async def rollout(
         self,

@@ -106,9 +106,7 @@ async def run_install(
 
 
 def cleanup(layout: AppLayout, build: str) -> bool:
-    """Remove releases/<build> unless `current` points at it; True when something was removed."""
-    if layout.current_build() == build:
-        raise ProtocolError(FAILED, f"{build} is the current release; not removing it")
+    """Remove releases/<build> (the caller checked it is neither current nor running)."""
     target = layout.release(build)
     if not target.exists():
         return False

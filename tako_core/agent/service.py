@@ -123,7 +123,7 @@ class Agent:
             runtime.app,
             runtime.env,
             p.str("holder"),
-            p.name("build"),
+            p.str("build")[:200],  # informational ("(building)" before the build id is known)
             p.num("ttl", 30.0, 1.0, 86400.0),
             p.bool("force"),
         )
@@ -201,7 +201,9 @@ class Agent:
         runtime, build = self.runtime(p), p.name("build")
         async with runtime.exclusive("cleanup"):
             if any(i.spec.build == build for i in runtime.instances):
-                raise ProtocolError(BAD_REQUEST, f"{build} has running instances; not removing it")
+                return {"removed": False, "kept": f"{build} has running instances"}
+            if runtime.layout.current_build() == build:
+                return {"removed": False, "kept": f"{build} is the current release"}
             removed = await asyncio.to_thread(releases.cleanup, runtime.layout, build)
         return {"removed": removed}
 
