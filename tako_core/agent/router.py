@@ -8,7 +8,14 @@ back. Bodies are streamed in both directions and re-framed (Content-Length passe
 decoded and re-encoded), so nothing is ever buffered whole.
 
 Choices worth knowing:
+- A route's upstreams are used round robin. Connecting fails → 502, except that a request without a
+  body and with an idempotent method is tried once more on the route's next upstream; a pooled
+  connection the app closed before answering is replayed the same way on a fresh one.
 - `Expect: 100-continue` is answered by the router itself once it has an upstream to send the body to.
+- Client connections idle between requests (or trickling a head) for IDLE_TIMEOUT are closed, by one
+  sweeper task rather than a timer per request.
+- While a message is incomplete the router asks Linux for an immediate ACK (TCP_QUICKACK): peers that
+  write a head and a body apart with Nagle on would otherwise wait ~40 ms for the delayed ACK.
 - Request smuggling: Content-Length with Transfer-Encoding, conflicting lengths, or a
   Transfer-Encoding other than `chunked` are refused (400/501) and the connection is closed.
 - Upgrades (WebSocket and the like) become a raw byte tunnel after the upstream's 101; the tunnel
