@@ -382,3 +382,18 @@ async def test_a_long_log_arrives_whole_in_batches(agent: AgentProcess, client: 
     lines, result = await release(client, "chatty", "c1", "seq 1 3000; printf 'no newline at the end'")
     assert lines == [str(i) for i in range(1, 3001)] + ["no newline at the end"]
     assert result.exit_code == 0
+
+
+async def test_an_instance_that_exits_fails_the_rollout_at_once(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "crashy", "x1", mode="crash")
+    started = time.monotonic()
+    with pytest.raises(AgentReplyError) as failure:
+        await roll(client, "crashy", "x1")
+    assert time.monotonic() - started < 5  # not the 30 s health timeout
+    assert "exited with 3" in failure.value.message
+    assert "secret is ***" in failure.value.message
+    [status] = [s for s in await client.status() if s.app == "crashy"]
+    assert status.instances == ()
+    assert status.running is None

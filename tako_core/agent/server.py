@@ -110,6 +110,10 @@ class AgentServer:
             for writer in self._writers:
                 writer.close()
             await self._server.wait_closed()
+        # A change still running (say a rollout waiting for health) is cancelled: its own cleanup
+        # routes back to the old instances, where waiting could outlast whoever is stopping us.
+        for task in self._background:
+            task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
