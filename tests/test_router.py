@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -678,3 +679,60 @@ async def test_keep_alive_load_across_switches_has_no_failures(
     await asyncio.gather(*(load(300) for _ in range(4)), switch(20))
     assert counts == {"ok": 1200, "failed": 0}
     assert all(router.inflight(app.upstream) == 0 for app in pool)
+
+
+# --- fuzzed input ---------------------------------------------------------------------------------
+
+SEEDS = [
+    b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n",
+]
+TOKENS = [b"\r\n", b"\n", b":", b" ", b"\x00", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n",
+          b"ffffffffffffffffff\r\n", b"-1", b"HTTP/1.1", b"\r\n\r\n", b"Host: b\r\n", b"\xff"]
+
+
+def _mutations(count: int) -> list[bytes]:
+    rng = random.Random(4)  # fixed: the same cases on every run
+    cases = []
+    for _ in range(count):
+        data = bytearray(rng.choice(SEEDS))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data) + 1)
+            action = rng.randrange(4)
+            if action == 0:
+                del data[at:at + rng.randint(1, 8)]
+            elif action == 1:
+                data[at:at] = rng.choice(TOKENS)
+            elif action == 2 and at < len(data):
+                data[at] = rng.randrange(256)
+            else:
+                data = data[:at]
+        cases.append(bytes(data))
+    return cases
+
+
+async def test_fuzzed_requests_never_hurt_the_router(
+    router: Router, apps: Callable[[str], App], caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await apps("a").start()
+    router.set_route("a", ["a.test"], [a.upstream])
+
+    async def send(data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writer.write(data)
+        writer.write_eof()  # a truncated request must end in an answer or a close, not a wait
+        try:
+            return await asyncio.wait_for(reader.read(-1), IO_TIMEOUT)
+        finally:
+            writer.close()
+
+    for case in _mutations(150):
+        answer = await send(case)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 "), (case, answer[:60])
+    c = await client(router)
+    assert (await c.request()).body == b"a"  # still serving
+    c.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert router.inflight(a.upstream) == 0
