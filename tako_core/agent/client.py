@@ -88,7 +88,6 @@ class AgentInfo:
     python: str
     free_bytes: int
     codecs: tuple[str, ...]  # what the server can unpack: "zst", "gz"
-    safe_extract: bool  # False: the server's Python lacks tarfile's data filter; prepare will fail
     build_id: str | None  # the agent zipapp's content hash (zipapp.build_id()); None when not a zipapp
 
 
@@ -167,7 +166,6 @@ class AgentClient:
             python=str(reply["python"]),
             free_bytes=int(reply["free_bytes"]),
             codecs=tuple(reply["codecs"]),
-            safe_extract=bool(reply.get("safe_extract", True)),
             build_id=reply.get("build_id"),
         )
         return client

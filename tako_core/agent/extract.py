@@ -1,7 +1,8 @@
 """Unpacking an uploaded artifact (tar.zst or tar.gz) safely into a directory.
 
-Only with tarfile's "data" filter: it refuses absolute paths, `..`, links leaving the directory,
-devices and set-id bits. A Python without it (before 3.10.12 / 3.11.4) is refused, not trusted.
+With tarfile's "data" filter where the host's Python has it (3.10.12+ / 3.11.4+); Debian 12 ships
+3.11.2 without it, so there `checked_members` applies the same rules itself: it refuses absolute
+paths, `..`, links leaving the directory, hard links and devices, and drops set-id bits and owners.
 zstd comes from the `zstandard` module when importable, else from the `zstd` binary.
 """
 
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +33,40 @@ def codecs() -> tuple[str, ...]:
     return tuple(found)
 
 
-def safe_extraction_available() -> bool:
-    return hasattr(tarfile, "data_filter")
+def checked_members(archive: tarfile.TarFile, dest: Path) -> Iterator[tarfile.TarInfo]:
+    """The members of `archive`, checked as the data filter would; ProtocolError on the first bad one."""
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    for member in archive:
+        name = member.name
+        if os.path.isabs(name) or not inside(os.path.join(root, name)):
+            raise ProtocolError(FAILED, f"unsafe path in the archive: {name!r}")
+        if member.issym():
+            target = os.path.join(root, os.path.dirname(name), member.linkname)
+            if os.path.isabs(member.linkname) or not inside(target):
+                raise ProtocolError(FAILED, f"link leaving the release in the archive: {name!r}")
+        elif not (member.isfile() or member.isdir()):
+            raise ProtocolError(FAILED, f"unsupported entry in the archive: {name!r}")
+        member.mode = (member.mode or 0o644) & 0o755 | 0o600
+        member.uid, member.gid = os.getuid(), os.getgid()
+        member.uname = member.gname = ""
+        yield member
 
 
 def _extract_stream(stream: Any, dest: Path) -> None:  # a file, GzipFile, zstd or pipe reader
     with tarfile.open(fileobj=stream, mode="r|") as archive:
-        # Through getattr: the keyword exists only where the data filter does (checked above).
-        extractall: Any = archive.extractall
-        extractall(dest, filter="data")
+        extractall: Any = archive.extractall  # `filter` is unknown to typeshed's 3.10 view
+        if hasattr(tarfile, "data_filter"):
+            extractall(dest, filter="data")
+        else:
+            extractall(dest, members=checked_members(archive, dest))
 
 
 def extract(archive: Path, dest: Path) -> None:
     """Unpack `archive` into the existing empty directory `dest`; ProtocolError on any failure."""
-    if not safe_extraction_available():
-        raise ProtocolError(
-            FAILED,
-            "this server's Python has no safe tar extraction (tarfile's data filter)",
-            hint="upgrade python3 on the server to 3.10.12+ / 3.11.4+ / 3.12+",
-        )
     with open(archive, "rb") as f:
         magic = f.read(4)
     try:

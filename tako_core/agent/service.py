@@ -113,7 +113,6 @@ class Agent:
             "python": platform.python_version(),
             "free_bytes": shutil.disk_usage(self.layout.root).free,
             "codecs": list(extract.codecs()),
-            "safe_extract": extract.safe_extraction_available(),
             "build_id": _build_id(),
         }
 
