@@ -85,7 +85,9 @@ def test_a_normal_release_unpacks(python: str, tmp_path: Path) -> None:
         ("device", entry("dev", tarfile.CHRTYPE)),
     ],
 )
-def test_a_hostile_archive_is_refused(python: str, tmp_path: Path, name: str, member: tarfile.TarInfo) -> None:
+def test_a_hostile_archive_is_refused(
+    python: str, tmp_path: Path, name: str, member: tarfile.TarInfo
+) -> None:
     path = archive(tmp_path / f"{name}.tar.zst", (member, b"x"))
     result = unpack(python, path, tmp_path / "out")
     # The data filter turns "/tmp/escape.txt" into "tmp/escape.txt" inside the release; the hand-written
