@@ -40,7 +40,7 @@ def measure(runs: int) -> list[tuple[int, tuple[int, int], list[StreamResult]]]:
     return table
 
 
-def render(table: list[tuple[int, tuple[int, int], list[StreamResult]]], runs: int) -> str:
+def render(table: list[tuple[int, tuple[int, int], list[StreamResult]]], runs: int, load: float) -> str:
     rows = [
         "| lines per read | terminal | all lines in the pane (median, worst) "
         "| worst frame gap (median, worst) |",
@@ -57,10 +57,11 @@ def render(table: list[tuple[int, tuple[int, int], list[StreamResult]]], runs: i
     return (
         "## Console\n\n"
         f"`bench/console.py`, {dt.date.today().isoformat()}, {runs} runs per row, Python "
-        f"{platform.python_version()}, {cpus} cores. {LINES:,} release-output lines streamed through the "
-        "bridge (batches every 50 ms) into the deploy screen's log pane, headless. The frame gap is the "
-        "longest pause between ticks of a 16 ms timer on the app's loop while the lines streamed (it "
-        "includes producing the events, as the SSH reader would, on the same loop).\n\n"
+        f"{platform.python_version()}, {cpus} cores, load average {load:.1f} when it started (other work "
+        f"shares these cores: read the worst columns as upper bounds). {LINES:,} release-output lines "
+        "streamed through the bridge (batches every 50 ms) into the deploy screen's log pane, headless. "
+        "The frame gap is the longest pause between ticks of a 16 ms timer on the app's loop while the "
+        "lines streamed (it includes producing the events, as the SSH reader would, on the same loop).\n\n"
         + "\n".join(rows)
         + "\n\nOne `Log.write_lines` per batch; one message per batch, not per line "
         "(one `write_line` per line would take ~28 s for 100k, REFERENCE.md).\n\n"
@@ -87,7 +88,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    section = render(measure(args.runs), args.runs)
+    load = os.getloadavg()[0]
+    section = render(measure(args.runs), args.runs, load)
     print(section, end="")
     if not args.no_write:
         write_section(section)

@@ -1,4 +1,4 @@
-"""Screenshots of the deploy console: SVG (Textual's own) and PNG (rsvg-convert) into screenshots/.
+"""Screenshots of the console (deploy and secrets screens): SVG and PNG (rsvg-convert) into screenshots/.
 
     .venv/bin/python scripts/screenshots.py            # write screenshots/*.svg and *.png
     .venv/bin/python scripts/screenshots.py --live     # run the scripted deploy in this terminal
@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,19 @@ from textual.pilot import Pilot
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tako_tui.app import DeployConsole, run_deploy_console  # noqa: E402
+from tako_core.secrets import SecretsStore, key_env_var  # noqa: E402
+from tako_core.secrets._crypto import export_key  # noqa: E402  (fixed keys: identical shots every run)
+from tako_tui.app import DeployConsole, SecretsConsole, run_deploy_console  # noqa: E402
 from tests.tui_scenarios import ScriptedDeploy, WallClock, console, settle, until  # noqa: E402
 
 OUT = ROOT / "screenshots"
+SECRETS = (
+    ("production", "DATABASE_URL", "postgres://shop:hunter2@db.internal/shop"),
+    ("production", "SENTRY_DSN", "https://4f1c@o1.ingest.sentry.io/77"),
+    ("production", "STRIPE_SECRET_KEY", "sk_live_51HxAmPLe"),
+    ("production", "SMTP_PASSWORD", "mail-pass-123"),
+    ("staging", "DATABASE_URL", "postgres://shop:staging@db.staging/shop"),
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,31 @@ async def wait_until_ready(
     else:
         await until(pilot, lambda: not app.running, within=10)
     await settle(app, pilot)
+
+
+async def take_secrets(size: tuple[int, int] = (100, 28)) -> Path:
+    """The secrets screen over a throwaway project whose keys come from fixed TAKO_SECRETS_KEY_* values."""
+    environ = {
+        key_env_var(env): export_key(bytes([n]) * 32) for n, env in enumerate(("production", "staging"), 1)
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SecretsStore.open(Path(tmp), "shop", environ=environ)
+        for env, name, value in SECRETS:
+            store.set(env, name, value)
+        store.save()
+        cwd = Path.cwd()
+        os.chdir(tmp)  # the header shows .tako/secrets.json relative to the project
+        try:
+            app = SecretsConsole(
+                SecretsStore.open(Path(tmp), "shop", environ=environ), ["production", "staging"]
+            )
+            async with app.run_test(size=size) as pilot:
+                await pilot.pause()
+                await pilot.press("down", "r")  # reveal one value; the others stay hidden
+                await pilot.pause()
+                return Path(app.save_screenshot(filename="secrets.svg", path=str(OUT)))
+        finally:
+            os.chdir(cwd)
 
 
 def for_rsvg(svg: str) -> str:
@@ -122,8 +157,8 @@ def main() -> None:
         return
     OUT.mkdir(exist_ok=True)
     converter = rsvg_convert()
-    for shot in SHOTS:
-        svg = asyncio.run(take(shot))
+    svgs = [asyncio.run(take(shot)) for shot in SHOTS] + [asyncio.run(take_secrets())]
+    for svg in svgs:
         png = to_png(svg, converter)
         print(f"{svg.relative_to(ROOT)}  {png.relative_to(ROOT)}")
 

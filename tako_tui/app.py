@@ -26,11 +26,13 @@ from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
 from tako_core.events import DeployFinished, EventSink
+from tako_core.secrets import SecretsStore
 
 from .bridge import EventBridge
 from .screens.confirm import ConfirmScreen
 from .screens.deploy import DeployScreen
 from .screens.help import HelpScreen
+from .screens.secrets import SecretsScreen
 
 DeployRun = Callable[[EventSink], Awaitable[DeployFinished]]
 
@@ -211,3 +213,23 @@ def run_deploy_console(
     if app.error is not None:
         raise app.error
     return app.result
+
+
+class SecretsConsole(App[None]):
+    """`tako secrets edit`: one screen over one app's SecretsStore."""
+
+    CSS_PATH = [STYLES / "console.tcss", STYLES / "secrets.tcss"]
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, store: SecretsStore, envs: list[str], env: str | None = None) -> None:
+        super().__init__()
+        self.title = f"tako secrets · {store.app}"
+        self.secrets_screen = SecretsScreen(store, envs, env)
+
+    def get_default_screen(self) -> SecretsScreen:
+        return self.secrets_screen
+
+
+def run_secrets_editor(store: SecretsStore, envs: list[str], env: str | None = None) -> None:
+    """Show the secrets screen until the user quits; changes are written only when they save."""
+    SecretsConsole(store, envs, env).run()

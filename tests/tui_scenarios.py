@@ -102,6 +102,7 @@ class ScriptedDeploy:
     reached: asyncio.Event = field(default_factory=asyncio.Event)
     go: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
+    began: float = 0.0
     _sink: EventSink | None = None
     _states: dict[tuple[str, Phase], State] = field(default_factory=dict)
 
@@ -147,7 +148,7 @@ class ScriptedDeploy:
 
     async def _deploy(self) -> DeployFinished:
         clock, servers, leader = self.clock, self.servers, self.leader
-        begin = clock()
+        begin = self.began = clock()
         self.emit(
             DeployStarted(
                 app="shop", env="production", servers=servers, leader=leader, release=RELEASE, at=begin
@@ -284,7 +285,7 @@ class ScriptedDeploy:
         finished = DeployFinished(
             ok=False,
             exit_code=130,
-            seconds=self.clock() - T0,
+            seconds=self.clock() - self.began,
             results=tuple(self._aborted(n, "aborted by the user") for n in self.servers),
             error="aborted by the user",
             at=self.clock(),
