@@ -177,3 +177,19 @@ def key_import(config_path: Path, env: str | None) -> None:
         f"({len(store.names(env))} secrets checked; {key_env_var(env)} still wins when set)",
         err=True,
     )
+
+
+@secrets.command("edit")
+@config_option
+@env_option
+def edit(config_path: Path, env: str | None) -> None:
+    """Browse, reveal, add, change and delete secrets in a full-screen editor; `s` saves."""
+    config, store = _open(config_path)
+    envs = sorted({*config.envs, *store.envs()})
+    if not envs:
+        raise BadInput(f"no environments in {config.path}", hint="add an [envs.<name>] table to tako.toml")
+    if not (_stdin_is_terminal() and sys.stdout.isatty()):
+        raise BadInput("`tako secrets edit` needs a terminal", hint="scripts: `tako secrets set/get/ls/rm`")
+    from tako_tui.app import run_secrets_editor  # Textual loads only for the screen
+
+    run_secrets_editor(store, envs, _pick_env(config, env) if env is not None else None)
