@@ -9,6 +9,7 @@ import click
 from tako_core import __version__
 from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
+from tako_tui.commands.deploy import deploy_command
 from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
 from tako_tui.commands.setup import setup, status
@@ -40,6 +41,7 @@ main.add_command(servers)
 servers.add_command(setup)
 servers.add_command(status)
 main.add_command(secrets)
+main.add_command(deploy_command)
 
 
 def run() -> None:

@@ -40,7 +40,8 @@ class PhaseBoard:
         now = self._clock()
         if not state.finished:
             self._started.setdefault(key, now)
-        seconds = now - self._started.get(key, now) if state.finished else None
+        began = self._started.get(key)
+        seconds = now - began if state.finished and began is not None else None
         self._states[key] = state
         self._sink(
             PhaseChanged(server=server, phase=phase, state=state, detail=detail, error=error, seconds=seconds)

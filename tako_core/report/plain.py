@@ -40,6 +40,8 @@ class PlainTranscript:
                     f"deploy {event.app} to {event.env}: {len(event.servers)} server(s), "
                     f"leader {event.leader}, release command: {release}"
                 ]
+            case PhaseChanged(state=State.CANCELLED, seconds=None):
+                return []  # a phase that never started: the summary says the deploy was aborted
             case PhaseChanged():
                 return [self._phase(event)]
             case OutputLine():

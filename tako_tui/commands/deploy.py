@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import signal
 import socket
 import sys
@@ -29,7 +30,8 @@ class TerminalPrompter:
 
 
 def holder() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    """Who holds the deploy lease: readable for the person refused, unique to this one deploy."""
+    return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 @click.command("deploy")

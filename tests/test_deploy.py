@@ -1,0 +1,298 @@
+"""`tako deploy` end to end over real sshd: 3 servers, the sample app, its release command.
+
+Each test is one acceptance line of the deploy issue; all of them run the real `tako` command.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.deploykit import TAKO, app_dir, get, sample_app, tako, timeline
+from tests.fleet import Fleet, FleetServer
+
+RELEASE = "python3 migrate.py"
+
+
+def vars_table(**values: str) -> str:
+    return "\n[vars]\n" + "".join(f'{k} = "{v}"\n' for k, v in values.items())
+
+
+def deploy_ok(cfg: Path, servers: list[FleetServer], version: str) -> None:
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 0, run.stderr
+    for s in servers:
+        assert get(s).startswith(version + " ")
+
+
+def current_build(server: FleetServer) -> str:
+    return (app_dir(server) / "current").resolve().name
+
+
+def releases(server: FleetServer) -> set[str]:
+    return {p.name for p in (app_dir(server) / "releases").iterdir() if not p.name.startswith(".")}
+
+
+def assert_untouched(
+    servers: list[FleetServer], before: dict[str, tuple[str, set[str]]], version: str
+) -> None:
+    """Every server still serves `version` from the same `current`, with no new release dir left."""
+    for s in servers:
+        assert get(s).startswith(version + " ")
+        assert (current_build(s), releases(s)) == before[s.name]
+
+
+def snapshot(servers: list[FleetServer]) -> dict[str, tuple[str, set[str]]]:
+    return {s.name: (current_build(s), releases(s)) for s in servers}
+
+
+def test_a_clean_deploy_runs_the_release_once_on_the_leader_before_any_instance(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    run = tako("deploy", "--json", "--yes", cwd=cfg.parent)
+    assert run.code == 0, run.stderr
+    events = run.events()
+
+    leader, followers = servers[0], servers[1:]
+    assert [what for _, what in timeline(leader) if what.startswith("release-begin")] == ["release-begin"]
+    for f in followers:
+        assert not any(what.startswith("release") for _, what in timeline(f))
+
+    gate = next(i for i, e in enumerate(events) if e["event"] == "GateOpened")
+    for f in followers:
+        waiting = [
+            i
+            for i, e in enumerate(events)
+            if e["event"] == "PhaseChanged"
+            and e["server"] == f.name
+            and e["detail"] == "Waiting for release command"
+        ]
+        assert waiting
+        assert waiting[0] < gate
+
+    release_end = next(t for t, what in timeline(leader) if what.startswith("release-end"))
+    starts = [t for s in servers for t, what in timeline(s) if what.startswith("start")]
+    assert len(starts) == 3
+    assert min(starts) > release_end
+
+    build = next(e["build"] for e in events if e["event"] == "ArtifactBuilt")
+    for s in servers:
+        assert get(s) == f"v1 {build}"
+        assert current_build(s) == build
+    finished = events[-1]
+    assert finished["event"] == "DeployFinished"
+    assert finished["ok"] is True
+    assert [r["outcome"] for r in finished["results"]] == ["deployed"] * 3
+
+
+def test_a_failing_release_aborts_everywhere(fleet: Fleet, tako_home: Path, tmp_path: Path) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    deploy_ok(cfg, servers, "v1")
+    before = snapshot(servers)
+
+    cfg = sample_app(
+        tmp_path, servers, version="v2", release=RELEASE, extra=vars_table(SAMPLE_RELEASE_EXIT="1")
+    )
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 1
+    assert "s1    | migration failed with code 1" in run.stderr
+    assert "the release command on s1 exited with code 1" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert_untouched(servers, before, "v1")
+
+
+def test_a_release_past_its_timeout_is_killed_with_its_process_group(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    deploy_ok(cfg, servers, "v1")
+    before = snapshot(servers)
+
+    stubborn = "sh -c 'trap \"\" TERM; sleep 120 & echo $! > $TAKO_DATA_DIR/child.pid; wait'"
+    cfg = sample_app(tmp_path, servers, version="v2", release=stubborn, extra='release_timeout = "1s"\n')
+    started = time.monotonic()
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 1
+    assert "timed out after 1s" in run.stderr
+    assert time.monotonic() - started < 30
+    child = int((app_dir(servers[0]) / "data" / "child.pid").read_text())
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert_untouched(servers, before, "v1")
+
+
+def test_an_unreachable_follower_stops_the_deploy_before_the_release(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    deploy_ok(cfg, servers, "v1")
+    before = snapshot(servers)
+    releases_before = len(timeline(servers[0]))
+
+    servers[2].stop()
+    cfg = sample_app(tmp_path, servers, version="v2", release=RELEASE)
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 1
+    assert "s3" in run.stderr
+    assert "error:" in run.stderr
+    assert len(timeline(servers[0])) == releases_before  # the release command never ran
+    servers[2].start()
+    assert_untouched(servers, before, "v1")
+
+
+def test_a_failing_install_on_a_follower_stops_the_deploy_before_the_release(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    deploy_ok(cfg, servers, "v1")
+    before = snapshot(servers)
+    releases_before = len(timeline(servers[0]))
+
+    (app_dir(servers[1]) / "data" / "no-install").touch()
+    install = 'test ! -e "$TAKO_DATA_DIR/no-install" || { echo "disk full (simulated)"; exit 4; }'
+    cfg = sample_app(tmp_path, servers, version="v2", release=RELEASE, extra=f"install = '{install}'\n")
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 1
+    assert "s2    | disk full (simulated)" in run.stderr
+    assert len(timeline(servers[0])) == releases_before
+    assert_untouched(servers, before, "v1")
+
+
+def _spawn_deploy(cfg: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*TAKO, "deploy", "--yes", *args],
+        cwd=cfg.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _read_until(stream: object, needle: str, seen: list[str], limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    assert hasattr(stream, "readline")
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"never saw {needle!r} in:\n{''.join(seen)}")
+
+
+def test_a_cut_connection_to_the_leader_resumes_the_release_output(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    lines = 20
+    slow = vars_table(SAMPLE_RELEASE_LINES=str(lines), SAMPLE_RELEASE_PAUSE="0.1")
+    cfg = sample_app(tmp_path, servers, release=RELEASE, extra=slow)
+    proc = _spawn_deploy(cfg, "--json")
+    seen: list[str] = []
+    try:
+        _read_until(proc.stdout, "migration step 5/", seen)
+        servers[0].drop_connections()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    from json import loads
+
+    events = [loads(line) for line in [*seen, *out.splitlines()]]
+    output = [e["line"] for e in events if e["event"] == "OutputLine" and e["phase"] == "Release"]
+    assert output == [f"migration step {i}/{lines}" for i in range(1, lines + 1)]
+    for s in servers:
+        assert get(s).startswith("v1 ")
+
+
+def test_a_second_deploy_is_refused_naming_the_holder(fleet: Fleet, tako_home: Path, tmp_path: Path) -> None:
+    servers = fleet(3)
+    slow = vars_table(SAMPLE_RELEASE_LINES="30", SAMPLE_RELEASE_PAUSE="0.1")
+    cfg = sample_app(tmp_path, servers, release=RELEASE, extra=slow)
+    first = _spawn_deploy(cfg, "--no-tui")
+    try:
+        _read_until(first.stderr, "Running release command", [])
+        started = time.monotonic()
+        second = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+        assert time.monotonic() - started < 15
+        assert second.code == 1
+        assert "being deployed by" in second.stderr or "held by" in second.stderr
+        assert "root@" in second.stderr
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        first.kill()
+    for s in servers:
+        assert get(s).startswith("v1 ")
+
+
+def test_ctrl_c_during_the_release_stops_it_and_aborts_everywhere(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    deploy_ok(cfg, servers, "v1")
+    before = snapshot(servers)
+
+    hang = "sh -c 'sleep 120 & echo $! > $TAKO_DATA_DIR/child.pid; wait'"
+    cfg = sample_app(tmp_path, servers, version="v2", release=hang)
+    proc = _spawn_deploy(cfg, "--no-tui")
+    try:
+        _read_until(proc.stderr, "Running release command", [])
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "deploy interrupted" in err
+    child = int((app_dir(servers[0]) / "data" / "child.pid").read_text())
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert_untouched(servers, before, "v1")
+    deploy_ok(sample_app(tmp_path, servers, version="v3", release=RELEASE), servers, "v3")  # leases released
+
+
+def test_json_events_tell_the_same_story_as_the_transcript(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    from tako_core.events import from_json
+    from tako_core.report import PlainTranscript
+
+    servers = fleet(2)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    as_json = tako("deploy", "--json", "--yes", cwd=cfg.parent)
+    cfg = sample_app(tmp_path, servers, version="v2", release=RELEASE)
+    plain = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert as_json.code == plain.code == 0
+    transcript = PlainTranscript()
+    rendered = [line for e in as_json.events() for line in transcript.lines(from_json(e))]
+
+    def story(lines: list[str]) -> dict[str, list[str]]:
+        """Per server, the phase and state words in order (timings and build ids differ between runs)."""
+        per: dict[str, list[str]] = {}
+        for line in lines:
+            words = line.split()
+            if len(words) >= 3 and words[1] in (
+                "Build",
+                "Connect",
+                "Upload",
+                "Install",
+                "Release",
+                "Rollout",
+                "Finalize",
+            ):
+                per.setdefault(words[0], []).append(f"{words[1]} {words[2]}")
+        return per
+
+    assert story(rendered) == story(plain.stderr.splitlines())
+    assert story(rendered)["s2"][:2] == ["Connect running", "Connect done"]
+    assert rendered[-1].startswith("deploy succeeded")
