@@ -7,8 +7,9 @@ before the release command ended.
 import http.server
 import os
 import time
+from pathlib import Path
 
-VERSION = open("VERSION").read().strip()
+VERSION = Path("VERSION").read_text().strip()
 BUILD = os.environ.get("TAKO_BUILD", "?")
 DATA = os.environ["TAKO_DATA_DIR"]
 
