@@ -4,7 +4,10 @@ One run, side by side, on loopback: a raw asyncio upstream app, the router in it
 agent runs it) for each parser, and Caddy's reverse_proxy, all in front of the same upstream; wrk
 against each in turn. Prints a table and writes it as the "Router" section of bench/BENCHMARKS.md.
 
-    .venv/bin/python bench/router.py [--duration 5] [--connections 50] [--no-write]
+    .venv/bin/python bench/router.py [--duration 3] [--rounds 3] [--connections 50] [--no-write]
+
+Targets take turns (round robin, `--rounds` times) and each figure is the median of its rounds, so a
+burst of load from elsewhere on the machine hits every target alike rather than one row.
 
 Every process it starts is stopped at the end (terminate, then kill after 5 s).
 """
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,6 +130,19 @@ class Result:
     cpu_us: float = 0.0  # CPU time of the measured process per request: robust to a noisy machine
 
 
+def _median(rounds: list[Result]) -> Result:
+    """Each figure's median over the rounds (errors: the total)."""
+    errors = [r.errors for r in rounds if r.errors != "0"]
+    return Result(
+        rounds[0].name,
+        statistics.median(r.rps for r in rounds),
+        statistics.median(r.p50_ms for r in rounds),
+        statistics.median(r.p99_ms for r in rounds),
+        "; ".join(errors) or "0",
+        statistics.median(r.cpu_us for r in rounds),
+    )
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -224,7 +241,8 @@ def _host_python_httptools() -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target; medians reported")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -275,9 +293,14 @@ def main() -> None:
 
         for _, port, _ in targets:  # warm up every target (connection pools, caches) before measuring
             _wrk("warm-up", port, 1, args.connections)
-        results = [_wrk(name, port, args.duration, args.connections, pid) for name, port, pid in targets]
-        # One connection, one request at a time: what a hop adds when nothing queues.
-        single = [_wrk(name, port, args.duration, 1) for name, port, _ in targets]
+        loaded: list[list[Result]] = [[] for _ in targets]
+        single: list[list[Result]] = [[] for _ in targets]
+        for _ in range(args.rounds):
+            for i, (name, port, pid) in enumerate(targets):
+                loaded[i].append(_wrk(name, port, args.duration, args.connections, pid))
+            for i, (name, port, _) in enumerate(targets):
+                # One connection, one request at a time: what a hop adds when nothing queues.
+                single[i].append(_wrk(name, port, args.duration, 1))
     finally:
         for proc in procs:
             proc.terminate()
@@ -289,15 +312,18 @@ def main() -> None:
                 proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    table, latency = _table(results), _latency_table(single)
+    table = _table([_median(rounds) for rounds in loaded])
+    latency = _latency_table([_median(rounds) for rounds in single])
     print(table, latency, sep="\n\n")
     if not args.no_write:
         command = (f".venv/bin/python bench/router.py --duration {args.duration} "
-                   f"--connections {args.connections}")
+                   f"--rounds {args.rounds} --connections {args.connections}")
+        minutes = len(loaded) * 2 * args.rounds * (args.duration + 1) // 60 + 1
         _write_section(
             f"## Router\n\n"
             f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {_machine()}; wrk, the app and the proxy "
-            f"share the cores. Reproduce: `{command}` (about a minute).\n\n"
+            f"share the cores. Reproduce: `{command}` (about {minutes} min). "
+            f"Every figure is the median of {args.rounds} rounds in which the targets took turns.\n\n"
             f"Each proxy runs in its own process in front of the same raw asyncio app. The router rows "
             f"without a path run under the venv's Python with httptools {_version('httptools')} or "
             f"h11 {_version('h11')}; the `{HOST_PYTHON}` row runs as the agent does on a server: the "
