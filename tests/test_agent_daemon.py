@@ -9,7 +9,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tako_core.agent.client import AgentClient
+import pytest
+
+from tako_core.agent.client import AgentClient, LeaseHeld
 from tako_core.agent.zipapp import build_id, build_zipapp
 from tests.agentkit.kit import START, free_port, get, pack, start_agent
 
@@ -110,6 +112,7 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
         for _ in range(50):
             assert await get(agent.http_port, "keep.test") == (200, "r1")
         pids = [i.pid for i in status.instances if i.pid]
+        await client.lease_acquire("keep", "prod", "ann@laptop", "r1", ttl=600)
         await client.close()
     finally:
         agent.stop()
@@ -132,6 +135,10 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
         [status] = await client.status()
         assert status.running == "r1"
         assert len(status.instances) == 2
+        assert status.lease is not None
+        assert status.lease.holder == "ann@laptop"  # leases outlive the agent
+        with pytest.raises(LeaseHeld):
+            await client.lease_acquire("keep", "prod", "bob@ci", "r2")
         orphans = [i.pid for i in status.instances if i.pid]
         await client.close()
     finally:

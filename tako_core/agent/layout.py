@@ -48,6 +48,10 @@ class Layout:
         return self.run / "agent.lock"
 
     @property
+    def leases_file(self) -> Path:
+        return self.run / "leases.json"
+
+    @property
     def log_file(self) -> Path:
         return self.root / "log" / "agent.log"
 

@@ -1,15 +1,22 @@
 """One deploy per app/env at a time: leases with a holder, a build, a start time and a ttl.
 
 A holder that stops renewing loses its lease when the ttl runs out; anyone may then take it. A live
-lease can be broken on purpose with `force` (the client's `--force-unlock`).
+lease can be broken on purpose with `force` (the client's `--force-unlock`). Leases are kept in a
+file (ROOT/run/leases.json), so a restarted agent still knows who is deploying.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from tako_core.agent.layout import write_private
 from tako_core.agent.protocol import LEASE_HELD, LEASE_NOT_HELD, ProtocolError
+
+log = logging.getLogger("tako.agent")
 
 
 @dataclass
@@ -18,7 +25,7 @@ class Lease:
     build: str
     started_at: float  # wall clock, for people
     ttl: float
-    renewed: float  # monotonic, for expiry
+    renewed: float  # wall clock of the latest acquire or renew
 
     def expired(self, now: float) -> bool:
         return now - self.renewed > self.ttl
@@ -30,13 +37,26 @@ class Lease:
 
 
 class Leases:
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self._path = path
         self._leases: dict[tuple[str, str], Lease] = {}
+        try:
+            for entry in json.loads(path.read_text()):
+                key = (entry.pop("app"), entry.pop("env"))
+                self._leases[key] = Lease(**entry)
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.error("ignoring unreadable %s: %s", path, type(e).__name__)
+
+    def _save(self) -> None:
+        now = time.time()
+        live = [{"app": a, "env": e, **asdict(v)} for (a, e), v in self._leases.items() if not v.expired(now)]
+        write_private(self._path, json.dumps(live).encode())
 
     def acquire(self, app: str, env: str, holder: str, build: str, ttl: float, force: bool) -> Lease:
-        now = time.monotonic()
-        key = (app, env)
-        current = self._leases.get(key)
+        now = time.time()
+        current = self._leases.get((app, env))
         if current and current.holder != holder and not current.expired(now) and not force:
             raise ProtocolError(
                 LEASE_HELD,
@@ -45,13 +65,14 @@ class Leases:
                 hint="wait for that deploy to finish, or break a stale lease with --force-unlock",
                 **current.describe(),
             )
-        lease = Lease(holder, build, time.time(), ttl, now)
-        self._leases[key] = lease
+        lease = Lease(holder, build, now, ttl, now)
+        self._leases[(app, env)] = lease
+        self._save()
         return lease
 
     def _held(self, app: str, env: str, holder: str) -> Lease:
         lease = self._leases.get((app, env))
-        if lease is None or lease.holder != holder or lease.expired(time.monotonic()):
+        if lease is None or lease.holder != holder or lease.expired(time.time()):
             raise ProtocolError(
                 LEASE_NOT_HELD,
                 f"{holder} does not hold the lease on {app}/{env}",
@@ -60,13 +81,15 @@ class Leases:
         return lease
 
     def renew(self, app: str, env: str, holder: str) -> None:
-        self._held(app, env, holder).renewed = time.monotonic()
+        self._held(app, env, holder).renewed = time.time()
+        self._save()
 
     def release(self, app: str, env: str, holder: str) -> None:
         lease = self._leases.get((app, env))
         if lease is not None and lease.holder == holder:
             del self._leases[(app, env)]
+            self._save()
 
     def get(self, app: str, env: str) -> Lease | None:
         lease = self._leases.get((app, env))
-        return lease if lease and not lease.expired(time.monotonic()) else None
+        return lease if lease and not lease.expired(time.time()) else None

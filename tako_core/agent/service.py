@@ -57,7 +57,7 @@ class Agent:
     def __init__(self, layout: Layout, router: Router) -> None:
         self.layout = layout
         self.router = router
-        self.leases = Leases()
+        self.leases = Leases(layout.leases_file)
         self.runs = Runs()
         self._apps: dict[tuple[str, str], AppRuntime] = {}
         self.handlers: dict[str, Handler] = {
