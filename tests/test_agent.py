@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tako_core.agent import client as client_module
 from tako_core.agent.client import AgentClient, AgentReplyError, LeaseHeld, RunResult
 from tako_core.errors import TransportError
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
@@ -397,3 +398,16 @@ async def test_an_instance_that_exits_fails_the_rollout_at_once(
     [status] = [s for s in await client.status() if s.app == "crashy"]
     assert status.instances == ()
     assert status.running is None
+
+
+async def test_a_silent_socket_is_not_an_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "HELLO_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_unix_server(lambda _r, w: held.append(w), path=str(tmp_path / "s.sock"))
+    try:
+        with pytest.raises(TransportError, match="did not answer hello"):
+            await AgentClient.open_unix(tmp_path / "s.sock")
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()

@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+HELLO_TIMEOUT = 15.0  # seconds; a socket that accepts but never answers is a hung agent
+
+
 class Reader(Protocol):
     async def readline(self) -> bytes | str: ...
 
@@ -149,7 +152,12 @@ class AgentClient:
         client = cls(reader, writer)
         client._read_task = asyncio.ensure_future(client._read_loop())
         try:
-            reply = await client._call("hello", {})
+            reply = await asyncio.wait_for(client._call("hello", {}), HELLO_TIMEOUT)
+        except TimeoutError:
+            await client.close()
+            raise AgentDisconnected(
+                f"the agent did not answer hello within {HELLO_TIMEOUT:g} s", hint="restart the agent"
+            ) from None
         except AgentReplyError as e:
             await client.close()
             raise AgentError(
