@@ -10,6 +10,8 @@ from tako_core import __version__
 from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
 from tako_tui.commands.deploy import deploy_command
+from tako_tui.commands.releases import releases
+from tako_tui.commands.releases import status as app_status
 from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
 from tako_tui.commands.setup import setup, status
@@ -42,6 +44,8 @@ servers.add_command(setup)
 servers.add_command(status)
 main.add_command(secrets)
 main.add_command(deploy_command)
+main.add_command(releases)
+main.add_command(app_status)
 
 
 def run() -> None:

@@ -162,6 +162,15 @@ class ServerSession:
             on_progress=progress,
         )
 
+    async def rollback(self, build: str) -> None:
+        def progress(ready: int, total: int) -> None:
+            self._sink(RolloutProgress(server=self.name, ready=ready, total=total))
+
+        await self.agent.rollback(*self._app_env, build, progress)
+
+    async def kept(self, build: str) -> bool:
+        return any(r.build == build and r.complete for r in await self.agent.releases(*self._app_env))
+
     async def finalize(self, build: str) -> None:
         await self.agent.finalize(*self._app_env, build)
 

@@ -1,0 +1,42 @@
+"""Looking at an env's servers without changing them: what runs, what is kept, who deploys."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from tako_core.agent.client import AppStatus, ReleaseInfo
+from tako_core.config import ResolvedEnv, Server
+from tako_core.errors import TakoError
+from tako_core.transport import Connection
+
+
+@dataclass(frozen=True)
+class ServerView:
+    server: str
+    agent_version: str | None = None
+    status: AppStatus | None = None  # None: the app/env was never deployed there
+    releases: tuple[ReleaseInfo, ...] = ()
+    error: str | None = None  # the server could not be asked
+
+
+async def inspect(target: ResolvedEnv) -> list[ServerView]:
+    """Every server of the env, asked in parallel; an unreachable server is a view with an error."""
+    return list(await asyncio.gather(*(_view(server, target) for server in target.servers)))
+
+
+async def _view(server: Server, target: ResolvedEnv) -> ServerView:
+    try:
+        async with await Connection.open(server) as conn:
+            agent = await conn.agent()
+            try:
+                statuses = await agent.status()
+                releases = await agent.releases(target.app, target.env)
+            finally:
+                await agent.close()
+    except TakoError as err:
+        return ServerView(server=server.name, error=err.message)
+    status = next((s for s in statuses if (s.app, s.env) == (target.app, target.env)), None)
+    return ServerView(
+        server=server.name, agent_version=agent.info.agent_version, status=status, releases=tuple(releases)
+    )

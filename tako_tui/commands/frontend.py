@@ -1,0 +1,78 @@
+"""Running a deploy-shaped job (deploy, rollback) under the right front end.
+
+On a terminal: the Textual console. Otherwise, or with --no-tui: the plain transcript on stderr.
+With --json: one JSON event per line on stdout. The job's exit code becomes the command's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import click
+
+from tako_core.events import DeployFinished, Event, EventSink, Prompter
+from tako_core.report import PlainTranscript, json_line
+
+Job = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
+
+
+class TerminalPrompter:
+    """Asks on the terminal (stderr), off the event loop."""
+
+    async def confirm(self, question: str) -> bool:
+        return await asyncio.to_thread(click.confirm, question, default=False, err=True)
+
+
+def on_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
+    """Run `job` under the front end the flags and the terminal ask for; returns the exit code."""
+    finished: DeployFinished | None
+    if as_json:
+        finished = _run_headless(job, _json_sink)
+    elif no_tui or not on_terminal():
+        finished = _run_headless(job, _transcript_sink())
+    else:
+        from tako_tui.app import run_deploy_console  # Textual loads only when a screen is shown
+
+        finished = run_deploy_console(job, title=title)
+    return finished.exit_code if finished is not None else 130
+
+
+def _json_sink(event: Event) -> None:
+    sys.stdout.write(json_line(event) + "\n")
+    sys.stdout.flush()
+
+
+def _transcript_sink() -> EventSink:
+    transcript = PlainTranscript()
+
+    def sink(event: Event) -> None:
+        for line in transcript.lines(event):
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return sink
+
+
+def _run_headless(job: Job, sink: EventSink) -> DeployFinished:
+    """Run the job on a fresh loop; SIGINT and SIGTERM cancel it, which the core turns into an abort."""
+
+    async def main() -> DeployFinished:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await job(sink, TerminalPrompter())
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

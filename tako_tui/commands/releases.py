@@ -1,0 +1,118 @@
+"""`tako status` and `tako releases ls|rollback`: what runs where, and going back to a kept release."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from tako_core.deploy import DeployOptions, needs_confirmation
+from tako_core.deploy.inspect import ServerView, inspect
+from tako_core.deploy.rollback import rollback
+from tako_core.errors import BadInput
+from tako_core.events import DeployFinished, EventSink, Prompter
+from tako_core.secrets import load_env_secrets
+from tako_tui.commands.deploy import holder
+from tako_tui.commands.frontend import on_terminal, run_job
+from tako_tui.commands.options import config_option, load_target
+
+env_option = click.option("-e", "--env", "env_name", help="The environment (default: the only one).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+
+
+def _views(config_path: Path, env_name: str | None) -> list[ServerView]:
+    return asyncio.run(inspect(load_target(config_path, env_name)))
+
+
+def _ago(stamp: float) -> str:
+    seconds = max(time.time() - stamp, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+@click.command("status")
+@config_option
+@env_option
+@json_option
+def status(config_path: Path, env_name: str | None, as_json: bool) -> None:
+    """Per server: the current build, its instances and their health, and any deploy under way."""
+    views = _views(config_path, env_name)
+    if as_json:
+        click.echo(json.dumps([asdict(v) for v in views], indent=2))
+    else:
+        for view in views:
+            click.echo(_status_line(view))
+    if any(v.error for v in views):
+        sys.exit(1)
+
+
+def _status_line(view: ServerView) -> str:
+    if view.error:
+        return f"{view.server}: unreachable: {view.error}"
+    if view.status is None:
+        return f"{view.server}: agent {view.agent_version}, never deployed"
+    s = view.status
+    up = sum(1 for i in s.instances if i.running)
+    line = f"{view.server}: current {s.current or '-'}, {up}/{len(s.instances)} instances up"
+    restarts = sum(i.restarts for i in s.instances)
+    if restarts:
+        line += f", {restarts} restarts"
+    if s.lease is not None:
+        line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {_ago(s.lease.started_at)}"
+    return line
+
+
+@click.group("releases")
+def releases() -> None:
+    """The releases each server keeps, and rolling back to one."""
+
+
+@releases.command("ls")
+@config_option
+@env_option
+@json_option
+def releases_ls(config_path: Path, env_name: str | None, as_json: bool) -> None:
+    """The releases kept on each server, newest first; * marks current."""
+    views = _views(config_path, env_name)
+    if as_json:
+        click.echo(json.dumps({v.server: [asdict(r) for r in v.releases] for v in views}, indent=2))
+        return
+    for view in views:
+        click.echo(f"{view.server}:" + (f" unreachable: {view.error}" if view.error else ""))
+        for r in sorted(view.releases, key=lambda r: r.created_at, reverse=True):
+            mark = "*" if r.current else " "
+            state = "" if r.complete else "  (incomplete)"
+            click.echo(f"  {mark} {r.build}  {_ago(r.created_at)}{state}")
+
+
+@releases.command("rollback")
+@click.argument("build")
+@config_option
+@env_option
+@click.option("--no-tui", is_flag=True, help="Print a plain transcript on stderr.")
+@json_option
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before rolling back production.")
+def releases_rollback(
+    build: str, config_path: Path, env_name: str | None, no_tui: bool, as_json: bool, yes: bool
+) -> None:
+    """Roll every server back to BUILD, a release it still keeps (the release command is not run)."""
+    target = load_target(config_path, env_name)
+    secrets = load_env_secrets(target.config_path.parent, target.app, target.env)
+    options = DeployOptions(holder=holder(), confirmed=yes)
+    if needs_confirmation(target, options):
+        if not on_terminal():
+            raise BadInput(f"rolling back {target.env} needs confirmation", hint="pass --yes")
+        click.confirm(f"Roll {target.app} on {target.env} back to {build}?", abort=True, err=True)
+
+    def job(sink: EventSink, prompter: Prompter) -> Awaitable[DeployFinished]:
+        return rollback(target, build, secrets=secrets, sink=sink, options=options)
+
+    sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=f"{target.app} → {target.env} rollback"))
