@@ -1,14 +1,13 @@
 """The deploy console: runs the core's deploy in a worker on Textual's event loop and shows it live.
 
-    from tako_tui.app import ConsolePrompter, run_deploy_console
+    from tako_tui.app import run_deploy_console
 
-    prompter = ConsolePrompter()
     finished = run_deploy_console(
-        lambda sink: deploy(resolved, sink=sink, prompter=prompter),
+        lambda sink, prompter: deploy(resolved, sink=sink, prompter=prompter, ...),
         title=f"{app} → {env}",
-        prompter=prompter,          # binds the prompter's questions to this console's modals
     )
 
+The console hands the job its event sink and a `ConsolePrompter` (questions become modals).
 `run_deploy_console` returns the `DeployFinished` the core reported (also after an abort: exit code
 130), or None when the run was cancelled before it reported one. If the run raised, the exception is
 re-raised once the user has quit, so `tako_tui.cli` renders it like any other error.
@@ -17,6 +16,7 @@ re-raised once the user has quit, so `tako_tui.cli` renders it like any other er
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +25,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
-from tako_core.events import DeployFinished, EventSink
+from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import SecretsStore
 
 from .bridge import EventBridge
@@ -34,7 +34,7 @@ from .screens.deploy import DeployScreen
 from .screens.help import HelpScreen
 from .screens.secrets import SecretsScreen
 
-DeployRun = Callable[[EventSink], Awaitable[DeployFinished]]
+DeployRun = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
 
 ABORT_QUESTION = (
     "Abort the deploy? The release command will be stopped and the new release removed on every server."
@@ -84,7 +84,7 @@ class DeployConsole(App[DeployFinished | None]):
 
     async def _deploy(self) -> DeployFinished:
         try:
-            finished = await self._run(self.bridge.sink)
+            finished = await self._run(self.bridge.sink, ConsolePrompter(self))
             if not self.bridge.saw_finished:
                 self.bridge.sink(finished)  # the screen's verdict comes from events only
             return finished
@@ -171,21 +171,12 @@ class DeployConsole(App[DeployFinished | None]):
 
 
 class ConsolePrompter:
-    """The core's `Prompter` for the console: each question is a modal; the deploy waits for the answer.
+    """The core's `Prompter` in the console: each question is a modal; the deploy waits for the answer."""
 
-    Create it before the console exists and pass it to `run_deploy_console(..., prompter=...)`.
-    """
-
-    def __init__(self) -> None:
-        self._app: DeployConsole | None = None
-
-    def attach(self, app: DeployConsole) -> None:
+    def __init__(self, app: DeployConsole) -> None:
         self._app = app
 
     async def confirm(self, question: str) -> bool:
-        app = self._app
-        if app is None:
-            raise RuntimeError("ConsolePrompter is not attached: pass it to run_deploy_console(prompter=...)")
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         dialog = ConfirmScreen(question)
 
@@ -193,7 +184,7 @@ class ConsolePrompter:
             if not answer.done():
                 answer.set_result(bool(yes))
 
-        app.push_screen(dialog, answered)
+        self._app.push_screen(dialog, answered)
         try:
             return await answer
         finally:
@@ -202,13 +193,18 @@ class ConsolePrompter:
                 dialog.dismiss(False)
 
 
-def run_deploy_console(
-    run: DeployRun, *, title: str, prompter: ConsolePrompter | None = None
-) -> DeployFinished | None:
+def _size_from_the_terminal() -> None:
+    """Textual's driver asks `shutil.get_terminal_size`, which prefers COLUMNS/LINES to the terminal:
+    exported values (some shells leave them, e.g. bash under tmux here) pin the console to a stale size,
+    even across resizes. The console must follow the real terminal."""
+    for var in ("COLUMNS", "LINES"):
+        os.environ.pop(var, None)
+
+
+def run_deploy_console(run: DeployRun, *, title: str) -> DeployFinished | None:
     """Show the console until the user quits; see the module docstring."""
+    _size_from_the_terminal()
     app = DeployConsole(run, title=title)
-    if prompter is not None:
-        prompter.attach(app)
     app.run()
     if app.error is not None:
         raise app.error
@@ -232,4 +228,5 @@ class SecretsConsole(App[None]):
 
 def run_secrets_editor(store: SecretsStore, envs: list[str], env: str | None = None) -> None:
     """Show the secrets screen until the user quits; changes are written only when they save."""
+    _size_from_the_terminal()
     SecretsConsole(store, envs, env).run()

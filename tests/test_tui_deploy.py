@@ -16,6 +16,7 @@ from tako_core.events import (
     Notice,
     OutputLine,
     Phase,
+    Prompter,
     State,
 )
 from tako_tui.app import ABORT_QUESTION, ConsolePrompter, DeployConsole
@@ -164,7 +165,7 @@ async def test_ctrl_c_twice_aborts_and_the_run_may_reraise() -> None:
 async def test_quit_before_the_run_reports_returns_none() -> None:
     started = asyncio.Event()
 
-    async def silent(sink: EventSink) -> DeployFinished:
+    async def silent(sink: EventSink, prompter: Prompter) -> DeployFinished:
         started.set()
         await asyncio.sleep(30)  # cancelled long before
         raise AssertionError("not reached")
@@ -183,7 +184,7 @@ async def test_quit_before_the_run_reports_returns_none() -> None:
 
 
 async def test_a_run_that_raises_is_shown_and_kept_for_the_cli() -> None:
-    async def broken(sink: EventSink) -> DeployFinished:
+    async def broken(sink: EventSink, prompter: Prompter) -> DeployFinished:
         sink(Notice(message="connecting"))
         raise RuntimeError("agent protocol mismatch")
 
@@ -231,7 +232,7 @@ async def test_selecting_a_server_shows_only_its_output() -> None:
 async def test_the_log_stops_following_when_scrolled_up_and_resumes_on_end() -> None:
     more = asyncio.Event()
 
-    async def chatty(sink: EventSink) -> DeployFinished:
+    async def chatty(sink: EventSink, prompter: Prompter) -> DeployFinished:
         for i in range(200):
             sink(OutputLine(server="web-1", phase=Phase.RELEASE, line=f"line {i}"))
         await more.wait()
@@ -263,16 +264,15 @@ async def test_the_log_stops_following_when_scrolled_up_and_resumes_on_end() -> 
 
 
 async def test_the_prompter_asks_through_a_modal() -> None:
-    prompter = ConsolePrompter()
     answers: list[bool] = []
 
-    async def asking(sink: EventSink) -> DeployFinished:
+    async def asking(sink: EventSink, prompter: Prompter) -> DeployFinished:
+        assert isinstance(prompter, ConsolePrompter)
         answers.append(await prompter.confirm("The lease is held by ci@build-7 since 12:01. Break it?"))
         answers.append(await prompter.confirm("Really?"))
         return DeployFinished(ok=True, exit_code=0, seconds=1.0)
 
     app = DeployConsole(asking, title="t", clock=FakeClock())
-    prompter.attach(app)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")

@@ -32,6 +32,7 @@ from tako_core.events import (
     OutputLine,
     Phase,
     PhaseChanged,
+    Prompter,
     RolloutProgress,
     ServerResult,
     State,
@@ -110,7 +111,7 @@ class ScriptedDeploy:
     def leader(self) -> str:
         return self.servers[0]
 
-    async def __call__(self, sink: EventSink) -> DeployFinished:
+    async def __call__(self, sink: EventSink, prompter: Prompter) -> DeployFinished:
         self._sink = sink
         try:
             return await self._deploy()
@@ -327,7 +328,7 @@ async def stream_lines(
     go = asyncio.Event()
     first: list[float] = []
 
-    async def release(sink: EventSink) -> DeployFinished:
+    async def release(sink: EventSink, prompter: Prompter) -> DeployFinished:
         sink(DeployStarted(app="shop", env="production", servers=SERVERS, leader=SERVERS[0], release=RELEASE))
         sink(
             PhaseChanged(server=SERVERS[0], phase=Phase.RELEASE, state=State.RUNNING, detail=RUNNING_RELEASE)

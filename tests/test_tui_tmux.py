@@ -1,0 +1,99 @@
+"""`tako deploy` in a real terminal (tmux) against 3 real SSH servers: what a person sees.
+
+The sample app's release command prints a line every half second, so the screen can be read while
+the leader runs it: three panels, one leader, two followers waiting, the output arriving line by line.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploykit import sample_app
+from tests.fleet import Fleet
+
+LINES = 8
+SLOW_RELEASE = f'\n[vars]\nSAMPLE_RELEASE_LINES = "{LINES}"\nSAMPLE_RELEASE_PAUSE = "0.5"\n'
+
+
+class Tmux:
+    """One private tmux server (its own socket), so nothing leaks into or out of the user's tmux."""
+
+    def __init__(self, name: str) -> None:
+        self.socket = name
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True, timeout=10
+        )
+        return result.stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "t")
+
+    def wait_for(self, what: str, condition: Callable[[str], bool], within: float = 60) -> str:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if condition(screen):
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"never saw {what}; the screen was:\n{self.screen()}")
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    mux = Tmux(f"tako-test-{os.getpid()}-{tmp_path.name}")
+    try:
+        yield mux
+    finally:
+        subprocess.run(
+            ["tmux", "-L", mux.socket, "kill-server"], capture_output=True, check=False, timeout=10
+        )
+
+
+def test_tako_deploy_shows_the_leader_running_and_the_followers_waiting(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, tmux: Tmux
+) -> None:
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release="python3 migrate.py", extra=SLOW_RELEASE)
+    status = tmp_path / "exit-status"
+    deploy = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "tako_tui.cli", "deploy", "--yes"))
+    command = f"cd {shlex.quote(str(cfg.parent))} && {deploy}; echo $? > {shlex.quote(str(status))}; sleep 60"
+    tmux.run("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", command)
+
+    def releasing(screen: str) -> bool:
+        running, waiting = (
+            screen.count("Running release command"),
+            screen.count("Waiting for release command"),
+        )
+        return (running, waiting) == (1, 2)
+
+    screen = tmux.wait_for("the leader running the release", releasing)
+    leader = servers[0]
+    assert screen.count("★ leader") == 1
+    assert screen.count("follower") == 2
+    for server in servers:
+        assert server.name in screen
+    # The leader's panel is the one marked leader: its title line names both.
+    assert any(leader.name in line and "★ leader" in line for line in screen.splitlines())
+
+    # Line by line: a middle step shows up before the last one has been printed.
+    first = tmux.wait_for("the release output", lambda s: "migration step 3/" in s)
+    assert f"migration step {LINES}/{LINES}" not in first
+    tmux.wait_for("the last step", lambda s: f"migration step {LINES}/{LINES}" in s)
+
+    done = tmux.wait_for("the deploy to finish", lambda s: "✓ deployed" in s and "Deployed" in s, within=90)
+    assert done.count("✓ deployed") >= 3  # the header and one per server
+    tmux.run("send-keys", "-t", "t", "q")
+    deadline = time.monotonic() + 15
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status.read_text().strip() == "0"
