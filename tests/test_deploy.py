@@ -296,3 +296,36 @@ def test_json_events_tell_the_same_story_as_the_transcript(
     assert story(rendered) == story(plain.stderr.splitlines())
     assert story(rendered)["s2"][:2] == ["Connect running", "Connect done"]
     assert rendered[-1].startswith("deploy succeeded")
+
+
+async def test_a_full_deploy_under_keep_alive_load_fails_no_request(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from tests.agentkit.kit import Load
+
+    servers = fleet(3)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    deploy_ok(cfg, servers, "v1")
+    loads = [
+        Load(s.http_port, "web.test", address=s.http_host, connections=2, max_seconds=60) for s in servers
+    ]
+    for load in loads:
+        load.start()
+    await asyncio.sleep(0.3)
+    cfg = sample_app(tmp_path, servers, version="v2", release=RELEASE)
+    proc = await asyncio.create_subprocess_exec(
+        *TAKO, "deploy", "--no-tui", "--yes", cwd=cfg.parent, stderr=subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    await asyncio.sleep(0.3)
+    for load in loads:
+        await load.stop()
+    assert proc.returncode == 0, err.decode()
+    for s, load in zip(servers, loads, strict=True):
+        bodies = [sample.body for sample in load.samples]
+        assert load.failed == [], load.errors[:5]
+        assert len(bodies) > 50
+        assert bodies[0].startswith("v1 ")
+        assert bodies[-1].startswith("v2 "), s.name

@@ -114,6 +114,7 @@ class Load:
 
     port: int
     host: str
+    address: str = "127.0.0.1"  # where the router listens (the fleet's servers use 127.0.0.x)
     connections: int = 4
     max_requests: int = 20000
     max_seconds: float = 60.0
@@ -142,7 +143,7 @@ class Load:
             sent = time.monotonic()
             try:
                 if writer is None:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    reader, writer = await asyncio.open_connection(self.address, self.port)
                 writer.write(f"GET / HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
                 body = await asyncio.wait_for(_response(reader), 10)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
