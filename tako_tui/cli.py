@@ -9,6 +9,7 @@ import click
 from tako_core import __version__
 from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
+from tako_tui.commands.demo import demo_command
 from tako_tui.commands.deploy import deploy_command
 from tako_tui.commands.releases import releases
 from tako_tui.commands.releases import status as app_status
@@ -46,6 +47,7 @@ main.add_command(secrets)
 main.add_command(deploy_command)
 main.add_command(releases)
 main.add_command(app_status)
+main.add_command(demo_command)
 
 
 def run() -> None:
