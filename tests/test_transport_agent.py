@@ -89,6 +89,19 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert first is not None
         assert not _alive(first)
 
+        # Stale but busy with someone's deploy: left alone, and the error names the holder.
+        client = await ensure_agent(conn, cache_dir=tmp_path)
+        await client.lease_acquire("web", "production", "ada@laptop (pid 7)", "b1")
+        (s1.root / "bin" / "tako-agent.build").write_text("tako-agent-0.0.1-00000000\n")
+        with pytest.raises(AgentError, match=r"web/production is being deployed by ada@laptop \(pid 7\)"):
+            await ensure_agent(conn, cache_dir=tmp_path)
+        assert s1.agent_pid() == second
+        await client.lease_release("web", "production", "ada@laptop (pid 7)")
+        await client.close()
+        client = await ensure_agent(conn, cache_dir=tmp_path)  # free again: upgraded
+        await client.close()
+        second = s1.agent_pid()
+
         # Up to date: nothing happens.
         steps.clear()
         client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)

@@ -90,6 +90,11 @@ class Leases:
             del self._leases[(app, env)]
             self._save()
 
+    def held(self) -> list[tuple[str, str]]:
+        """The app/envs someone is deploying now (expired leases left out)."""
+        now = time.time()
+        return [key for key, lease in self._leases.items() if not lease.expired(now)]
+
     def get(self, app: str, env: str) -> Lease | None:
         lease = self._leases.get((app, env))
         return lease if lease and not lease.expired(time.time()) else None

@@ -257,8 +257,10 @@ class Agent:
 
     async def status(self, p: Params, emit: Emit) -> dict[str, Any]:
         apps = []
-        for env_dir in sorted(d for d in self.layout.apps.glob("*/*") if d.is_dir()):
-            runtime = self.runtime(Params({"app": env_dir.parent.name, "env": env_dir.name}))
+        # Every app/env with files here, and those whose first deploy is under way (a lease only).
+        deployed = {(d.parent.name, d.name) for d in self.layout.apps.glob("*/*") if d.is_dir()}
+        for app, env in sorted(deployed | set(self.leases.held())):
+            runtime = self.runtime(Params({"app": app, "env": env}))
             lease = self.leases.get(runtime.app, runtime.env)
             apps.append(
                 {

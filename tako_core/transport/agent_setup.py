@@ -130,7 +130,17 @@ async def ensure_agent(
     if state.current and state.client is not None:
         return state.client
     if state.client is not None:
+        busy = [a for a in await state.client.status() if a.lease is not None]
         await state.client.close()
+        if busy:
+            # Restarting the agent would stop that deploy's release command or rollout midway.
+            a = busy[0]
+            assert a.lease is not None
+            raise AgentError(
+                f"the agent on {where(conn.server)} needs an upgrade ({state.reason}), but "
+                f"{a.app}/{a.env} is being deployed by {a.lease.holder}",
+                hint="wait until that deploy ends, then run this again",
+            )
     step = on_step or (lambda _: None)
     step(f"agent {state.reason}: installing {zipapp.name}")
     await install_agent(conn, zipapp, step)
