@@ -30,6 +30,8 @@ from tako_core.events import (
 
 from .look import progress, size
 
+SHORT_DETAIL = 16  # a done phase's detail up to this long shows beside it
+
 
 @dataclass
 class PhaseView:
@@ -79,24 +81,27 @@ class ServerView:
         return self.phases[phase].state
 
     def info(self, phase: Phase) -> str:
-        """The short figure shown beside a phase: bytes uploaded, instances ready."""
+        """The short figure beside a phase: bytes uploaded, instances ready, a done phase's short detail."""
         view = self.phases[phase]
         if phase is Phase.UPLOAD:
+            if view.state is State.RUNNING and self.upload is not None:
+                return progress(*self.upload)
             if view.detail:
                 return view.detail  # e.g. "cached"
-            if self.upload is not None:
-                sent, total = self.upload
-                return size(total) if view.state is State.DONE else progress(sent, total)
+            return size(self.upload[1]) if self.upload is not None else ""
         if phase is Phase.ROLLOUT and self.instances is not None and view.state is not State.PENDING:
             ready, total = self.instances
             return f"{ready}/{total} instances"
+        if view.state is State.DONE and len(view.detail) <= SHORT_DETAIL:
+            return view.detail  # e.g. "agent 0.1.0": worth a glance, not a line of its own
         return ""
 
     def note(self, phase: Phase) -> str:
-        """A sentence under a phase (e.g. "Waiting for release command"); the short ones go in `info`."""
+        """A sentence under a phase that is not done (e.g. "Waiting for release command")."""
+        view = self.phases[phase]
         if phase is Phase.UPLOAD or (phase is Phase.ROLLOUT and self.instances is not None):
             return ""  # their detail is a figure, shown by `info`
-        return self.phases[phase].detail
+        return "" if view.state is State.DONE else view.detail
 
     @property
     def current(self) -> PhaseView | None:
