@@ -1,0 +1,26 @@
+"""Run the `tako` command in this process, then record its peak RSS (VmHWM, kB) in $BENCH_RSS_FILE.
+
+BENCH_RSS_FILE=/tmp/rss .venv/bin/python bench/tako_rss.py deploy --json --yes -c app/tako.toml
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+
+def _peak_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.argv = ["tako", *sys.argv[1:]]
+    try:
+        runpy.run_module("tako_tui.cli", run_name="__main__", alter_sys=True)
+    finally:
+        Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()}\n")
