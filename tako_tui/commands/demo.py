@@ -57,13 +57,13 @@ def _show_answers(answers: list[Answer]) -> bool:
         f"by the release command on {leader}."
     )
     first = answers[0].body
+    click.echo()
     for answer in answers:
-        said = ", the same" if answer.body == first and answer is not answers[0] else ""
-        click.echo(
-            f"\n  {answer.server.ljust(width)}  {answer.url}  answered {answer.status or 'nothing'} {said}"
-        )
-        if not said:
-            click.echo("".join(f"      {line}\n" for line in answer.body.splitlines()), nl=False)
+        same = answer is not answers[0] and answer.body == first
+        status = f"answered {answer.status or 'nothing'}" + (", the same" if same else ":")
+        click.echo(f"  {answer.server.ljust(width)}  {answer.url}  {status}")
+        if not same:
+            click.echo("".join(f"      {line}\n" for line in answer.body.splitlines()))
     click.echo("\nTry it yourself:")
     for answer in answers:
         click.echo(f"  curl {answer.url}")
