@@ -32,6 +32,7 @@ from .bridge import EventBridge
 from .screens.confirm import ConfirmScreen
 from .screens.deploy import DeployScreen
 from .screens.help import HelpScreen
+from .screens.releases import Load, ReleasesScreen
 from .screens.secrets import SecretsScreen
 
 DeployRun = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
@@ -56,14 +57,15 @@ class DeployConsole(App[DeployFinished | None]):
 
     def __init__(
         self,
-        run: DeployRun,
+        run: DeployRun | None,
         *,
         title: str,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 0.05,
     ) -> None:
         """`clock` is "now" for every live duration, in the timebase of the events' `at` (wall-clock
-        seconds; tests pass a frozen one); `flush_interval` is the longest an event waits for the screen."""
+        seconds; tests pass a frozen one); `flush_interval` is the longest an event waits for the screen.
+        `run` None: a subclass shows another screen first and calls `start` later."""
         super().__init__()
         self.title = title
         self._run = run
@@ -80,11 +82,20 @@ class DeployConsole(App[DeployFinished | None]):
         return self.deploy_screen
 
     def on_mount(self) -> None:
-        self.worker = self.run_worker(self._deploy(), name="deploy", exit_on_error=False)
+        if self._run is not None:
+            self.start(self._run)
 
-    async def _deploy(self) -> DeployFinished:
+    def start(self, run: DeployRun) -> None:
+        """Run a deploy-shaped job (deploy, rollback) once, on the deploy screen."""
+        if self.worker is not None:
+            raise RuntimeError("the console runs one job")
+        if self.screen is not self.deploy_screen:
+            self.push_screen(self.deploy_screen)
+        self.worker = self.run_worker(self._deploy(run), name="deploy", exit_on_error=False)
+
+    async def _deploy(self, run: DeployRun) -> DeployFinished:
         try:
-            finished = await self._run(self.bridge.sink, ConsolePrompter(self))
+            finished = await run(self.bridge.sink, ConsolePrompter(self))
             if not self.bridge.saw_finished:
                 self.bridge.sink(finished)  # the screen's verdict comes from events only
             return finished
@@ -121,6 +132,8 @@ class DeployConsole(App[DeployFinished | None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "abort":
+            if self.worker is None:
+                return False  # nothing to abort yet (another screen comes first)
             return True if self.running else None  # shown dimmed once the deploy has ended
         return True
 
@@ -193,6 +206,31 @@ class ConsolePrompter:
                 dialog.dismiss(False)
 
 
+class ReleasesConsole(DeployConsole):
+    """`tako releases`: the releases screen first; a confirmed rollback then runs on the deploy screen."""
+
+    CSS_PATH = [*DeployConsole.CSS_PATH, STYLES / "releases.tcss"]
+
+    def __init__(
+        self,
+        load: Load,
+        rollback: Callable[[str], DeployRun],
+        *,
+        title: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(None, title=f"{title} rollback", clock=clock)
+        self.title = f"{title} · releases"
+        self._rollback = rollback
+        self.releases_screen = ReleasesScreen(load, self._roll_back, title=title, now=clock)
+
+    def get_default_screen(self) -> ReleasesScreen:  # type: ignore[override]
+        return self.releases_screen
+
+    def _roll_back(self, build: str) -> None:
+        self.start(self._rollback(build))
+
+
 def _size_from_the_terminal() -> None:
     """Textual's driver asks `shutil.get_terminal_size`, which prefers COLUMNS/LINES to the terminal:
     exported values (some shells leave them, e.g. bash under tmux here) pin the console to a stale size,
@@ -230,3 +268,20 @@ def run_secrets_editor(store: SecretsStore, envs: list[str], env: str | None = N
     """Show the secrets screen until the user quits; changes are written only when they save."""
     _size_from_the_terminal()
     SecretsConsole(store, envs, env).run()
+
+
+def run_releases_console(
+    load: Load, rollback: Callable[[str], DeployRun], *, title: str
+) -> DeployFinished | None:
+    """The releases screen; returns the rollback's DeployFinished, or None when none was run.
+
+    `load` is the core's `inspect(target)` (a coroutine function: `lambda: inspect(target)`);
+    `rollback(build)` returns the job to run, e.g.
+    `lambda build: lambda sink, prompter: rollback(target, build, secrets=..., sink=sink, options=...)`.
+    """
+    _size_from_the_terminal()
+    app = ReleasesConsole(load, rollback, title=title)
+    app.run()
+    if app.error is not None:
+        raise app.error
+    return app.result
