@@ -151,7 +151,10 @@ def report(results: list[SizeResult], rounds: int) -> str:
         b_total = median(_col(res.baseline, "total"))
         rows = [[k, spread(_col(res.tako, k))] for k in res.tako[0]]
         b_rows = [[k, spread(_col(res.baseline, k))] for k in res.baseline[0]]
-        in_pipeline = [r["total"] - r["process start"] - r["close + exit"] for r in res.tako]
+        in_pipeline = [
+            r["total"] - r["process start"] - r["close (sessions, loop)"] - r["interpreter exit"]
+            for r in res.tako
+        ]
         parts.append(
             f"### {res.count} servers (sshd), {rounds} rounds: median (min-max) seconds\n\n"
             + table(["tako phase (critical path)", "seconds"], rows)

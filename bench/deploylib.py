@@ -130,6 +130,7 @@ class TakoRun:
     events: list[dict[str, object]]
     client_peak_kb: int
     stderr: str
+    returned: float  # time.time() when the command returned, before the interpreter's exit
 
     @property
     def wall(self) -> float:
@@ -173,8 +174,16 @@ async def run_tako(cfg: Path, env: dict[str, str], scratch: Path, limit: float =
         raise
     exited = time.time()
     events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-    peak = int(rss_file.read_text()) if rss_file.exists() else 0
-    run = TakoRun(spawned, exited, proc.returncode or 0, events, peak, err.decode(errors="replace"))
+    peak, returned = [*rss_file.read_text().split(), "0", "0"][:2] if rss_file.exists() else ("0", "0")
+    run = TakoRun(
+        spawned,
+        exited,
+        proc.returncode or 0,
+        events,
+        int(peak),
+        err.decode(errors="replace"),
+        float(returned),
+    )
     if run.code != 0:
         raise RuntimeError(f"tako deploy exited with {run.code}:\n{run.stderr[-3000:]}")
     return run
@@ -204,7 +213,8 @@ def tako_phases(run: TakoRun, servers: Sequence[str]) -> dict[str, float]:
         "release (gate)": gate - installed,
         "rollout": rolled - gate,
         "finalize": finished - rolled,
-        "close + exit": run.exited - finished,
+        "close (sessions, loop)": run.returned - finished,
+        "interpreter exit": run.exited - run.returned,
         "total": run.wall,
     }
 

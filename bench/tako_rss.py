@@ -1,4 +1,5 @@
-"""Run the `tako` command in this process, then record its peak RSS (VmHWM, kB) in $BENCH_RSS_FILE.
+"""Run the `tako` command in this process, then record in $BENCH_RSS_FILE its peak RSS (VmHWM, kB)
+and the time.time() at which the command returned (the interpreter's own exit comes after).
 
 BENCH_RSS_FILE=/tmp/rss .venv/bin/python bench/tako_rss.py deploy --json --yes -c app/tako.toml
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 
@@ -23,4 +25,4 @@ if __name__ == "__main__":
     try:
         runpy.run_module("tako_tui.cli", run_name="__main__", alter_sys=True)
     finally:
-        Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()}\n")
+        Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()} {time.time():.6f}\n")
