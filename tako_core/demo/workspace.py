@@ -2,7 +2,8 @@
 
 tako-demo-XXXX/
   home/         TAKO_HOME (servers.toml, client key, known_hosts)
-  hosts/        SSH host keys          servers/  each server's root
+  hosts/        SSH host keys
+  servers/      each server's root
   app/          tako.toml, server.py, migrate.py, .tako/secrets.json
   shared/       demo.sqlite3: the ONE database every server uses
   cache/        the artifact cache (kept out of the user's own)
@@ -25,7 +26,8 @@ ENV = "production"
 SECRET_NAME = "DEMO_DB_PASSWORD"
 SECRET_VALUE = "correct-horse-battery-staple"  # shown masked in the release output
 FAILING_MIGRATION = 3
-SAMPLE = Path(__file__).parent / "sample"
+# Not a package (the hyphen): these files are the app the demo deploys, never imported by tako.
+SAMPLE = Path(__file__).parent / "sample-app"
 # ROOT/run/tako.sock must fit in a unix socket address (108 bytes): leave room under the workspace.
 _MAX_WORKSPACE_PATH = 60
 
