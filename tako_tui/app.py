@@ -69,8 +69,6 @@ class DeployConsole(App[DeployFinished | None]):
         super().__init__()
         self.title = title
         self._run = run
-        self._clock = clock
-        self._flush_interval = flush_interval
         self.deploy_screen = DeployScreen(title, clock)
         self.bridge = EventBridge(self.deploy_screen, flush_interval)
         self.worker: Worker[DeployFinished] | None = None

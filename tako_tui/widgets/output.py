@@ -160,11 +160,6 @@ class OutputPane(Vertical):
         if shown:
             self.log_view.add_lines(shown)
 
-    @property
-    def pending(self) -> int:
-        """Lines received but not written yet (a flood drains over a few frames)."""
-        return len(self._pending)
-
     def show(self, server: str | None) -> None:
         """Switch the filter and re-show its buffered history, scrolled to the tail."""
         if server == self.server:
