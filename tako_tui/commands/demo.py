@@ -107,7 +107,12 @@ def _hold(demo: Demo) -> None:
     help="Keep serving until Ctrl-C after the deploy (default: only on a terminal).",
 )
 def demo_command(count: int, no_tui: bool, fail_release: bool, hold: bool | None) -> None:
-    """Deploy a sample app to a local fleet of simulated servers: needs nothing but Python."""  # fmt: skip
+    """Deploy a sample app to a local fleet of simulated servers: needs nothing but Python.
+
+    Starts the servers on 127.0.0.x (SSH inside this process, an agent and an HTTP port each), deploys
+    an app whose release command migrates one SQLite database they all share, and prints each
+    server's URL and answer. Everything it started is stopped and removed on exit.
+    """
     hold = on_terminal() if hold is None else hold
     _catch_termination()
     demo = Demo(count, fail_release=fail_release)
@@ -125,6 +130,8 @@ def demo_command(count: int, no_tui: bool, fail_release: bool, hold: bool | None
                 _hold(demo)
         elif fail_release and code == 1:
             _show_abort(demo)
+        elif code == 130:
+            _say("The deploy was aborted: stopping the servers.")
         if not hold:
             keep = " (run it on a terminal, or with --hold, to keep the servers up)" if code == 0 else ""
             _say(f"Cleaning up{keep}.")
