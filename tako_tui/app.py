@@ -198,10 +198,16 @@ class ConsolePrompter:
         self._app.push_screen(dialog, answered)
         try:
             return await answer
-        finally:
-            # Cancelled (aborted) while asking: the question no longer matters.
-            if not answer.done() and dialog.is_current:
-                dialog.dismiss(False)
+        except asyncio.CancelledError:
+            self._close(dialog, tries=10)  # aborted while asking: the question no longer matters
+            raise
+
+    def _close(self, dialog: ConfirmScreen, tries: int) -> None:
+        """Dismiss the question once it is on top again (the abort dialog may still cover it)."""
+        if dialog.is_current:
+            dialog.dismiss(False)
+        elif tries and dialog in self._app.screen_stack:
+            self._app.call_after_refresh(self._close, dialog, tries - 1)
 
 
 class ReleasesConsole(DeployConsole):

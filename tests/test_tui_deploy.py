@@ -282,6 +282,34 @@ async def test_the_prompter_asks_through_a_modal() -> None:
     assert answers == [True, False]
 
 
+async def test_aborting_while_the_core_asks_closes_the_question() -> None:
+    cancelled = asyncio.Event()
+
+    async def asking(sink: EventSink, prompter: Prompter) -> DeployFinished:
+        try:
+            await prompter.confirm("Break the stale lease?")
+        except asyncio.CancelledError:
+            cancelled.set()
+            finished = DeployFinished(ok=False, exit_code=130, seconds=1.0, error="aborted")
+            sink(finished)
+            return finished
+        raise AssertionError("not reached")
+
+    app = DeployConsole(asking, title="t", clock=FakeClock())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("ctrl+c")  # the abort question covers the core's question
+        await pilot.pause()
+        await pilot.press("ctrl+c")  # and a second Ctrl-C confirms it
+        await until(pilot, lambda: not app.running)
+        await until(pilot, lambda: isinstance(app.screen, DeployScreen))
+        assert cancelled.is_set()
+        assert len(app.screen_stack) == 1
+        await pilot.press("q")
+    assert app.return_value is not None
+    assert app.return_value.exit_code == 130
+
+
 async def test_help_screen_opens_and_closes() -> None:
     scenario = ScriptedDeploy(hold_at="release")
     app = console(scenario)
