@@ -131,6 +131,7 @@ class TakoRun:
     client_peak_kb: int
     stderr: str
     returned: float  # time.time() when the command returned, before the interpreter's exit
+    cpu: float  # CPU seconds the client used
 
     @property
     def wall(self) -> float:
@@ -174,7 +175,8 @@ async def run_tako(cfg: Path, env: dict[str, str], scratch: Path, limit: float =
         raise
     exited = time.time()
     events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-    peak, returned = [*rss_file.read_text().split(), "0", "0"][:2] if rss_file.exists() else ("0", "0")
+    fields = rss_file.read_text().split() if rss_file.exists() else []
+    peak, returned, cpu = [*fields, "0", "0", "0"][:3]
     run = TakoRun(
         spawned,
         exited,
@@ -183,6 +185,7 @@ async def run_tako(cfg: Path, env: dict[str, str], scratch: Path, limit: float =
         int(peak),
         err.decode(errors="replace"),
         float(returned),
+        float(cpu),
     )
     if run.code != 0:
         raise RuntimeError(f"tako deploy exited with {run.code}:\n{run.stderr[-3000:]}")
@@ -253,6 +256,16 @@ def boot_record(data_dir: Path, version: str) -> tuple[float, float] | None:
 
 def agent_pids(servers: Iterable[FleetServer]) -> list[int]:
     return [pid for s in servers if (pid := s.agent_pid()) is not None]
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU (user + system) of `pids` and of their children they have reaped, in seconds."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def status_kb(pid: int, field_name: str) -> int:

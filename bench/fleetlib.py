@@ -34,6 +34,20 @@ class BenchFleet:
     home: Path  # TAKO_HOME
     workdir: Path  # scratch space for apps, artifacts, logs
     env: dict[str, str]  # for `tako` subprocesses
+    base: Path
+
+    def sshd_pids(self) -> list[int]:
+        """The fleet's sshd listeners (each reaps the per-connection processes it forks)."""
+        marker = str(self.base / "pool").encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (entry / "comm").read_bytes().strip() == b"sshd" and marker in (
+                        entry / "cmdline"
+                    ).read_bytes():
+                        found.append(int(entry.name))
+        return found
 
 
 @contextlib.contextmanager
@@ -52,7 +66,7 @@ def bench_fleet(count: int, kind: Kind | None = None) -> Iterator[BenchFleet]:
             server.http_port = free_port("127.0.0.1")
             add_server(server.server, home=home)
         env = dict(os.environ, TAKO_HOME=str(home), XDG_CACHE_HOME=str(base / "cache"))
-        yield BenchFleet(kind, servers, home, base / "work", env)
+        yield BenchFleet(kind, servers, home, base / "work", env, base)
     finally:
         fleet.close()
         pool.close()

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import sys
 
 from deploylib import (
+    agent_pids,
+    cpu_seconds,
     machine,
     make_app,
     median,
@@ -31,6 +35,7 @@ from fleetlib import bench_fleet
 from tests.fleet import Kind
 
 SHOWN = ("connect + agent + lease", "upload + install", "release (gate)", "rollout", "finalize")
+CPU = ("cpu: client", "cpu: agents", "cpu: ssh servers")
 
 
 async def measure(count: int, kind: Kind, rounds: int) -> list[dict[str, float]]:
@@ -42,10 +47,24 @@ async def measure(count: int, kind: Kind, rounds: int) -> list[dict[str, float]]
         await run_tako(cfg, fleet.env, fleet.workdir / "scratch")
         for r in range(rounds):
             set_version(app, f"v{r}")
+            agents, sshd = agent_pids(fleet.servers), fleet.sshd_pids()
+            before = (cpu_seconds(agents), cpu_seconds(sshd), _own_cpu())
             run = await run_tako(cfg, fleet.env, fleet.workdir / "scratch")
-            runs.append(tako_phases(run, [s.name for s in fleet.servers]))
+            phases = tako_phases(run, [s.name for s in fleet.servers])
+            phases["cpu: client"] = run.cpu
+            phases["cpu: agents"] = cpu_seconds(agents) - before[0]
+            # sshd: the listeners reap their per-connection processes; in-process hosts run here.
+            phases["cpu: ssh servers"] = cpu_seconds(sshd) - before[1]
+            if kind == "inprocess":
+                phases["cpu: ssh servers"] = _own_cpu() - before[2]
+            runs.append(phases)
             print(f"  {count} {kind}: round {r + 1}/{rounds}: {run.wall:.2f} s", file=sys.stderr)
     return runs
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def report(results: list[tuple[int, Kind, list[dict[str, float]]]], rounds: int) -> str:
@@ -54,13 +73,25 @@ def report(results: list[tuple[int, Kind, list[dict[str, float]]]], rounds: int)
     for count, kind, runs in results:
         total = [r["total"] for r in runs]
         ratio = f"{median(total) / one:.2f}x" if one else "n/a"
+        cpu = [r["cpu: client"] + r["cpu: agents"] + r["cpu: ssh servers"] for r in runs]
         rows.append(
-            [str(count), kind, spread(total), ratio, *(f"{median([r[k] for r in runs]):.2f}" for k in SHOWN)]
+            [
+                str(count),
+                kind,
+                spread(total),
+                ratio,
+                *(f"{median([r[k] for r in runs]):.2f}" for k in SHOWN),
+                *(f"{median([r[k] for r in runs]):.2f}" for k in CPU),
+                f"{median(cpu) / (os.cpu_count() or 1):.2f}",
+            ]
         )
     return (
         f"{rounds} rounds per row; total = `tako deploy --json` process wall time, median (min-max) s; "
         "the phase columns are medians of the critical-path segments (as in Deploy), s.\n\n"
-        + table(["servers", "SSH hosts", "total", "vs 1 server", *SHOWN], rows)
+        + "CPU columns: CPU seconds used during one deploy by the client, by all agents (with the "
+        "instances and commands they reaped), and by the SSH servers; the floor is their sum divided "
+        f"by the {os.cpu_count()} cores: no scheduling could finish the deploy faster on this machine.\n\n"
+        + table(["servers", "SSH hosts", "total", "vs 1 server", *SHOWN, *CPU, "CPU floor s"], rows)
     )
 
 

@@ -1,5 +1,6 @@
-"""Run the `tako` command in this process, then record in $BENCH_RSS_FILE its peak RSS (VmHWM, kB)
-and the time.time() at which the command returned (the interpreter's own exit comes after).
+"""Run the `tako` command in this process, then record in $BENCH_RSS_FILE its peak RSS (VmHWM, kB),
+the time.time() at which the command returned (the interpreter's own exit comes after) and the CPU
+seconds (user + system) it used.
 
 BENCH_RSS_FILE=/tmp/rss .venv/bin/python bench/tako_rss.py deploy --json --yes -c app/tako.toml
 """
@@ -7,6 +8,7 @@ BENCH_RSS_FILE=/tmp/rss .venv/bin/python bench/tako_rss.py deploy --json --yes -
 from __future__ import annotations
 
 import os
+import resource
 import runpy
 import sys
 import time
@@ -25,4 +27,6 @@ if __name__ == "__main__":
     try:
         runpy.run_module("tako_tui.cli", run_name="__main__", alter_sys=True)
     finally:
-        Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()} {time.time():.6f}\n")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime
+        Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()} {time.time():.6f} {cpu:.3f}\n")
