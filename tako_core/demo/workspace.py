@@ -25,6 +25,7 @@ APP = "hello"
 ENV = "production"
 SECRET_NAME = "DEMO_DB_PASSWORD"
 SECRET_VALUE = "correct-horse-battery-staple"  # shown masked in the release output
+MIGRATED_SCHEMA = 3  # sample-app/migrate.py's migrations
 FAILING_MIGRATION = 3
 # Not a package (the hyphen): these files are the app the demo deploys, never imported by tako.
 SAMPLE = Path(__file__).parent / "sample-app"

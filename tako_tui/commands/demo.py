@@ -17,7 +17,7 @@ from types import FrameType
 
 import click
 
-from tako_core.demo import APP, ENV, FAILING_MIGRATION, Answer, Demo
+from tako_core.demo import APP, ENV, FAILING_MIGRATION, MIGRATED_SCHEMA, Answer, Demo
 from tako_tui.commands.frontend import on_terminal, run_job
 
 MAX_HOLD = 8 * 3600.0  # a forgotten demo does not serve forever
@@ -68,7 +68,7 @@ def _show_answers(answers: list[Answer]) -> bool:
     for answer in answers:
         click.echo(f"  curl {answer.url}")
     click.echo()
-    return all(a.status == 200 and "schema version 3" in a.body for a in answers)
+    return all(a.status == 200 and f"schema version {MIGRATED_SCHEMA}," in a.body for a in answers)
 
 
 def _show_abort(demo: Demo) -> None:
