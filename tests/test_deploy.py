@@ -8,9 +8,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.deploykit import TAKO, app_dir, get, sample_app, tako, timeline
+import pytest
+
+from tests.deploykit import TAKO, Run, app_dir, get, sample_app, tako, timeline
 from tests.fleet import Fleet, FleetServer
 
 RELEASE = "python3 migrate.py"
@@ -46,6 +49,45 @@ def assert_untouched(
 
 def snapshot(servers: list[FleetServer]) -> dict[str, tuple[str, set[str]]]:
     return {s.name: (current_build(s), releases(s)) for s in servers}
+
+
+def assert_gone(pid_file: Path) -> None:
+    """The process whose pid the release command recorded is dead (or a zombie awaiting its reaper)."""
+    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"
+
+
+@dataclass
+class Live:
+    """Three servers serving v1 of the sample app; `attempt` deploys v2 with other settings."""
+
+    servers: list[FleetServer]
+    tmp_path: Path
+    before: dict[str, tuple[str, set[str]]]
+    releases_ran: int
+
+    def attempt(self, **kwargs: str) -> Run:
+        kwargs.setdefault("release", RELEASE)
+        cfg = sample_app(self.tmp_path, self.servers, version="v2", **kwargs)
+        return tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+
+    def assert_untouched(self) -> None:
+        """Every server still serves v1 from the same `current`, no new release dir left anywhere."""
+        assert_untouched(self.servers, self.before, "v1")
+
+    @property
+    def leader_data(self) -> Path:
+        return app_dir(self.servers[0]) / "data"
+
+    def release_ran_again(self) -> bool:
+        return len(timeline(self.servers[0])) != self.releases_ran
+
+
+@pytest.fixture
+def live(fleet: Fleet, tako_home: Path, tmp_path: Path) -> Live:
+    servers = fleet(3)
+    deploy_ok(sample_app(tmp_path, servers, release=RELEASE), servers, "v1")
+    return Live(servers, tmp_path, snapshot(servers), len(timeline(servers[0])))
 
 
 def test_a_clean_deploy_runs_the_release_once_on_the_leader_before_any_instance(
@@ -89,80 +131,45 @@ def test_a_clean_deploy_runs_the_release_once_on_the_leader_before_any_instance(
     assert [r["outcome"] for r in finished["results"]] == ["deployed"] * 3
 
 
-def test_a_failing_release_aborts_everywhere(fleet: Fleet, tako_home: Path, tmp_path: Path) -> None:
-    servers = fleet(3)
-    cfg = sample_app(tmp_path, servers, release=RELEASE)
-    deploy_ok(cfg, servers, "v1")
-    before = snapshot(servers)
-
-    cfg = sample_app(
-        tmp_path, servers, version="v2", release=RELEASE, extra=vars_table(SAMPLE_RELEASE_EXIT="1")
-    )
-    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+def test_a_failing_release_aborts_everywhere(live: Live) -> None:
+    run = live.attempt(extra=vars_table(SAMPLE_RELEASE_EXIT="1"))
     assert run.code == 1
     assert "s1    | migration failed with code 1" in run.stderr
     assert "the release command on s1 exited with code 1" in run.stderr
     assert "Traceback" not in run.stderr
-    assert_untouched(servers, before, "v1")
+    live.assert_untouched()
 
 
-def test_a_release_past_its_timeout_is_killed_with_its_process_group(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
-) -> None:
-    servers = fleet(3)
-    cfg = sample_app(tmp_path, servers, release=RELEASE)
-    deploy_ok(cfg, servers, "v1")
-    before = snapshot(servers)
-
+def test_a_release_past_its_timeout_is_killed_with_its_process_group(live: Live) -> None:
     stubborn = "sh -c 'trap \"\" TERM; sleep 120 & echo $! > $TAKO_DATA_DIR/child.pid; wait'"
-    cfg = sample_app(tmp_path, servers, version="v2", release=stubborn, extra='release_timeout = "1s"\n')
     started = time.monotonic()
-    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    run = live.attempt(release=stubborn, extra='release_timeout = "1s"\n')
     assert run.code == 1
     assert "timed out after 1s" in run.stderr
     assert time.monotonic() - started < 30
-    child = int((app_dir(servers[0]) / "data" / "child.pid").read_text())
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
-    assert_untouched(servers, before, "v1")
+    assert_gone(live.leader_data / "child.pid")
+    live.assert_untouched()
 
 
-def test_an_unreachable_follower_stops_the_deploy_before_the_release(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
-) -> None:
-    servers = fleet(3)
-    cfg = sample_app(tmp_path, servers, release=RELEASE)
-    deploy_ok(cfg, servers, "v1")
-    before = snapshot(servers)
-    releases_before = len(timeline(servers[0]))
-
-    servers[2].stop()
-    cfg = sample_app(tmp_path, servers, version="v2", release=RELEASE)
-    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+def test_an_unreachable_follower_stops_the_deploy_before_the_release(live: Live) -> None:
+    live.servers[2].stop()
+    run = live.attempt()
     assert run.code == 1
     assert "s3" in run.stderr
     assert "error:" in run.stderr
-    assert len(timeline(servers[0])) == releases_before  # the release command never ran
-    servers[2].start()
-    assert_untouched(servers, before, "v1")
+    assert not live.release_ran_again()
+    live.servers[2].start()
+    live.assert_untouched()
 
 
-def test_a_failing_install_on_a_follower_stops_the_deploy_before_the_release(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
-) -> None:
-    servers = fleet(3)
-    cfg = sample_app(tmp_path, servers, release=RELEASE)
-    deploy_ok(cfg, servers, "v1")
-    before = snapshot(servers)
-    releases_before = len(timeline(servers[0]))
-
-    (app_dir(servers[1]) / "data" / "no-install").touch()
+def test_a_failing_install_on_a_follower_stops_the_deploy_before_the_release(live: Live) -> None:
+    (app_dir(live.servers[1]) / "data" / "no-install").touch()
     install = 'test ! -e "$TAKO_DATA_DIR/no-install" || { echo "disk full (simulated)"; exit 4; }'
-    cfg = sample_app(tmp_path, servers, version="v2", release=RELEASE, extra=f"install = '{install}'\n")
-    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    run = live.attempt(extra=f"install = '{install}'\n")
     assert run.code == 1
     assert "s2    | disk full (simulated)" in run.stderr
-    assert len(timeline(servers[0])) == releases_before
-    assert_untouched(servers, before, "v1")
+    assert not live.release_ran_again()
+    live.assert_untouched()
 
 
 def _spawn_deploy(cfg: Path, *args: str) -> subprocess.Popen[str]:
@@ -235,16 +242,9 @@ def test_a_second_deploy_is_refused_naming_the_holder(fleet: Fleet, tako_home: P
         assert get(s).startswith("v1 ")
 
 
-def test_ctrl_c_during_the_release_stops_it_and_aborts_everywhere(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
-) -> None:
-    servers = fleet(3)
-    cfg = sample_app(tmp_path, servers, release=RELEASE)
-    deploy_ok(cfg, servers, "v1")
-    before = snapshot(servers)
-
+def test_ctrl_c_during_the_release_stops_it_and_aborts_everywhere(live: Live) -> None:
     hang = "sh -c 'sleep 120 & echo $! > $TAKO_DATA_DIR/child.pid; wait'"
-    cfg = sample_app(tmp_path, servers, version="v2", release=hang)
+    cfg = sample_app(live.tmp_path, live.servers, version="v2", release=hang)
     proc = _spawn_deploy(cfg, "--no-tui")
     try:
         _read_until(proc.stderr, "Running release command", [])
@@ -255,10 +255,10 @@ def test_ctrl_c_during_the_release_stops_it_and_aborts_everywhere(
         proc.kill()
     assert proc.returncode == 130, err
     assert "deploy interrupted" in err
-    child = int((app_dir(servers[0]) / "data" / "child.pid").read_text())
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
-    assert_untouched(servers, before, "v1")
-    deploy_ok(sample_app(tmp_path, servers, version="v3", release=RELEASE), servers, "v3")  # leases released
+    assert_gone(live.leader_data / "child.pid")
+    live.assert_untouched()
+    v3 = sample_app(live.tmp_path, live.servers, version="v3", release=RELEASE)
+    deploy_ok(v3, live.servers, "v3")  # the leases were released
 
 
 def test_json_events_tell_the_same_story_as_the_transcript(
