@@ -314,3 +314,29 @@ def test_set_on_a_terminal_uses_a_hidden_prompt_with_confirmation(laptop: Machin
     assert code == 0, shown
     assert "Remove DB_URL from env production?" in shown
     assert laptop.ok("ls", "--env", "production") == ""
+
+
+def test_a_machine_without_a_keyring_starts_an_env_with_key_new(tmp_path: Path) -> None:
+    """CI-only machines: `key new` gives a key; exported as the env var, set and get work with no keyring."""
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "tako.toml").write_text('name = "shop"\nstart = "x"\n[envs.production]\nservers = ["a"]\n')
+    env = {
+        **os.environ,
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        "TAKO_HOME": str(tmp_path),
+    }
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(TAKO), *args], cwd=project, env=env, input=stdin, capture_output=True, text=True, check=False
+        )
+
+    key = run("secrets", "key", "new")
+    assert key.returncode == 0, key.stderr
+    env["TAKO_SECRETS_KEY_PRODUCTION"] = key.stdout.strip()
+    assert run("secrets", "set", "API_TOKEN", stdin="tok-123456\n").returncode == 0
+    got = run("secrets", "get", "API_TOKEN")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "tok-123456\n"
+    assert "tok-123456" not in (project / ".tako" / "secrets.json").read_text()

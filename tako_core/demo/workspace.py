@@ -17,8 +17,7 @@ from pathlib import Path
 
 from tako_core.config import Server
 from tako_core.errors import BadInput
-from tako_core.secrets import SecretsStore, key_env_var
-from tako_core.secrets._crypto import export_key, new_key
+from tako_core.secrets import SecretsStore, key_env_var, new_exported_key
 
 WORKSPACE_PREFIX = "tako-demo-"
 APP = "hello"
@@ -72,7 +71,7 @@ def write_app(
         f"{failing}"
         f'\n[envs.{ENV}]\nroute = "{APP}.localhost"\nservers = [{names}]\n'
     )
-    environ = {key_env_var(ENV): export_key(new_key())}
+    environ = {key_env_var(ENV): new_exported_key()}
     store = SecretsStore.open(app, APP, environ=environ)
     store.set(ENV, SECRET_NAME, SECRET_VALUE)
     store.save()

@@ -12,7 +12,7 @@ import click
 
 from tako_core.config import AppConfig, default_env, load_config
 from tako_core.errors import BadInput
-from tako_core.secrets import SecretsStore, check_name, key_env_var
+from tako_core.secrets import SecretsStore, check_name, key_env_var, new_exported_key
 from tako_tui.commands.options import config_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,6 +158,12 @@ def key_export(config_path: Path, env: str | None) -> None:
     if sys.stdout.isatty():
         click.echo(f"the key of env {env}: whoever has it can read its secrets", err=True)
     click.echo(exported)
+
+
+@key.command("new")
+def key_new() -> None:
+    """Print a fresh key, for a machine without a keyring: export it as TAKO_SECRETS_KEY_<ENV>."""
+    click.echo(new_exported_key())
 
 
 @key.command("import")
