@@ -83,6 +83,7 @@ def report(results: list[tuple[int, Kind, list[dict[str, float]]]], rounds: int)
                 *(f"{median([r[k] for r in runs]):.2f}" for k in SHOWN),
                 *(f"{median([r[k] for r in runs]):.2f}" for k in CPU),
                 f"{median(cpu) / (os.cpu_count() or 1):.2f}",
+                f"{median(total) - median(cpu) / (os.cpu_count() or 1):.2f}",
             ]
         )
     return (
@@ -91,7 +92,19 @@ def report(results: list[tuple[int, Kind, list[dict[str, float]]]], rounds: int)
         + "CPU columns: CPU seconds used during one deploy by the client, by all agents (with the "
         "instances and commands they reaped), and by the SSH servers; the floor is their sum divided "
         f"by the {os.cpu_count()} cores: no scheduling could finish the deploy faster on this machine.\n\n"
-        + table(["servers", "SSH hosts", "total", "vs 1 server", *SHOWN, *CPU, "CPU floor s"], rows)
+        + table(
+            [
+                "servers",
+                "SSH hosts",
+                "total",
+                "vs 1 server",
+                *SHOWN,
+                *CPU,
+                "CPU floor s",
+                "total minus floor",
+            ],
+            rows,
+        )
     )
 
 
