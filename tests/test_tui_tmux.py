@@ -1,4 +1,4 @@
-"""`tako deploy` in a real terminal (tmux) against 3 real SSH servers: what a person sees.
+"""The console in a real terminal (tmux): `tako deploy` against 3 real SSH servers, `tako secrets edit`.
 
 The sample app's release command prints a line every half second, so the screen can be read while
 the leader runs it: three panels, one leader, two followers waiting, the output arriving line by line.
@@ -97,3 +97,61 @@ def test_tako_deploy_shows_the_leader_running_and_the_followers_waiting(
     while not status.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert status.read_text().strip() == "0"
+
+
+def test_tako_secrets_edit_round_trips_a_value_through_the_keyring(tmp_path: Path, tmux: Tmux) -> None:
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "tako.toml").write_text(
+        'name = "shop"\nstart = "python3 app.py"\n\n[envs.production]\nservers = ["s1"]\n'
+    )
+    ring = tmp_path / "keyring.json"
+    env = {
+        "PYTHONPATH": str(Path(__file__).parent),  # the file-backed keyring backend lives in tests/
+        "PYTHON_KEYRING_BACKEND": "secrets_file_keyring.FileKeyring",
+        "TAKO_TEST_KEYRING_FILE": str(ring),
+    }
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    tako = f"{shlex.quote(sys.executable)} -m tako_tui.cli secrets"
+    status = tmp_path / "exit-status"
+    edit = f"cd {shlex.quote(str(project))} && {exports} {tako} edit"
+    command = f"{edit}; echo $? > {shlex.quote(str(status))}; sleep 60"
+    tmux.run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command)
+    tmux.wait_for("the secrets screen", lambda s: "Environments" in s and "production" in s)
+
+    def keys(*keys: str) -> None:
+        for key in keys:
+            tmux.run("send-keys", "-t", "t", key)
+            time.sleep(0.15)  # a person's pace: each key lands where the previous one moved the focus
+
+    keys("a")
+    tmux.wait_for("the form", lambda s: "New secret in production" in s)
+    tmux.run("send-keys", "-t", "t", "-l", "API_TOKEN")
+    keys("Tab")
+    tmux.run("send-keys", "-t", "t", "-l", "tok-abc-987")
+    keys("Enter")
+    tmux.wait_for("the new name", lambda s: "API_TOKEN" in s and "unsaved" in s)
+    keys("s")
+    tmux.wait_for("the save", lambda s: "unsaved" not in s)
+    keys("q")
+    deadline = time.monotonic() + 15
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status.read_text().strip() == "0"
+
+    # Another process, the plain CLI, reads the value back with the key from the keyring.
+    got = subprocess.run(
+        [sys.executable, "-m", "tako_tui.cli", "secrets", "get", "API_TOKEN", "--env", "production"],
+        cwd=project,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert got.stdout.strip() == "tok-abc-987", got.stderr
+    assert ring.exists()
+    # Nothing decrypted reached the disk.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"tok-abc-987" not in path.read_bytes(), path
