@@ -1,4 +1,4 @@
-"""Screenshots of the console (deploy and secrets screens): SVG and PNG (rsvg-convert) into screenshots/.
+"""Screenshots of the console (deploy, secrets, releases screens): SVG and PNG, into screenshots/.
 
     .venv/bin/python scripts/screenshots.py            # write screenshots/*.svg and *.png
     .venv/bin/python scripts/screenshots.py --live     # run the scripted deploy in this terminal
@@ -29,10 +29,11 @@ from textual.pilot import Pilot
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tako_core.deploy.inspect import ServerView  # noqa: E402
 from tako_core.secrets import SecretsStore, key_env_var  # noqa: E402
 from tako_core.secrets._crypto import export_key  # noqa: E402  (fixed keys: identical shots every run)
-from tako_tui.app import DeployConsole, SecretsConsole, run_deploy_console  # noqa: E402
-from tests.tui_scenarios import ScriptedDeploy, WallClock, console, settle, until  # noqa: E402
+from tako_tui.app import DeployConsole, ReleasesConsole, SecretsConsole, run_deploy_console  # noqa: E402
+from tests.tui_scenarios import FakeClock, ScriptedDeploy, WallClock, console, settle, until  # noqa: E402
 
 OUT = ROOT / "screenshots"
 SECRETS = (
@@ -106,6 +107,27 @@ async def take_secrets(size: tuple[int, int] = (100, 28)) -> Path:
             os.chdir(cwd)
 
 
+async def take_releases(size: tuple[int, int] = (100, 28)) -> Path:
+    """The releases screen over what `inspect` would report for a 3-server env (one unreachable)."""
+    from tests.test_tui_releases import Rollbacks, server
+
+    views = [
+        server("web-1", "3f2a9c1", ["3f2a9c1", "b71e004", "9c0d2aa"]),
+        server("web-2", "3f2a9c1", ["3f2a9c1", "b71e004"], up=1),
+        ServerView(server="web-3", error="connection refused"),
+    ]
+
+    async def load() -> list[ServerView]:
+        return views
+
+    app = ReleasesConsole(load, Rollbacks(), title="shop → production", clock=FakeClock())
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: bool(app.releases_screen.views))
+        await pilot.press("down")
+        await pilot.pause()
+        return Path(app.save_screenshot(filename="releases.svg", path=str(OUT)))
+
+
 def for_rsvg(svg: str) -> str:
     """Textual's SVG as rsvg renders it faithfully (browsers render both the same).
 
@@ -157,7 +179,8 @@ def main() -> None:
         return
     OUT.mkdir(exist_ok=True)
     converter = rsvg_convert()
-    svgs = [asyncio.run(take(shot)) for shot in SHOTS] + [asyncio.run(take_secrets())]
+    svgs = [asyncio.run(take(shot)) for shot in SHOTS]
+    svgs += [asyncio.run(take_secrets()), asyncio.run(take_releases())]
     for svg in svgs:
         png = to_png(svg, converter)
         print(f"{svg.relative_to(ROOT)}  {png.relative_to(ROOT)}")
