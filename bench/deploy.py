@@ -116,9 +116,11 @@ async def measured_tako(fleet: BenchFleet, version: str, result: SizeResult, sam
     result.agent_peak_kb.append(sampler.peak)
 
 
-async def measure(count: int, rounds: int) -> SizeResult:
+async def measure(count: int, rounds: int, tako_src: str | None) -> SizeResult:
     result = SizeResult(count)
     with bench_fleet(count) as fleet:
+        if tako_src:
+            fleet.env["PYTHONPATH"] = tako_src
         app = make_app(fleet.workdir / "app", fleet.servers).parent
         baseline = Baseline(fleet.servers, app, fleet.workdir / "baseline-cache")
         sampler = RssSampler(fleet)
@@ -225,14 +227,19 @@ async def main() -> None:
     parser.add_argument("--servers", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    parser.add_argument(
+        "--tako-src",
+        help="run the tako client (and so the agent it installs) from this source tree, e.g. a copy "
+        "with a proposed patch; implies --no-write",
+    )
     args = parser.parse_args()
-    results = [await measure(count, args.rounds) for count in args.servers]
+    results = [await measure(count, args.rounds, args.tako_src) for count in args.servers]
     body = report(results, args.rounds)
     sizes = " ".join(map(str, args.servers))
     command = f".venv/bin/python bench/deploy.py --servers {sizes} --rounds {args.rounds}"
     header = f"{machine()}. Reproduce: `{command}`.\n\n"
     print(header + body)
-    if not args.no_write:
+    if not args.no_write and not args.tako_src:
         write_section("Deploy", header + body)
 
 
