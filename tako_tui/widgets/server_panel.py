@@ -159,7 +159,7 @@ class ServerPanel(Widget, can_focus=True):
         for phase in SERVER_PHASES:
             state = view.phase_state(phase)
             out.append(glyph(state, now) + " ", STATE_STYLE[state])
-        current = view.current
+        current = None if view.complete else view.current  # all done: the outcome on the right says it
         if current is not None:
             out.append(f" {current.phase.value}", NAME_STYLE[current.state] or "bold")
             words = view.note(current.phase) or view.info(current.phase)
