@@ -17,6 +17,7 @@ import pytest
 
 from tako_core.agent import client as client_module
 from tako_core.agent.client import AgentClient, AgentReplyError, LeaseHeld, RunResult
+from tako_core.agent.layout import upload_name
 from tako_core.errors import TransportError
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 
@@ -411,3 +412,32 @@ async def test_a_silent_socket_is_not_an_agent(tmp_path: Path, monkeypatch: pyte
         server.close()
         for writer in held:
             writer.close()
+
+
+async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentProcess) -> None:
+    """An aborting client cleans up while the agent still installs that build: nothing may survive."""
+    installing, cleaning = await agent.client(), await agent.client()
+    try:
+        upload = f"{upload_name('race', 'prod', 'r1')}.tar.zst"
+        pack(agent.root / "uploads" / upload, "r1")
+        pid_file = agent.root / "install.pid"
+        install = f"echo $$ > {pid_file}; exec sleep 60"
+        preparing = asyncio.ensure_future(
+            installing.prepare("race", "prod", "r1", upload, install, {}, {}, lambda _: None)
+        )
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        await cleaning.cleanup("race", "prod", "r1")
+        assert time.monotonic() - started < 10
+        with pytest.raises(AgentReplyError, match="stopped by a cleanup"):
+            await preparing
+        assert not (agent.root / "apps/race/prod/releases/r1").exists()
+        assert not list((agent.root / "uploads").glob("race-prod-r1.*"))
+        install_pid = int(pid_file.read_text())
+        assert not os.path.exists(f"/proc/{install_pid}")
+    finally:
+        await installing.close()
+        await cleaning.close()

@@ -15,7 +15,8 @@ from tako_core.events import (
     State,
     UploadProgress,
 )
-from tako_tui.widgets.look import duration, progress, size
+from tako_core.units import progress, size
+from tako_tui.widgets.look import duration
 from tako_tui.widgets.model import DeployModel
 
 SERVERS = ("s1", "s2")

@@ -57,8 +57,13 @@ class Head:
     )
 
     def __init__(
-        self, headers: Headers, minor: int, method: bytes = b"", target: bytes = b"",
-        status: int = 0, reason: bytes = b"",
+        self,
+        headers: Headers,
+        minor: int,
+        method: bytes = b"",
+        target: bytes = b"",
+        status: int = 0,
+        reason: bytes = b"",
     ) -> None:
         self.headers = headers
         self.minor = minor
@@ -143,6 +148,7 @@ class Backend(Protocol):
 
 # --- httptools (llhttp) ---------------------------------------------------------------------------
 
+
 class _LlhttpBase:
     """Shared callback plumbing; an exception raised in a callback is kept and re-raised by feed."""
 
@@ -214,7 +220,7 @@ class _LlhttpRequestParser(_LlhttpBase):
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._done = True
-            self.events.append((UPGRADE, data[e.args[0]:]))
+            self.events.append((UPGRADE, data[e.args[0] :]))
         except httptools.HttpParserError as e:
             if self._error is not None:
                 raise self._error from None
@@ -246,8 +252,9 @@ class _LlhttpResponseParser(_LlhttpBase):
 
     def on_headers_complete(self) -> None:
         status = self._p.get_status_code()
-        head = Head(self._headers, 0 if self._p.get_http_version() == "1.0" else 1,
-                    status=status, reason=self._reason)
+        head = Head(
+            self._headers, 0 if self._p.get_http_version() == "1.0" else 1, status=status, reason=self._reason
+        )
         self._in_head = False
         try:
             _analyze(head, False)
@@ -286,7 +293,7 @@ class _LlhttpResponseParser(_LlhttpBase):
             if not self._upgrade or self._p.get_status_code() != 101:
                 raise ParseError(502, "upstream switched protocols unasked") from None
             self._done = True
-            self.events.append((UPGRADE, data[e.args[0]:]))
+            self.events.append((UPGRADE, data[e.args[0] :]))
         except httptools.HttpParserError as e:
             if self._error is not None:
                 raise self._error from None

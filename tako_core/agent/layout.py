@@ -131,3 +131,8 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def upload_name(app: str, env: str, build: str) -> str:
+    """The stem of an uploaded artifact in `uploads/` (the client adds the codec's suffix)."""
+    return f"{app}-{env}-{build}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from tako_core.agent import procs
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.extract import extract
-from tako_core.agent.layout import AppLayout
+from tako_core.agent.layout import AppLayout, upload_name
 from tako_core.agent.protocol import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError
 from tako_core.mask import Masker
 
@@ -54,8 +54,13 @@ async def prepare(
     if layout.current_build() == build:
         raise ProtocolError(FAILED, f"{build} is current but incomplete; refusing to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build}-", dir=layout.releases))
+    extracting = asyncio.ensure_future(asyncio.to_thread(extract, upload, tmp))
     try:
-        await asyncio.to_thread(extract, upload, tmp)
+        try:
+            await asyncio.shield(extracting)
+        except asyncio.CancelledError:
+            await asyncio.wait([extracting])  # a thread cannot be stopped: let it end before the rmtree
+            raise
         (tmp / COMPLETE).unlink(missing_ok=True)  # only the agent writes the marker
         if target.exists():
             await asyncio.to_thread(shutil.rmtree, target)  # a partial earlier attempt
@@ -105,8 +110,10 @@ async def run_install(
         )
 
 
-def cleanup(layout: AppLayout, build: str) -> bool:
-    """Remove releases/<build> (the caller checked it is neither current nor running)."""
+def cleanup(layout: AppLayout, uploads: Path, build: str) -> bool:
+    """Remove releases/<build> and any upload of it (the caller checked it is neither current nor running)."""
+    for upload in uploads.glob(f"{upload_name(layout.base.parent.name, layout.base.name, build)}.*"):
+        upload.unlink(missing_ok=True)
     target = layout.release(build)
     if not target.exists():
         return False

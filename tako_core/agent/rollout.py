@@ -14,8 +14,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from tako_core.agent import health, procs, releases
 from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec, OutputLog
@@ -54,20 +55,44 @@ class AppRuntime:
         self.router = router
         self.key = f"{app}/{env}"
         self._lock = asyncio.Lock()
+        self._prepare: tuple[str, asyncio.Task[None]] | None = None
+        self._prepare_stopped = False  # set by stop_preparing: that cancellation is a cleanup's
         self.instances: list[Instance] = []
         self.output = OutputLog(layout.instance_log)
         self.state: AppState | None = self._load_state()
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, what: str) -> AsyncIterator[None]:
+    async def exclusive(self, what: str, *, wait: bool = False) -> AsyncIterator[None]:
         """One change (prepare, rollout, finalize, ...) at a time; a second one is refused, not queued:
-        queued behind a rollout it would act on a state its sender never saw."""
-        if self._lock.locked():
+        queued behind a rollout it would act on a state its sender never saw. Only a cleanup, which
+        never touches what is current or running, may `wait` its turn."""
+        if self._lock.locked() and not wait:
             raise ProtocolError(
                 BUSY, f"{self.key} is busy; {what} refused", hint="retry when it has finished"
             )
         async with self._lock:
             yield
+
+    async def preparing(self, build: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run a prepare of `build` that `stop_preparing` can stop."""
+        task = asyncio.ensure_future(work)
+        self._prepare = (build, task)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not self._prepare_stopped:
+                raise  # the agent itself is stopping
+            raise ProtocolError(FAILED, f"the prepare of {build} was stopped by a cleanup") from None
+        finally:
+            self._prepare = None
+            self._prepare_stopped = False
+
+    async def stop_preparing(self, build: str) -> None:
+        if self._prepare is not None and self._prepare[0] == build:
+            task = self._prepare[1]
+            self._prepare_stopped = True
+            task.cancel()
+            await asyncio.wait([task])
 
     def _load_state(self) -> AppState | None:
         try:

@@ -315,8 +315,15 @@ def _status_line(status: int) -> bytes:
 class Router:
     """HTTP/1.1 reverse proxy routing by Host to the upstreams given by `set_route`."""
 
-    def __init__(self, host: str, port: int, *, backend: str | None = None, max_head: int = MAX_HEAD,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        backend: str | None = None,
+        max_head: int = MAX_HEAD,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self._host = host
         self._port = port
         self._backend = select_backend(backend)
@@ -529,8 +536,10 @@ class Router:
             body, length = b"", len(body)
         else:
             length = len(body)
-        client.write(b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n%s" % (
-            _status_line(status), length, conn, body))
+        client.write(
+            b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (_status_line(status), length, conn, body)
+        )
 
     async def _refuse(self, client: _Conn, reqs: _Requests, req: Head, status: int, text: str) -> bool:
         # An unread body would be taken for the next request: close instead of reading it.
@@ -566,8 +575,9 @@ class Router:
             self._begin(current)
             try:
                 xhead = self._request_head(req, peer, trusted, current, False)
-                return await self._forward(client, reqs, req, xhead, current, has_body,
-                                           replayable and attempt == 0)
+                return await self._forward(
+                    client, reqs, req, xhead, current, has_body, replayable and attempt == 0
+                )
             except _Stale:
                 current.close_idle()  # its siblings are likely stale too (e.g. the app restarted)
                 continue  # same upstream, fresh connection
@@ -605,8 +615,7 @@ class Router:
         loop = asyncio.get_running_loop()
         up = state.upstream
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(_Conn, up.host, up.port), CONNECT_TIMEOUT)
+            _, conn = await asyncio.wait_for(loop.create_connection(_Conn, up.host, up.port), CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as e:  # noqa: UP041 - not the builtin before 3.11
             log.warning("router: cannot connect to %s:%s: %s", up.host, up.port, e)
             raise _ConnectFailed from None
@@ -618,8 +627,16 @@ class Router:
         else:
             conn.close()
 
-    async def _forward(self, client: _Conn, reqs: _Requests, req: Head, xhead: bytes,
-                       state: _UpstreamState, has_body: bool, may_retry: bool) -> bool:
+    async def _forward(
+        self,
+        client: _Conn,
+        reqs: _Requests,
+        req: Head,
+        xhead: bytes,
+        state: _UpstreamState,
+        has_body: bool,
+        may_retry: bool,
+    ) -> bool:
         up = self._pooled(state)
         reused = up is not None
         if up is None:
@@ -640,8 +657,9 @@ class Router:
         finally:
             self._checkin(state, up, clean)
 
-    def _request_head(self, req: Head, peer: bytes, trusted: bool, state: _UpstreamState,
-                      upgrade: bool) -> bytes:
+    def _request_head(
+        self, req: Head, peer: bytes, trusted: bool, state: _UpstreamState, upgrade: bool
+    ) -> bytes:
         lines = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
         drop = _HOP_BY_HOP | req.conn_tokens if req.conn_tokens else _HOP_BY_HOP
         xff = b""
@@ -729,8 +747,9 @@ class Router:
         lines.append(b"\r\n")
         return b"".join(lines), mode, keep
 
-    async def _relay(self, client: _Conn, up: _Conn, req: Head, may_retry: bool,
-                     upgrade: bool) -> tuple[bool, bool, bytes | None]:
+    async def _relay(
+        self, client: _Conn, up: _Conn, req: Head, may_retry: bool, upgrade: bool
+    ) -> tuple[bool, bool, bytes | None]:
         """Stream the upstream's response to the client. Returns (client keep-alive, upstream connection
         reusable, bytes after a 101 or None)."""
         parser = self._backend.response_parser(req.method, upgrade, self._max_head)
@@ -782,15 +801,17 @@ class Router:
             if done:
                 assert resp is not None
                 reusable = resp.keep_alive and (
-                    mode == _NO_BODY or resp.content_length is not None or resp.chunked)
+                    mode == _NO_BODY or resp.content_length is not None or resp.chunked
+                )
                 return keep, reusable, None
             if not data:
                 raise _UpstreamFailed(started, "upstream closed the connection inside a response")
             up.quickack()
             await client.drain()
 
-    async def _tunnel(self, client: _Conn, reqs: _Requests, req: Head, route: _Route, peer: bytes,
-                      trusted: bool) -> bool:
+    async def _tunnel(
+        self, client: _Conn, reqs: _Requests, req: Head, route: _Route, peer: bytes, trusted: bool
+    ) -> bool:
         """An upgrade: forward the handshake, and after the upstream's 101 splice the two sockets."""
         await reqs.next()  # END
         ev = await reqs.next()

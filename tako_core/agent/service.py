@@ -151,14 +151,17 @@ class Agent:
         upload = releases.resolve_upload(self.layout.uploads, p.str("upload"))
         env, masker = self._env(runtime, build, p)
         async with runtime.exclusive("prepare"):
-            await releases.prepare(
-                runtime.layout,
+            await runtime.preparing(
                 build,
-                upload,
-                p.opt_str("install"),
-                env,
-                masker,
-                lambda line: emit("output", {"line": clip(line)}),
+                releases.prepare(
+                    runtime.layout,
+                    build,
+                    upload,
+                    p.opt_str("install"),
+                    env,
+                    masker,
+                    lambda line: emit("output", {"line": clip(line)}),
+                ),
             )
         return {}
 
@@ -198,12 +201,14 @@ class Agent:
 
     async def cleanup(self, p: Params, emit: Emit) -> dict[str, Any]:
         runtime, build = self.runtime(p), p.name("build")
-        async with runtime.exclusive("cleanup"):
+        # An aborting client may still have this build's prepare running here: stop it, then queue.
+        await runtime.stop_preparing(build)
+        async with runtime.exclusive("cleanup", wait=True):
             if any(i.spec.build == build for i in runtime.instances):
                 return {"removed": False, "kept": f"{build} has running instances"}
             if runtime.layout.current_build() == build:
                 return {"removed": False, "kept": f"{build} is the current release"}
-            removed = await asyncio.to_thread(releases.cleanup, runtime.layout, build)
+            removed = await asyncio.to_thread(releases.cleanup, runtime.layout, self.layout.uploads, build)
         return {"removed": removed}
 
     async def rollout(self, p: Params, emit: Emit) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tako_core.events import (
     State,
 )
 from tako_core.mask import Masker
+from tako_core.units import size
 
 PRODUCTION_ENVS = frozenset({"production", "prod"})
 CLEANUP_TIMEOUT = 60.0
@@ -173,7 +174,7 @@ class _Deploy:
             self.build = artifact.build
             self.sink(ArtifactBuilt(build=artifact.build, size=artifact.size, cached=artifact.cached))
             cached = ", cached" if artifact.cached else ""
-            done["detail"] = f"{artifact.build} ({_size(artifact.size)}{cached})"
+            done["detail"] = f"{artifact.build} ({size(artifact.size)}{cached})"
         return artifact
 
     async def _pack(self, codec: str) -> Artifact:
@@ -227,7 +228,7 @@ class _Deploy:
             return
         with self._phase(name, Phase.UPLOAD) as done:
             upload_path = await session.upload(artifact)
-            done["detail"] = _size(artifact.size)
+            done["detail"] = size(artifact.size)
         with self._phase(name, Phase.INSTALL):
             await session.install(artifact.build, upload_path)
 
@@ -248,8 +249,8 @@ class _Deploy:
         try:
             result = await leader.run_release(self.build, command)
         except TakoError as err:
-            self.sink(GateFailed(leader=leader.name, reason=self.mask(err.message)))
             self.board.set(leader.name, Phase.RELEASE, State.FAILED, error=self.mask(err.message))
+            self.sink(GateFailed(leader=leader.name, reason=self.mask(err.message)))
             raise
         if result.exit_code == 0 and not result.timed_out:
             self.sink(GateOpened(leader=leader.name))
@@ -263,12 +264,12 @@ class _Deploy:
             reason = "was stopped"
         else:
             reason = f"exited with code {result.exit_code}"
+        self.board.set(leader.name, Phase.RELEASE, State.FAILED, error=f"release command {reason}")
         self.sink(
             GateFailed(
                 leader=leader.name, reason=reason, exit_code=result.exit_code, timed_out=result.timed_out
             )
         )
-        self.board.set(leader.name, Phase.RELEASE, State.FAILED, error=f"release command {reason}")
         raise DeployFailed(f"the release command on {leader.name} {reason}")
 
     # -- abort ---------------------------------------------------------------------------------
@@ -382,15 +383,6 @@ def _root_cause(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(leaf, asyncio.CancelledError):
             return leaf
     return leaves[0]
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def _duration(seconds: float) -> str:

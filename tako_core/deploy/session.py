@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tako_core.agent.client import AgentClient, RunResult
+from tako_core.agent.layout import upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import AgentError, TransportError
@@ -76,7 +77,9 @@ class ServerSession:
 
     async def upload(self, artifact: Artifact) -> str:
         assert self._conn is not None
-        remote = f"{self.server.root}/uploads/{self._target.app}-{self._target.env}-{artifact.path.name}"
+        # Named so the agent's cleanup of this build finds a half-finished upload too.
+        name = upload_name(*self._app_env, artifact.build) + "".join(artifact.path.suffixes[-2:])
+        remote = f"{self.server.root}/uploads/{name}"
         step = max(artifact.size // 50, 1)
         last = -step
 

@@ -27,8 +27,7 @@ from tako_core.events import (
     State,
     UploadProgress,
 )
-
-from .look import progress, size
+from tako_core.units import progress, size
 
 SHORT_DETAIL = 16  # a done phase's detail up to this long shows beside it
 
