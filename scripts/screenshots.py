@@ -1,17 +1,16 @@
-"""Screenshots of the console (deploy, secrets, releases screens): SVG and PNG, into screenshots/.
+"""Screenshots of the console (deploy, secrets, releases screens) from real runs, as SVG and PNG.
 
-    .venv/bin/python scripts/screenshots.py            # write screenshots/*.svg and *.png
-    .venv/bin/python scripts/screenshots.py --live     # run the scripted deploy in this terminal
-    .venv/bin/python scripts/screenshots.py --live --fail
+    .venv/bin/python scripts/screenshots.py
 
-For now the deploys are scripted (tests/tui_scenarios.py: the same events the core emits, on a frozen
-clock); the shots are therefore identical on every run. `--live` paces the same script in real time,
-for watching it (e.g. under tmux). rsvg-convert comes from Debian's librsvg2-bin, installed when missing.
+Every deploy shot is a real deploy: the demo's fleet (`tako_core.demo`: in-process SSH servers on
+127.0.0.x with real agents, a sample app whose release command migrates one SQLite database) deployed
+in a `DeployConsole` under Pilot, and saved at the moment the shot is named after. Build ids and
+durations therefore differ between runs; the snapshot tests (scripted, on a frozen clock) are the
+deterministic record. rsvg-convert comes from Debian's librsvg2-bin, installed when missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import re
@@ -19,23 +18,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from textual.pilot import Pilot
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tako_core.deploy.inspect import ServerView  # noqa: E402
-from tako_core.secrets import SecretsStore, key_env_var  # noqa: E402
-from tako_core.secrets._crypto import export_key  # noqa: E402  (fixed keys: identical shots every run)
-from tako_tui.app import DeployConsole, ReleasesConsole, SecretsConsole, run_deploy_console  # noqa: E402
-from tests.tui_scenarios import FakeClock, ScriptedDeploy, WallClock, console, settle, until  # noqa: E402
+from tako_core.config import load_config  # noqa: E402
+from tako_core.demo import APP, ENV, Demo  # noqa: E402
+from tako_core.deploy.inspect import inspect  # noqa: E402
+from tako_core.events import WAITING_FOR_RELEASE, ArtifactBuilt, Event, Phase, State  # noqa: E402
+from tako_core.secrets import SecretsStore, key_env_var, new_exported_key  # noqa: E402
+from tako_tui.app import DeployConsole, ReleasesConsole, SecretsConsole  # noqa: E402
+from tako_tui.commands.releases import rollback_job  # noqa: E402
+from tako_tui.screens.deploy import DeployScreen  # noqa: E402
+from tests.tui_scenarios import settle, until  # noqa: E402
 
 OUT = ROOT / "screenshots"
+TITLE = f"{APP} → {ENV}"
+ATTEMPTS = 3  # a mid-release moment lasts ~2 s: a very slow machine may miss it once
+REACH_RELEASE = 60.0  # seconds: demo start, build, connect, upload, install
+FINISH = 90.0  # seconds: a whole demo deploy takes ~6
+# The migration's second step (sample-app/migrate.py): its output has been streaming for a while.
+MIGRATION_STEP = "2/3"
 SECRETS = (
     ("production", "DATABASE_URL", "postgres://shop:hunter2@db.internal/shop"),
     ("production", "SENTRY_DSN", "https://4f1c@o1.ingest.sentry.io/77"),
@@ -43,61 +50,168 @@ SECRETS = (
     ("production", "SMTP_PASSWORD", "mail-pass-123"),
     ("staging", "DATABASE_URL", "postgres://shop:staging@db.staging/shop"),
 )
+SECRETS_TOML = """name = "shop"
+start = "python3 app.py"
+
+[envs.production]
+servers = ["web-1", "web-2", "web-3"]
+
+[envs.staging]
+servers = ["staging-1"]
+"""
+
+
+class MomentMissed(Exception):
+    """The moment a shot waits for passed before the screen was captured."""
+
+
+def mid_release(screen: DeployScreen) -> bool:
+    """The leader runs the release command (its output streaming) while both followers wait."""
+    panels = screen.panels
+    leaders = [p for p in panels if p.role == "leader"]
+    followers = [p for p in panels if p.role == "follower"]
+    return (
+        len(leaders) == 1
+        and len(followers) == 2
+        and leaders[0].phase_state(Phase.RELEASE) is State.RUNNING
+        and all(
+            f.phase_state(Phase.RELEASE) is State.WAITING and WAITING_FOR_RELEASE in f.plain
+            for f in followers
+        )
+        and any(MIGRATION_STEP in line for line in screen.output.lines_of(leaders[0].server))
+    )
+
+
+def deployed(screen: DeployScreen) -> bool:
+    finished = screen.model.finished
+    return finished is not None and finished.ok
+
+
+def release_failed(screen: DeployScreen) -> bool:
+    finished = screen.model.finished
+    leaders = [p for p in screen.panels if p.role == "leader"]
+    return (
+        finished is not None
+        and finished.exit_code == 1
+        and len(leaders) == 1
+        and leaders[0].phase_state(Phase.RELEASE) is State.FAILED
+    )
 
 
 @dataclass(frozen=True)
 class Shot:
     name: str
     size: tuple[int, int]
-    scenario: Callable[[], ScriptedDeploy]
-    ready: str  # "release": the leader runs it, followers wait; "end": the deploy is over
+    moment: Callable[[DeployScreen], bool]
+    fail_release: bool = False
 
 
 SHOTS = (
-    Shot("deploy-mid-release", (120, 40), lambda: ScriptedDeploy(hold_at="release"), "release"),
-    Shot("deploy-mid-release-80x24", (80, 24), lambda: ScriptedDeploy(hold_at="release"), "release"),
-    Shot("deploy-success", (120, 40), ScriptedDeploy, "end"),
-    Shot("deploy-failed-release", (120, 40), lambda: ScriptedDeploy(fail_release=True), "end"),
+    Shot("deploy-mid-release", (120, 40), mid_release),
+    Shot("deploy-mid-release-80x24", (80, 24), mid_release),
+    Shot("deploy-success", (120, 40), deployed),
+    Shot("deploy-failed-release", (120, 40), release_failed, fail_release=True),
 )
 
 
 async def take(shot: Shot) -> Path:
-    scenario = shot.scenario()
-    app = console(scenario)
-    async with app.run_test(size=shot.size) as pilot:
-        await wait_until_ready(app, pilot, scenario, shot.ready)
-        path = Path(app.save_screenshot(filename=f"{shot.name}.svg", path=str(OUT)))
-        scenario.go.set()
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await take_once(shot)
+        except MomentMissed as missed:
+            print(f"{shot.name}: missed the moment, {missed} (attempt {attempt})", file=sys.stderr)
+    raise SystemExit(f"{shot.name}: missed its moment {ATTEMPTS} times")
+
+
+async def take_once(shot: Shot) -> Path:
+    """One real deploy of the demo app to 3 servers, saved when `shot.moment` holds on the screen."""
+    with Demo(3, fail_release=shot.fail_release) as demo:
+        demo.start()
+        app = DeployConsole(demo.deploy, title=TITLE)
+        async with app.run_test(size=shot.size) as pilot:
+            screen = app.deploy_screen
+
+            def reached() -> bool:
+                app.bridge.flush()
+                return shot.moment(screen) or not app.running
+
+            await until(pilot, reached, within=REACH_RELEASE)
+            await settle(app, pilot)
+            if not shot.moment(screen):
+                raise MomentMissed(f"the deploy is {screen.model.overall()}")
+            path = Path(app.save_screenshot(filename=f"{shot.name}.svg", path=str(OUT)))
+            # The deploy ends by itself (a mid-release shot lets it finish) before the fleet stops.
+            await until(pilot, lambda: not app.running, within=FINISH)
     return path
 
 
-async def wait_until_ready(
-    app: DeployConsole, pilot: Pilot[Any], scenario: ScriptedDeploy, ready: str
-) -> None:
-    await pilot.pause()
-    if ready == "release":
-        await asyncio.wait_for(scenario.reached.wait(), 10)
-    else:
-        await until(pilot, lambda: not app.running, within=10)
-    await settle(app, pilot)
+class Declined:
+    """The prompter of the script's headless deploys: nobody answers, every question is a no."""
+
+    async def confirm(self, question: str) -> bool:
+        return False
+
+
+async def take_releases(size: tuple[int, int] = (100, 28)) -> Path:
+    """The releases screen after two real deploys (the app changed in between: two builds kept)."""
+    with Demo(3) as demo:
+        target = demo.start()
+        builds: list[str] = []
+
+        def record(event: Event) -> None:  # headless: only the build id matters here
+            if isinstance(event, ArtifactBuilt):
+                builds.append(event.build)
+
+        for _ in range(2):
+            finished = await demo.deploy(record, Declined())
+            if not finished.ok:
+                raise SystemExit(f"releases: a demo deploy failed: {finished.error}")
+            assert demo.workspace is not None
+            with (demo.workspace / "app" / "server.py").open("a") as source:
+                source.write("# a change: the next deploy is a new build\n")
+        app = ReleasesConsole(lambda: inspect(target), rollback_job(target), title=TITLE)
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: bool(app.releases_screen.views), within=REACH_RELEASE)
+            await pilot.press("down")  # the previous build: the one a rollback would go back to
+            await pilot.pause()
+            if app.releases_screen.selected != builds[0]:
+                raise SystemExit(
+                    f"releases: expected {builds[0]} selected, got {app.releases_screen.selected}"
+                )
+            return Path(app.save_screenshot(filename="releases.svg", path=str(OUT)))
+
+
+@contextmanager
+def exported_keys(envs: tuple[str, ...]) -> Iterator[None]:
+    """Fresh keys in TAKO_SECRETS_KEY_<ENV>, as CI passes them (no keyring), for the run only."""
+    names = [key_env_var(env) for env in envs]
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: new_exported_key() for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 async def take_secrets(size: tuple[int, int] = (100, 28)) -> Path:
-    """The secrets screen over a throwaway project whose keys come from fixed TAKO_SECRETS_KEY_* values."""
-    environ = {
-        key_env_var(env): export_key(bytes([n]) * 32) for n, env in enumerate(("production", "staging"), 1)
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        store = SecretsStore.open(Path(tmp), "shop", environ=environ)
+    """The secrets screen over a throwaway project, opened as `tako secrets edit` opens it."""
+    with tempfile.TemporaryDirectory() as tmp, exported_keys(("production", "staging")):
+        project = Path(tmp)
+        (project / "tako.toml").write_text(SECRETS_TOML)
+        store = SecretsStore.open(project, "shop")
         for env, name, value in SECRETS:
             store.set(env, name, value)
         store.save()
+        config = load_config(project / "tako.toml")
         cwd = Path.cwd()
-        os.chdir(tmp)  # the header shows .tako/secrets.json relative to the project
+        os.chdir(project)  # the header shows .tako/secrets.json relative to the project
         try:
-            app = SecretsConsole(
-                SecretsStore.open(Path(tmp), "shop", environ=environ), ["production", "staging"]
-            )
+            reopened = SecretsStore.open(project, config.name)
+            app = SecretsConsole(reopened, sorted({*config.envs, *reopened.envs()}))
             async with app.run_test(size=size) as pilot:
                 await pilot.pause()
                 await pilot.press("down", "r")  # reveal one value; the others stay hidden
@@ -105,27 +219,6 @@ async def take_secrets(size: tuple[int, int] = (100, 28)) -> Path:
                 return Path(app.save_screenshot(filename="secrets.svg", path=str(OUT)))
         finally:
             os.chdir(cwd)
-
-
-async def take_releases(size: tuple[int, int] = (100, 28)) -> Path:
-    """The releases screen over what `inspect` would report for a 3-server env (one unreachable)."""
-    from tests.test_tui_releases import Rollbacks, server
-
-    views = [
-        server("web-1", "3f2a9c1", ["3f2a9c1", "b71e004", "9c0d2aa"]),
-        server("web-2", "3f2a9c1", ["3f2a9c1", "b71e004"], up=1),
-        ServerView(server="web-3", error="connection refused"),
-    ]
-
-    async def load() -> list[ServerView]:
-        return views
-
-    app = ReleasesConsole(load, Rollbacks(), title="shop → production", clock=FakeClock())
-    async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: bool(app.releases_screen.views))
-        await pilot.press("down")
-        await pilot.pause()
-        return Path(app.save_screenshot(filename="releases.svg", path=str(OUT)))
 
 
 def for_rsvg(svg: str) -> str:
@@ -163,20 +256,9 @@ def to_png(svg: Path, converter: str) -> Path:
     return png
 
 
-def live(fail: bool) -> None:
-    scenario = ScriptedDeploy(clock=WallClock(), fail_release=fail, pace=0.4)
-    finished = run_deploy_console(scenario, title="shop → production")
-    print(finished)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--live", action="store_true", help="run the scripted deploy in this terminal")
-    parser.add_argument("--fail", action="store_true", help="with --live: the release command fails")
-    args = parser.parse_args()
-    if args.live:
-        live(args.fail)
-        return
+    if len(sys.argv) > 1:
+        raise SystemExit(__doc__)
     OUT.mkdir(exist_ok=True)
     converter = rsvg_convert()
     svgs = [asyncio.run(take(shot)) for shot in SHOTS]

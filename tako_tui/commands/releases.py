@@ -1,4 +1,7 @@
-"""`tako status` and `tako releases ls|rollback`: what runs where, and going back to a kept release."""
+"""`tako status` and `tako releases [ls|rollback]`: what runs where, and going back to a kept release.
+
+`tako releases` alone opens the releases screen on a terminal (and lists, like `ls`, elsewhere).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,14 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
+from tako_core.config import ResolvedEnv
 from tako_core.deploy import DeployOptions, needs_confirmation
 from tako_core.deploy.inspect import ServerView, inspect
 from tako_core.deploy.rollback import rollback
@@ -19,7 +24,7 @@ from tako_core.errors import BadInput
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_tui.commands.deploy import holder
-from tako_tui.commands.frontend import on_terminal, run_job
+from tako_tui.commands.frontend import Job, on_terminal, run_job
 from tako_tui.commands.options import config_option, load_target
 
 env_option = click.option("-e", "--env", "env_name", help="The environment (default: the only one).")
@@ -70,9 +75,59 @@ def _status_line(view: ServerView) -> str:
     return line
 
 
-@click.group("releases")
-def releases() -> None:
-    """The releases each server keeps, and rolling back to one."""
+@click.group("releases", invoke_without_command=True)
+@config_option
+@env_option
+@click.pass_context
+def releases(ctx: click.Context, config_path: Path, env_name: str | None) -> None:
+    """The releases each server keeps, and rolling back to one.
+
+    Without a subcommand: on a terminal, the releases screen (status, kept releases, rollback after a
+    confirmation); otherwise the same as `releases ls`.
+    """
+    if ctx.invoked_subcommand is not None:
+        _hand_down(ctx, config_path=config_path, env_name=env_name)
+        return
+    if not on_terminal():
+        ctx.invoke(releases_ls, config_path=config_path, env_name=env_name, as_json=False)
+        return
+    target = load_target(config_path, env_name)
+    from tako_tui.app import run_releases_console  # Textual loads only when a screen is shown
+
+    finished = run_releases_console(
+        lambda: inspect(target), rollback_job(target), title=f"{target.app} → {target.env}"
+    )
+    sys.exit(finished.exit_code if finished is not None else 0)
+
+
+def _hand_down(ctx: click.Context, **given: object) -> None:
+    """`tako releases -e staging ls` means `tako releases ls -e staging`: options the user gave the
+    group become the subcommand's defaults (its own options still win)."""
+    explicit = {
+        name: value
+        for name, value in given.items()
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+    if explicit and ctx.invoked_subcommand is not None:
+        ctx.default_map = {ctx.invoked_subcommand: explicit}
+
+
+def rollback_job(target: ResolvedEnv) -> Callable[[str], Job]:
+    """The releases screen's rollback: confirmed on the screen, so the core does not ask again.
+
+    The secrets are read only once a rollback starts: looking at the releases needs no key."""
+
+    def job_for(build: str) -> Job:
+        async def job(sink: EventSink, prompter: Prompter) -> DeployFinished:
+            secrets = await asyncio.to_thread(
+                load_env_secrets, target.config_path.parent, target.app, target.env
+            )
+            options = DeployOptions(holder=holder(), confirmed=True)
+            return await rollback(target, build, secrets=secrets, sink=sink, options=options)
+
+        return job
+
+    return job_for
 
 
 @releases.command("ls")
