@@ -38,10 +38,11 @@ START = "export BENCH_T0=$(date +%s.%N); exec python3 app.py"
 RELEASE = "python3 release.py"
 
 _APP_PY = '''\
-"""The bench app: GET anything -> "<version>\\n"; records when it is ready to serve."""
+"""The bench app: GET anything -> "<version> <port>\\n"; records when it is ready to serve."""
 import http.server, os, time
 VERSION = open("VERSION").read().strip()
-BODY = (VERSION + "\\n").encode()
+PORT = os.environ["PORT"]
+BODY = f"{VERSION} {PORT}\\n".encode()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -54,9 +55,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(PORT)), Handler)
 with open(os.path.join(os.environ["TAKO_DATA_DIR"], "boot.log"), "a") as log:
-    log.write(f"{os.environ.get('BENCH_T0', '0')} {time.time():.6f} {VERSION}\\n")
+    log.write(f"{os.environ.get('BENCH_T0', '0')} {time.time():.6f} {VERSION} {PORT}\\n")
 server.serve_forever()
 '''
 
@@ -82,7 +83,9 @@ _WORDS = tuple(
 # --- the app ----------------------------------------------------------------------------------------
 
 
-def make_app(directory: Path, servers: list[FleetServer], size: int = 5_000_000, seed: int = 8) -> Path:
+def make_app(
+    directory: Path, servers: list[FleetServer], *, instances: int = 1, size: int = 5_000_000, seed: int = 8
+) -> Path:
     """The bench app with ~`size` bytes of code-like source (zstd packs it ~4-5x, like real code)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "app.py").write_text(_APP_PY)
@@ -94,7 +97,11 @@ def make_app(directory: Path, servers: list[FleetServer], size: int = 5_000_000,
     for n in range(max(size // per_file, 1)):
         (src / f"module_{n:03d}.py").write_text(_code(rng, per_file, n))
     set_version(directory, "v0")
-    return write_app(directory, servers, name=APP, env=ENV, start=START, release=RELEASE)
+    cfg = write_app(directory, servers, name=APP, env=ENV, start=START, release=RELEASE)
+    if instances != 1:
+        with cfg.open("a") as f:  # [envs.production] is the file's last table
+            f.write(f"instances = {instances}\n")
+    return cfg
 
 
 def _code(rng: random.Random, size: int, n: int) -> str:
@@ -242,15 +249,15 @@ def tako_data(server: FleetServer) -> Path:
     return Path(server.root) / "apps" / APP / ENV / "data"
 
 
-def boot_record(data_dir: Path, version: str) -> tuple[float, float] | None:
-    """(T0, ready) of the instance of `version` that booted last."""
+def boot_records(data_dir: Path, version: str) -> dict[str, tuple[float, float]]:
+    """(T0, ready) of each instance of `version` (by port) that booted, the latest per port."""
     log = data_dir / "boot.log"
-    found = None
+    found = {}
     if log.exists():
         for line in log.read_text().splitlines():
-            t0, ready, v = line.split()
+            t0, ready, v, port = line.split()
             if v == version:
-                found = (float(t0), float(ready))
+                found[port] = (float(t0), float(ready))
     return found
 
 
@@ -283,7 +290,7 @@ def status_kb(pid: int, field_name: str) -> int:
 @dataclass
 class Probe:
     """One keep-alive connection GETting through a router every `interval` s, bounded in count and time;
-    remembers when each version answered first."""
+    remembers when each answer ("<version> <port>": each instance's own) came first."""
 
     port: int
     interval: float = 0.002
@@ -439,7 +446,7 @@ async def wait_for_version(port: int, version: str, within: float = 20) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if await asyncio.wait_for(_body(reader), 2) == version:
+                if (await asyncio.wait_for(_body(reader), 2)).split()[0] == version:
                     return
             finally:
                 writer.close()

@@ -27,10 +27,10 @@ MAX_REQUESTS = 5_000_000
 
 
 async def measure(
-    count: int, deploys: int, connections: int
+    count: int, deploys: int, connections: int, instances: int
 ) -> tuple[list[Load], list[float], float, set[str]]:
     with bench_fleet(count) as fleet:
-        app = make_app(fleet.workdir / "app", fleet.servers).parent
+        app = make_app(fleet.workdir / "app", fleet.servers, instances=instances).parent
         cfg = app / "tako.toml"
         set_version(app, "warm")
         await run_tako(cfg, fleet.env, fleet.workdir / "scratch")
@@ -71,9 +71,12 @@ async def main() -> None:
     parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--deploys", type=int, default=10)
     parser.add_argument("--connections", type=int, default=2, help="keep-alive connections per server")
+    parser.add_argument("--instances", type=int, default=1, help="instances per server")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    loads, walls, elapsed, served = await measure(args.servers, args.deploys, args.connections)
+    loads, walls, elapsed, served = await measure(
+        args.servers, args.deploys, args.connections, args.instances
+    )
     requests = sum(len(load.samples) for load in loads)
     failed = sum(len(load.failed) for load in loads)
     errors = collections.Counter(e for load in loads for e in load.errors)
@@ -91,6 +94,7 @@ async def main() -> None:
     command = (
         f".venv/bin/python bench/zero_downtime.py --servers {args.servers} --deploys {args.deploys} "
         f"--connections {args.connections}"
+        + (f" --instances {args.instances}" if args.instances != 1 else "")
     )
     text = (
         f"{machine()}. Reproduce: `{command}`.\n\n"
@@ -111,7 +115,8 @@ async def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_section("Zero downtime", text)
+        suffix = f" ({args.instances} instances per server)" if args.instances != 1 else ""
+        write_section("Zero downtime" + suffix, text)
 
 
 if __name__ == "__main__":
