@@ -1,5 +1,5 @@
 # Benchmarks (bench/BENCHMARKS.md). `make bench`: the quick set, under 5 minutes, prints only.
-# `make bench-full`: the published figures (about 20 minutes), written into bench/BENCHMARKS.md.
+# `make bench-full`: the published figures (about 10 minutes), written into bench/BENCHMARKS.md.
 PY := .venv/bin/python
 
 .PHONY: bench bench-full
@@ -13,7 +13,9 @@ bench:
 
 bench-full:
 	$(PY) bench/deploy.py --servers 3 10 --rounds 5
+	$(PY) bench/deploy.py --servers 3 --rounds 5 --instances 2
 	$(PY) bench/scaling.py --servers 1 3 10 30 --inprocess 30 --rounds 3
 	$(PY) bench/zero_downtime.py --servers 3 --deploys 10
+	$(PY) bench/zero_downtime.py --servers 3 --deploys 10 --instances 2
 	$(PY) bench/router.py --duration 3 --rounds 3 --connections 50
 	$(PY) bench/console.py --runs 5
