@@ -264,7 +264,7 @@ class _Deploy:
             reason = "was stopped"
         else:
             reason = f"exited with code {result.exit_code}"
-        self.board.set(leader.name, Phase.RELEASE, State.FAILED, error=f"release command {reason}")
+        self.board.set(leader.name, Phase.RELEASE, State.FAILED, error=reason)
         self.sink(
             GateFailed(
                 leader=leader.name, reason=reason, exit_code=result.exit_code, timed_out=result.timed_out
