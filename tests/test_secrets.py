@@ -14,35 +14,13 @@ import keyring.core
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from keyring.backend import KeyringBackend
-from keyring.compat import properties
 
 from tako_core.errors import SecretsError
 from tako_core.secrets import SecretsStore, is_valid_name, key_env_var, load_env_secrets, secrets_path
+from tests.dict_keyring import DictKeyring
 
 APP = "shop"
 VALUE = "postgres://shop:hunter2-very-secret@db/shop"
-
-
-class DictKeyring(KeyringBackend):
-    """An in-memory keyring. Never auto-detected (not viable): tests select it on purpose."""
-
-    @properties.classproperty
-    def priority(cls) -> float:
-        raise RuntimeError("select explicitly")
-
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.entries: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.entries.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.entries[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        del self.entries[(service, username)]
 
 
 class ForgetfulKeyring(DictKeyring):

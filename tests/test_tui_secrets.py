@@ -9,8 +9,6 @@ from typing import Any
 import keyring
 import keyring.core
 import pytest
-from keyring.backend import KeyringBackend
-from keyring.compat import properties
 from textual.pilot import Pilot
 
 from tako_core.secrets import SecretsStore, key_env_var, secrets_path
@@ -18,31 +16,11 @@ from tako_core.secrets._crypto import export_key  # a fixed key for deterministi
 from tako_tui.app import SecretsConsole
 from tako_tui.screens.confirm import ConfirmScreen
 from tako_tui.screens.secrets import HIDDEN, SecretForm, SecretsScreen
+from tests.dict_keyring import DictKeyring
 
 APP = "shop"
 DB = "postgres://shop:s3cr3t-Hunter2@db/shop"
 NEW = "sk_live_9f8e7d6c5b4a-roundtrip"
-
-
-class DictKeyring(KeyringBackend):
-    """The OS keyring stand-in, selected on purpose (never auto-detected)."""
-
-    @properties.classproperty
-    def priority(cls) -> float:
-        raise RuntimeError("select explicitly")
-
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.entries: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.entries.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.entries[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        del self.entries[(service, username)]
 
 
 @pytest.fixture
