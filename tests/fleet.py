@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import asyncssh
 
 from tako_core.config import Server, add_server
+from tako_core.demo.processes import end_processes_under
 from tako_core.transport.inprocess import LocalSSHHost, known_hosts_line, write_host_key
 
 SSHD = Path("/usr/sbin/sshd")
@@ -394,7 +395,7 @@ class Fleet:
 
     def close(self) -> None:
         """Stop every agent (and anything else) that runs under one of this fleet's roots."""
-        _kill_processes_under(self._dir)
+        end_processes_under(self._dir, term_wait=3.0)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -463,33 +464,3 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def _kill_processes_under(root: Path) -> None:
-    """SIGTERM, then SIGKILL, every process whose command line or cwd lies under `root`."""
-    marker = str(root)
-
-    def victims() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                cwd = os.readlink(entry / "cwd")
-            except OSError:
-                continue
-            if marker in cmdline or cwd.startswith(marker):
-                found.append(int(entry.name))
-        return found
-
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-        pids = victims()
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and victims():
-            time.sleep(0.02)
