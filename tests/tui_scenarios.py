@@ -81,23 +81,12 @@ class FakeClock:
         self.now += seconds
 
 
-class WallClock(FakeClock):
-    """The real time, for watching a scripted deploy live (`scripts/screenshots.py --live`)."""
-
-    def __call__(self) -> float:
-        return time.time()
-
-    def advance(self, seconds: float) -> None:
-        pass  # time passes by itself: `pace` sleeps
-
-
 @dataclass
 class ScriptedDeploy:
     clock: FakeClock = field(default_factory=FakeClock)
     servers: tuple[str, ...] = SERVERS
     fail_release: bool = False
     hold_at: str | None = None  # "release": leader running, followers waiting; "end": before DeployFinished
-    pace: float = 0.0  # real seconds between steps (0: just yield), for watching it under tmux
     reraise: bool = False  # after an abort: re-raise CancelledError instead of returning the result
     release_lines: list[str] = field(default_factory=lambda: list(MIGRATIONS))
     reached: asyncio.Event = field(default_factory=asyncio.Event)
@@ -138,7 +127,7 @@ class ScriptedDeploy:
 
     async def step(self, seconds: float) -> None:
         self.clock.advance(seconds)
-        await asyncio.sleep(self.pace)
+        await asyncio.sleep(0)  # let the console see each step
 
     async def hold(self, stage: str) -> None:
         if self.hold_at == stage:
