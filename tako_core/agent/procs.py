@@ -115,10 +115,12 @@ async def kill_group(pgid: int, grace: float) -> None:
     """SIGTERM the group, wait up to `grace` seconds for all of it to exit, then SIGKILL the rest."""
     _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
+    poll = 0.002  # most processes exit within milliseconds of SIGTERM: look again soon, then back off
     while time.monotonic() < deadline:
         if not group_alive(pgid):
             return
-        await asyncio.sleep(_POLL)
+        await asyncio.sleep(poll)
+        poll = min(poll * 2, _POLL)
     _signal_group(pgid, signal.SIGKILL)
     # SIGKILL cannot be ignored; wait briefly so callers see the group gone.
     for _ in range(40):

@@ -28,6 +28,8 @@ from tako_core.mask import Masker
 
 HEALTH_TIMEOUT = 30.0
 HEALTH_INTERVAL = 0.1
+HEALTH_FAST_INTERVAL = 0.01  # while a new instance boots (its first HEALTH_FAST_FOR seconds)
+HEALTH_FAST_FOR = 5.0
 DRAIN_TIMEOUT = 30.0
 
 log = logging.getLogger("tako.agent")
@@ -151,13 +153,14 @@ class AppRuntime:
 
     async def _wait_healthy(self, instance: Instance, path: str, within: float) -> None:
         deadline = time.monotonic() + within
+        fast_until = time.monotonic() + HEALTH_FAST_FOR  # a refused probe costs ~0.3 ms: poll fast
         while time.monotonic() < deadline:
             if await health.probe(instance.port, path):
                 return
             if not instance.running and instance.exit_code is not None:
                 reason = f"exited with {instance.exit_code} before answering {path}"
                 break
-            await asyncio.sleep(HEALTH_INTERVAL)
+            await asyncio.sleep(HEALTH_FAST_INTERVAL if time.monotonic() < fast_until else HEALTH_INTERVAL)
         else:
             reason = f"did not answer {path} with 2xx/3xx within {within:.0f} s"
         await asyncio.sleep(0.2)  # let its last output reach the tail
