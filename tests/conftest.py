@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tako_core.demo.processes import end_processes_under
 from tests.fleet import Fleet, HostPool, Kind, default_kind
 
 
@@ -77,3 +78,13 @@ def any_fleet(
         except RuntimeError as err:
             pytest.fail(str(err))
     yield from _fleet(kind, host_pools, tako_home)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that fails halfway must not leave its agents or app instances running."""
+    # Asked for before the test runs, so tmp_path is torn down after this, not before.
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp_path is not None:
+        end_processes_under(tmp_path, term_wait=3.0)
