@@ -28,6 +28,7 @@ from pathlib import Path
 from fleetlib import ROOT
 
 from tako_core.build import build_artifact
+from tests.agentkit.kit import read_response
 from tests.fleet import FleetServer, free_port, write_app
 
 APP = "bench"
@@ -310,7 +311,7 @@ class Probe:
                 if writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.write(f"GET / HTTP/1.1\r\nHost: {ROUTE}\r\n\r\n".encode())
-                body = await asyncio.wait_for(_body(reader), 5)
+                body = await asyncio.wait_for(read_response(reader), 5)
                 self.first_seen.setdefault(body, time.time())
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 self.failures += 1
@@ -323,18 +324,6 @@ class Probe:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-async def _body(reader: asyncio.StreamReader) -> str:
-    status = await reader.readuntil(b"\r\n")
-    if not status.startswith(b"HTTP/1.1 200"):
-        raise ValueError(f"status {status!r}")
-    length = 0
-    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return (await reader.readexactly(length)).decode().strip()
 
 
 # --- the OpenSSH baseline -----------------------------------------------------------------------------
@@ -446,7 +435,7 @@ async def wait_for_version(port: int, version: str, within: float = 20) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if (await asyncio.wait_for(_body(reader), 2)).split()[0] == version:
+                if (await asyncio.wait_for(read_response(reader), 2)).split()[0] == version:
                     return
             finally:
                 writer.close()

@@ -145,7 +145,7 @@ class Load:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(self.address, self.port)
                 writer.write(f"GET / HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-                body = await asyncio.wait_for(_response(reader), 10)
+                body = await asyncio.wait_for(read_response(reader), 10)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
                 self.errors.append(f"{type(e).__name__}: {e}")
                 body = None
@@ -157,7 +157,8 @@ class Load:
             writer.close()
 
 
-async def _response(reader: asyncio.StreamReader) -> str:
+async def read_response(reader: asyncio.StreamReader) -> str:
+    """The body of one keep-alive HTTP/1.1 200 response (content-length framed); ValueError otherwise."""
     status = await reader.readuntil(b"\r\n")
     if not status.startswith(b"HTTP/1.1 200"):
         raise ValueError(f"status {status!r}")
