@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -160,14 +160,9 @@ def releases_rollback(
 ) -> None:
     """Roll every server back to BUILD, a release it still keeps (the release command is not run)."""
     target = load_target(config_path, env_name)
-    secrets = load_env_secrets(target.config_path.parent, target.app, target.env)
-    options = DeployOptions(holder=holder(), confirmed=yes)
-    if needs_confirmation(target, options):
+    if needs_confirmation(target, DeployOptions(holder=holder(), confirmed=yes)):
         if not on_terminal():
             raise BadInput(f"rolling back {target.env} needs confirmation", hint="pass --yes")
         click.confirm(f"Roll {target.app} on {target.env} back to {build}?", abort=True, err=True)
-
-    def job(sink: EventSink, prompter: Prompter) -> Awaitable[DeployFinished]:
-        return rollback(target, build, secrets=secrets, sink=sink, options=options)
-
+    job = rollback_job(target)(build)
     sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=f"{target.app} → {target.env} rollback"))
