@@ -20,6 +20,7 @@ from tako_core.agent.client import AgentClient, AgentReplyError, LeaseHeld, RunR
 from tako_core.agent.layout import upload_name
 from tako_core.errors import TransportError
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
+from tests.procs import alive
 
 SECRET = "s3cret-value-xyz"
 
@@ -196,17 +197,9 @@ async def test_release_timeout_kills_the_whole_group(agent: AgentProcess, client
     assert result.exit_code != 0
     assert time.monotonic() - started < 10
     child = int(pidfile.read_text())
-    pgid = os.getpgid(child) if _alive(child) else None
+    pgid = os.getpgid(child) if alive(child) else None
     assert pgid is None or not _live_in_group(pgid)
-    assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return state[state.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+    assert not alive(child)
 
 
 async def test_watcher_reattaches_from_its_offset(agent: AgentProcess) -> None:

@@ -14,6 +14,7 @@ import pytest
 from tako_core.agent.client import AgentClient, LeaseHeld
 from tako_core.agent.zipapp import build_id, build_zipapp
 from tests.agentkit.kit import START, free_port, get, pack, start_agent
+from tests.procs import alive
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
 
@@ -23,14 +24,6 @@ def system_python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SYSTEM_PYTHON, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=False
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return state[state.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
@@ -73,10 +66,10 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
     finally:
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            if not _alive(pid):
+            if not alive(pid):
                 break
             await asyncio.sleep(0.05)
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not (root / "run/tako.sock").exists()
 
 
@@ -117,7 +110,7 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
     finally:
         agent.stop()
     assert agent.proc.returncode == 0
-    assert not any(_alive(pid) for pid in pids)  # the agent took its instances down with it
+    assert not any(alive(pid) for pid in pids)  # the agent took its instances down with it
 
     restarted = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
     try:
@@ -144,11 +137,11 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
     finally:
         restarted.proc.kill()  # no chance to stop its instances: they live on, holding their ports
         restarted.proc.wait()
-    assert all(_alive(pid) for pid in orphans)
+    assert all(alive(pid) for pid in orphans)
 
     third = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
     try:
-        assert not any(_alive(pid) for pid in orphans)  # stopped before the new instances started
+        assert not any(alive(pid) for pid in orphans)  # stopped before the new instances started
         client = await third.client()
         [status] = await client.status()
         assert len(status.instances) == 2

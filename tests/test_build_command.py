@@ -13,6 +13,7 @@ import zstandard
 
 from tako_core.build import Artifact, BuildFailed, build_artifact
 from tako_core.build.command import MAX_LINE
+from tests.procs import alive
 
 
 def members(artifact: Artifact) -> set[str]:
@@ -128,14 +129,6 @@ async def test_cached_artifact_still_runs_the_command(tmp_path: Path) -> None:
     assert second.path == first.path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"  # a zombie waiting for a reaper has already died
-
-
 async def test_cancelling_kills_the_whole_process_group(tmp_path: Path) -> None:
     root = project(tmp_path)
     started = asyncio.Event()
@@ -148,15 +141,15 @@ async def test_cancelling_kills_the_whole_process_group(tmp_path: Path) -> None:
     task = asyncio.create_task(build_artifact(root, "web", "prod", command, {}, on_output, tmp_path / "c"))
     await asyncio.wait_for(started.wait(), 10)
     child = int((root / "child.tmp").read_text())
-    assert _alive(child)
+    assert alive(child)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     for _ in range(250):  # up to 5 s for the kernel to finish it off
-        if not _alive(child):
+        if not alive(child):
             break
         await asyncio.sleep(0.02)
-    assert not _alive(child)
+    assert not alive(child)
     assert not (tmp_path / "c").exists()
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.deploykit import TAKO, Run, app_dir, get, sample_app, tako, timeline
 from tests.fleet import Fleet, FleetServer
+from tests.procs import alive
 
 RELEASE = "python3 migrate.py"
 
@@ -53,8 +54,7 @@ def snapshot(servers: list[FleetServer]) -> dict[str, tuple[str, set[str]]]:
 
 def assert_gone(pid_file: Path) -> None:
     """The process whose pid the release command recorded is dead (or a zombie awaiting its reaper)."""
-    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
-    assert not stat.exists() or stat.read_text().split()[2] == "Z"
+    assert not alive(int(pid_file.read_text()))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from tako_core.errors import AgentError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import ensure_agent, systemd_unit, systemd_unit_name
 from tests.fleet import Fleet
+from tests.procs import alive
 
 TAKO = [sys.executable, "-m", "tako_tui.cli"]
 
@@ -33,7 +34,7 @@ def test_setup_then_status_then_setup_again_is_a_no_op(fleet: Fleet, tako_home: 
     assert first.returncode == 0, first.stderr
     assert "s1  agent not running: installing tako-agent-" in first.stderr
     pids = [s1.agent_pid(), s2.agent_pid()]
-    assert all(pid is not None and _alive(pid) for pid in pids)
+    assert all(pid is not None and alive(pid) for pid in pids)
 
     status = _tako("servers", "status", home=tako_home)
     assert status.returncode == 0, status.stderr
@@ -87,7 +88,7 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         second = s1.agent_pid()
         assert second not in (None, first)
         assert first is not None
-        assert not _alive(first)
+        assert not alive(first)
 
         # Stale but busy with someone's deploy: left alone, and the error names the holder.
         client = await ensure_agent(conn, cache_dir=tmp_path)
@@ -112,7 +113,7 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         # Dead (its stale pid file left behind): started again.
         os.kill(second, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _alive(second):
+        while alive(second):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         steps.clear()
@@ -120,13 +121,6 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         await client.close()
         assert steps[0].startswith("agent not running: installing")
         assert s1.agent_pid() not in (None, second)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_systemd_unit_runs_the_agent_of_its_root() -> None:
