@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 
 from tako_core.demo.processes import end_processes_under
 from tests.fleet import Fleet, HostPool, Kind, default_kind
+from tests.tmux import Tmux
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +91,15 @@ def _nothing_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if tmp_path is not None:
         end_processes_under(tmp_path, term_wait=3.0)
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    """A private tmux server for the test, killed afterwards with everything it ran."""
+    mux = Tmux(f"tako-test-{os.getpid()}-{tmp_path.name}")
+    try:
+        yield mux
+    finally:
+        subprocess.run(
+            ["tmux", "-L", mux.socket, "kill-server"], capture_output=True, check=False, timeout=10
+        )

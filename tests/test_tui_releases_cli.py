@@ -6,31 +6,15 @@ Two real deploys (v1, v2) to real SSH servers keep two releases; the screen then
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.deploykit import app_dir, get, sample_app, tako
 from tests.fleet import Fleet, FleetServer
-from tests.test_tui_tmux import Tmux
-
-
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    mux = Tmux(f"tako-releases-{os.getpid()}-{tmp_path.name}")
-    try:
-        yield mux
-    finally:
-        subprocess.run(
-            ["tmux", "-L", mux.socket, "kill-server"], capture_output=True, check=False, timeout=10
-        )
+from tests.tmux import Tmux
 
 
 def two_releases(fleet: Fleet, tmp_path: Path) -> tuple[list[FleetServer], Path, str, str]:

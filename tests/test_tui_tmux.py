@@ -11,52 +11,14 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.deploykit import sample_app
 from tests.fleet import Fleet
+from tests.tmux import Tmux
 
 LINES = 8
 SLOW_RELEASE = f'\n[vars]\nSAMPLE_RELEASE_LINES = "{LINES}"\nSAMPLE_RELEASE_PAUSE = "0.5"\n'
-
-
-class Tmux:
-    """One private tmux server (its own socket), so nothing leaks into or out of the user's tmux."""
-
-    def __init__(self, name: str) -> None:
-        self.socket = name
-
-    def run(self, *args: str) -> str:
-        result = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True, timeout=10
-        )
-        return result.stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "t")
-
-    def wait_for(self, what: str, condition: Callable[[str], bool], within: float = 60) -> str:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            screen = self.screen()
-            if condition(screen):
-                return screen
-            time.sleep(0.1)
-        raise AssertionError(f"never saw {what}; the screen was:\n{self.screen()}")
-
-
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    mux = Tmux(f"tako-test-{os.getpid()}-{tmp_path.name}")
-    try:
-        yield mux
-    finally:
-        subprocess.run(
-            ["tmux", "-L", mux.socket, "kill-server"], capture_output=True, check=False, timeout=10
-        )
 
 
 def test_tako_deploy_shows_the_leader_running_and_the_followers_waiting(
