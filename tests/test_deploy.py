@@ -8,11 +8,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tako_core.events import DeployFinished
 from tests.deploykit import TAKO, Run, app_dir, get, sample_app, tako, timeline
 from tests.fleet import Fleet, FleetServer
 from tests.procs import alive
@@ -329,3 +331,38 @@ async def test_a_full_deploy_under_keep_alive_load_fails_no_request(
         assert len(bodies) > 50
         assert bodies[0].startswith("v1 ")
         assert bodies[-1].startswith("v2 "), s.name
+
+
+async def test_two_deploys_with_the_same_holder_still_exclude_each_other(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """A library caller may pass the same holder twice: the lease is per deploy, not per person."""
+    import asyncio
+
+    from tako_core.deploy import DeployOptions, deploy
+    from tako_core.events import Event
+    from tako_tui.commands.frontend import TerminalPrompter
+    from tako_tui.commands.options import load_target
+
+    servers = fleet(2)
+    slow = vars_table(SAMPLE_RELEASE_LINES="20", SAMPLE_RELEASE_PAUSE="0.1")
+    target = load_target(sample_app(tmp_path, servers, release=RELEASE, extra=slow), None)
+    releasing = asyncio.Event()
+
+    def first_sink(event: Event) -> None:
+        if getattr(event, "detail", "") == "Running release command":
+            releasing.set()
+
+    def run(sink: Callable[[Event], None]) -> Awaitable[DeployFinished]:
+        options = DeployOptions(holder="ci@runner", confirmed=True)
+        return deploy(target, secrets={}, sink=sink, prompter=TerminalPrompter(), options=options)
+
+    first = asyncio.ensure_future(run(first_sink))
+    await asyncio.wait_for(releasing.wait(), 30)
+    second = await asyncio.wait_for(run(lambda _: None), 30)
+    assert second.exit_code == 1
+    assert second.error is not None
+    assert "being deployed by ci@runner (deploy " in second.error
+    assert (await asyncio.wait_for(first, 60)).exit_code == 0
+    ran = [what for _, what in timeline(servers[0]) if what == "release-begin"]
+    assert ran == ["release-begin"]  # the second deploy never ran the release command

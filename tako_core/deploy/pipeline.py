@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from typing import TypeVar
 
 from tako_core.build import Artifact, build_artifact
@@ -48,10 +49,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DeployOptions:
-    holder: str  # user@host, recorded in every server's lease
+    holder: str  # who deploys, e.g. user@host: shown to anyone the lease refuses
     force_unlock: bool = False
     confirmed: bool = False  # --yes: do not ask before a production deploy
     cache_dir: Path | None = None
+    deploy_id: str = field(default_factory=lambda: token_hex(3))
+
+    @property
+    def lease_holder(self) -> str:
+        """Unique to this one deploy: the agent lets a lease's own holder acquire it again."""
+        return f"{self.holder} (deploy {self.deploy_id})"
 
 
 async def deploy(
@@ -97,7 +104,9 @@ class _Deploy:
         self.mask = Masker(secrets.values())
         self.board = PhaseBoard(sink, [s.name for s in target.servers])
         self.sessions = [
-            ServerSession(s, target, holder=options.holder, secrets=secrets, sink=sink, masker=self.mask)
+            ServerSession(
+                s, target, holder=options.lease_holder, secrets=secrets, sink=sink, masker=self.mask
+            )
             for s in target.servers
         ]
         self.build: str | None = None

@@ -28,7 +28,7 @@ async def rollback(
     board = PhaseBoard(sink, names)
     mask = Masker(secrets.values())
     sessions = [
-        ServerSession(s, target, holder=options.holder, secrets=secrets, sink=sink, masker=mask)
+        ServerSession(s, target, holder=options.lease_holder, secrets=secrets, sink=sink, masker=mask)
         for s in target.servers
     ]
     sink(DeployStarted(app=target.app, env=target.env, servers=tuple(names), leader=names[0], release=None))

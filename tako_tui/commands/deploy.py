@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 import socket
 import sys
 from collections.abc import Awaitable
@@ -20,8 +19,8 @@ from tako_tui.commands.options import config_option, load_target
 
 
 def holder() -> str:
-    """Who holds the deploy lease: readable for the person refused, unique to this one deploy."""
-    return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+    """Who deploys, as the lease shows it to anyone refused (the core makes it unique per deploy)."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @click.command("deploy")
