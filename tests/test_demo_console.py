@@ -22,7 +22,7 @@ async def test_the_console_shows_each_follower_waiting_then_every_server_serves_
 
             def followers_waiting() -> bool:
                 app.bridge.flush()
-                return all(
+                return len(screen.panels) == 3 and all(  # the panels appear with the first event
                     screen.panel(name).phase_state(Phase.RELEASE) is State.WAITING
                     for name in ("web-2", "web-3")
                 )

@@ -45,6 +45,12 @@ async def test_the_panels_follow_a_real_deploy(fleet: Fleet, tako_home: Path, tm
     app = console_for(cfg)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.deploy_screen
+
+        def panels_shown() -> bool:  # the panels appear once the deploy's first event arrives
+            app.bridge.flush()
+            return len(screen.panels) == 3
+
+        await until(pilot, panels_shown, within=30)
         leader, followers = screen.panel("s1"), [screen.panel("s2"), screen.panel("s3")]
 
         def releasing() -> bool:
