@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent import client as client_module
-from tako_core.agent.client import AgentClient, AgentReplyError, LeaseHeld, RunResult
 from tako_core.agent.layout import upload_name
 from tako_core.errors import TransportError
+from tako_core.transport import agent_client as client_module
+from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 from tests.procs import alive
 

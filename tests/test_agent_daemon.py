@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.client import AgentClient, LeaseHeld
-from tako_core.agent.zipapp import build_id, build_zipapp
+from tako_core.transport.agent_client import AgentClient, LeaseHeld
+from tako_core.transport.agent_zipapp import build_id, build_zipapp
 from tests.agentkit.kit import START, free_port, get, pack, start_agent
 from tests.procs import alive
 

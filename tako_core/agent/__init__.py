@@ -2,7 +2,7 @@
 
 The server side runs from a zipapp on the host's own python3 (3.10+), so it imports only the stdlib,
 `tako_core/__init__.py`, `tako_core/mask.py` and this package (h11 is bundled for the router).
-`client.py` and `zipapp.py` are the client's side and may use the rest of tako_core.
+The client's side lives in tako_core/transport (agent_client, agent_zipapp).
 
     protocol   wire format, error codes, RunResult (shared with the client)
     server     the unix socket: NDJSON lines in, tagged events and results out, multiplexed by id

@@ -45,7 +45,7 @@ LOGS_BUDGET = 512 * 1024  # encoded bytes of log lines in one reply
 
 
 def _build_id() -> str | None:
-    """The zipapp's content hash (written into it by zipapp.build_zipapp); None outside a zipapp."""
+    """The zipapp's content hash (written into it by transport/agent_zipapp.py); None outside a zipapp."""
     try:
         data = pkgutil.get_data("tako_core.agent", "BUILD")
     except OSError:

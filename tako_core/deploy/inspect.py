@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from tako_core.agent.client import AppStatus, ReleaseInfo
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import TakoError
 from tako_core.transport import Connection
+from tako_core.transport.agent_client import AppStatus, ReleaseInfo
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent.client import AgentClient, RunResult
 from tako_core.agent.layout import upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
@@ -15,6 +14,7 @@ from tako_core.errors import AgentError, TransportError
 from tako_core.events import EventSink, OutputLine, Phase, RolloutProgress, UploadProgress
 from tako_core.mask import Masker
 from tako_core.transport import Connection, ensure_agent
+from tako_core.transport.agent_client import AgentClient, RunResult
 
 LEASE_TTL = 30.0
 RECONNECT_ATTEMPTS = 5

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import zstandard
 
-from tako_core.agent.client import AgentClient
-from tako_core.agent.zipapp import build_zipapp
+from tako_core.transport.agent_client import AgentClient
+from tako_core.transport.agent_zipapp import build_zipapp
 
 SAMPLE_APP = Path(__file__).with_name("sample_app.py")
 # A Python 3.10 runs the zipapp where one is installed: it proves the agent needs nothing but the

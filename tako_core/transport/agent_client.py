@@ -1,8 +1,8 @@
 """The client side of the agent protocol: typed calls over any line-oriented reader/writer pair.
 
 Works over asyncio streams (a local socket) and asyncssh's `open_unix_connection` alike. Many calls
-may run at once on one connection; replies are matched to calls by request id. This module runs on
-the client (never on the server), so it may use tako_core.errors.
+may run at once on one connection; replies are matched to calls by request id. Of the agent package it
+imports only the wire contract, the one module both ends share.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class AgentInfo:
     python: str
     free_bytes: int
     codecs: tuple[str, ...]  # what the server can unpack: "zst", "gz"
-    build_id: str | None  # the agent zipapp's content hash (zipapp.build_id()); None when not a zipapp
+    build_id: str | None  # the agent zipapp's content hash (agent_zipapp.build_id()); None when not a zipapp
 
 
 @dataclass(frozen=True)
