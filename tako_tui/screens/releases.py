@@ -17,9 +17,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tako_core.deploy.inspect import ServerView
+from tako_core.deploy.inspect import ReleaseInfo, ServerView
 from tako_core.events import State
-from tako_core.transport.agent_client import ReleaseInfo
 
 from ..widgets.look import ERROR, MUTED, STATE_STYLE
 from .confirm import ConfirmScreen
