@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import upload_name
+from tako_core.agent.contract import Op, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
@@ -240,6 +240,45 @@ async def test_watcher_reattaches_from_its_offset(agent: AgentProcess) -> None:
     assert [line for _, line in seen] == [f"line {i}" for i in range(1, 41)]
     assert result.exit_code == 3
     assert not result.timed_out
+
+
+async def test_a_rollout_runs_to_its_end_when_its_client_goes_away(agent: AgentProcess) -> None:
+    assert Op.ROLLOUT.detached  # what the agent's server reads: a half rollout would mix versions
+    first = await agent.client()
+    await ship(agent, first, "gone", "g1")
+    rolling = asyncio.ensure_future(
+        first.rollout(
+            "gone",
+            "prod",
+            "g1",
+            start=f"echo booting; sleep 1; {START}",
+            instances=1,
+            health_path="/health",
+            routes=["gone.test"],
+            env_vars={},
+            secrets={},
+            on_progress=lambda _done, _total: None,
+        )
+    )
+    log = agent.root / "apps/gone/prod/instances.log"
+    for _ in range(500):
+        if log.exists() and "booting" in log.read_text():
+            break
+        await asyncio.sleep(0.01)
+    await first.close()  # while the new instance boots
+    with pytest.raises(TransportError):
+        await rolling
+    second = await agent.client()
+    try:
+        for _ in range(300):
+            [status] = [s for s in await second.status() if s.app == "gone"]
+            if status.running:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await second.close()
+    assert status.running == "g1"
+    assert await get(agent.http_port, "gone.test") == (200, "g1")
 
 
 async def test_unhealthy_build_keeps_the_old_one_serving_under_load(

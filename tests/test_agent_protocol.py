@@ -151,3 +151,12 @@ def test_oversized_and_partial_lines(agent: AgentProcess, wire: Wire) -> None:
     wire.send(b'{"v":1,"id":8,"op":"hello"}\n')
     assert wire.final()["ok"] is True
     assert agent.proc.poll() is None
+
+
+def test_every_op_of_the_contract_is_served(wire: Wire) -> None:
+    for request_id, op in enumerate(Op, 1):
+        wire.send(contract.encode(contract.request(request_id, op, {})))
+        reply = wire.final()
+        assert reply["id"] == request_id
+        # Served means answered, or refused for its (missing) parameters: never unknown, never a crash.
+        assert reply["ok"] or reply["error"]["code"] == contract.BAD_REQUEST, (op, reply)

@@ -148,8 +148,8 @@ def _read(hint: Any, value: object, where: str) -> Any:
             return None
         (inner,) = (a for a in args if a is not type(None))
         return _read(inner, value, where)
-    if origin is tuple:  # tuple[X, ...]; JSON has lists only
-        if not isinstance(value, list):
+    if origin is tuple:  # tuple[X, ...]: a list in JSON
+        if not isinstance(value, (list, tuple)):
             raise ProtocolError(BAD_REQUEST, f"{where} must be a list")
         return tuple(_read(args[0], item, where) for item in value)
     if isinstance(hint, type) and issubclass(hint, Message):
