@@ -92,6 +92,7 @@ class Runs:
     def start(
         self,
         directory: Path,
+        *,
         command: str,
         cwd: Path,
         env: dict[str, str],

@@ -213,11 +213,11 @@ class Agent:
         runtime.layout.create()
         run = self.runs.start(
             runtime.layout.runs,
-            p.command("command"),
-            runtime.layout.release(build),
-            env,
-            masker,
-            p.num("timeout", 600.0, 0.1, MAX_RELEASE_TIMEOUT),
+            command=p.command("command"),
+            cwd=runtime.layout.release(build),
+            env=env,
+            masker=masker,
+            limit=p.num("timeout", 600.0, 0.1, MAX_RELEASE_TIMEOUT),
         )
         log.info("%s: release run %s of %s started", runtime.key, run.run_id, build)
         return RunStarted(run_id=run.run_id)
