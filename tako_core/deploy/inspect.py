@@ -1,6 +1,6 @@
 """Looking at an env's servers without changing them: what runs, what is kept, who deploys.
 
-The types a `ServerView` holds are exported here, so front ends never import the agent's wire types.
+The types a `ServerView` holds are exported here: front ends take them from the core, never from the agent.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class Writer(Protocol):
 
 
 class AgentReplyError(AgentError):
-    """The agent answered a request with an error; `code` is one of protocol's error codes."""
+    """The agent answered a request with an error; `code` is one of the contract's error codes."""
 
     def __init__(self, code: str, message: str, *, hint: str | None, details: dict[str, Any]) -> None:
         super().__init__(message, hint=hint)
