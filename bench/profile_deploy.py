@@ -29,11 +29,10 @@ from typing import Any
 from deploylib import make_app, run_tako, set_version, table
 from fleetlib import ROOT, bench_fleet
 
-from tako_core.agent import client as agent_client
 from tako_core.build import artifact as build_module
 from tako_core.deploy import DeployOptions, deploy, pipeline, session
 from tako_core.events import Event
-from tako_core.transport import agent_setup, connection
+from tako_core.transport import agent_client, agent_setup, connection
 from tako_tui.commands.options import load_target
 
 TIMES: dict[str, list[float]] = collections.defaultdict(list)

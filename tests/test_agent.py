@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent import client as client_module
-from tako_core.agent.client import AgentClient, AgentReplyError, LeaseHeld, RunResult
-from tako_core.agent.layout import upload_name
+from tako_core.agent.contract import Op, upload_name
 from tako_core.errors import TransportError
+from tako_core.transport import agent_client as client_module
+from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 from tests.procs import alive
 
@@ -59,10 +59,10 @@ async def ship(
         "prod",
         build,
         f"{build}.tar.zst",
-        install,
-        {"GREETING": "hi"},
-        {"DB_PASSWORD": SECRET},
-        sink.append,
+        install=install,
+        env_vars={"GREETING": "hi"},
+        secrets={"DB_PASSWORD": SECRET},
+        on_output=sink.append,
     )
 
 
@@ -78,7 +78,7 @@ async def roll(
         instances=1,
         health_path="/health",
         routes=[f"{app}.test"],
-        vars={"GREETING": "hi"},
+        env_vars={"GREETING": "hi"},
         secrets={"DB_PASSWORD": SECRET},
         on_progress=lambda done, total: progress.append((done, total)),
         health_timeout=health_timeout,
@@ -90,7 +90,13 @@ async def release(
     client: AgentClient, app: str, build: str, command: str, limit: float = 30.0
 ) -> tuple[list[str], RunResult]:
     run_id = await client.release_start(
-        app, "prod", build, command, {"GREETING": "hi"}, {"DB_PASSWORD": SECRET}, limit
+        app,
+        "prod",
+        build,
+        command,
+        env_vars={"GREETING": "hi"},
+        secrets={"DB_PASSWORD": SECRET},
+        timeout=limit,
     )
     lines: list[str] = []
     result = await client.release_watch(app, "prod", run_id, 0, lambda _offset, line: lines.append(line))
@@ -206,7 +212,13 @@ async def test_watcher_reattaches_from_its_offset(agent: AgentProcess) -> None:
     first = await agent.client()
     await ship(agent, first, "feed", "f1")
     run_id = await first.release_start(
-        "feed", "prod", "f1", "for i in $(seq 1 40); do echo line $i; sleep 0.02; done; exit 3", {}, {}, 30
+        "feed",
+        "prod",
+        "f1",
+        "for i in $(seq 1 40); do echo line $i; sleep 0.02; done; exit 3",
+        env_vars={},
+        secrets={},
+        timeout=30,
     )
     seen: list[tuple[int, str]] = []
     watching = asyncio.ensure_future(
@@ -228,6 +240,45 @@ async def test_watcher_reattaches_from_its_offset(agent: AgentProcess) -> None:
     assert [line for _, line in seen] == [f"line {i}" for i in range(1, 41)]
     assert result.exit_code == 3
     assert not result.timed_out
+
+
+async def test_a_rollout_runs_to_its_end_when_its_client_goes_away(agent: AgentProcess) -> None:
+    assert Op.ROLLOUT.detached  # what the agent's server reads: a half rollout would mix versions
+    first = await agent.client()
+    await ship(agent, first, "gone", "g1")
+    rolling = asyncio.ensure_future(
+        first.rollout(
+            "gone",
+            "prod",
+            "g1",
+            start=f"echo booting; sleep 1; {START}",
+            instances=1,
+            health_path="/health",
+            routes=["gone.test"],
+            env_vars={},
+            secrets={},
+            on_progress=lambda _done, _total: None,
+        )
+    )
+    log = agent.root / "apps/gone/prod/instances.log"
+    for _ in range(500):
+        if log.exists() and "booting" in log.read_text():
+            break
+        await asyncio.sleep(0.01)
+    await first.close()  # while the new instance boots
+    with pytest.raises(TransportError):
+        await rolling
+    second = await agent.client()
+    try:
+        for _ in range(300):
+            [status] = [s for s in await second.status() if s.app == "gone"]
+            if status.running:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await second.close()
+    assert status.running == "g1"
+    assert await get(agent.http_port, "gone.test") == (200, "g1")
 
 
 async def test_unhealthy_build_keeps_the_old_one_serving_under_load(
@@ -327,7 +378,9 @@ async def test_finalize_prunes_but_keeps_current_and_previous(
 
 async def test_release_stop_kills_the_group(agent: AgentProcess, client: AgentClient) -> None:
     await ship(agent, client, "halt", "h1")
-    run_id = await client.release_start("halt", "prod", "h1", "echo go; sleep 30 & sleep 30", {}, {}, 60)
+    run_id = await client.release_start(
+        "halt", "prod", "h1", "echo go; sleep 30 & sleep 30", env_vars={}, secrets={}, timeout=60
+    )
     lines: list[str] = []
     watching = asyncio.ensure_future(
         client.release_watch("halt", "prod", run_id, 0, lambda _o, line: lines.append(line))
@@ -355,12 +408,23 @@ async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
         tar.addfile(info, io.BytesIO(b"bad"))
     (agent.root / "uploads/e1.tar.gz").write_bytes(evil.getvalue())
     with pytest.raises(AgentReplyError, match="cannot unpack"):
-        await client.prepare("evil", "prod", "e1", "e1.tar.gz", None, {}, {}, lambda _: None)
+        await client.prepare(
+            "evil", "prod", "e1", "e1.tar.gz", install=None, env_vars={}, secrets={}, on_output=lambda _: None
+        )
     assert not list(agent.root.rglob("escaped.txt"))
     assert not list((agent.root / "apps/evil/prod/releases").iterdir())
 
     with pytest.raises(AgentReplyError, match="not in"):
-        await client.prepare("evil", "prod", "e2", "../run/tako.sock", None, {}, {}, lambda _: None)
+        await client.prepare(
+            "evil",
+            "prod",
+            "e2",
+            "../run/tako.sock",
+            install=None,
+            env_vars={},
+            secrets={},
+            on_output=lambda _: None,
+        )
 
     output: list[str] = []
     with pytest.raises(AgentReplyError) as failed:
@@ -416,7 +480,16 @@ async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentP
         pid_file = agent.root / "install.pid"
         install = f"echo $$ > {pid_file}; exec sleep 60"
         preparing = asyncio.ensure_future(
-            installing.prepare("race", "prod", "r1", upload, install, {}, {}, lambda _: None)
+            installing.prepare(
+                "race",
+                "prod",
+                "r1",
+                upload,
+                install=install,
+                env_vars={},
+                secrets={},
+                on_output=lambda _: None,
+            )
         )
         for _ in range(200):
             if pid_file.exists() and pid_file.read_text().strip():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.client import AgentClient, LeaseHeld
-from tako_core.agent.zipapp import build_id, build_zipapp
+from tako_core.transport.agent_client import AgentClient, LeaseHeld
+from tako_core.transport.agent_zipapp import build_id, build_zipapp
 from tests.agentkit.kit import START, free_port, get, pack, start_agent
 from tests.procs import alive
 
@@ -56,7 +56,9 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
         assert "zst" in client.info.codecs  # through the zstd binary: no zstandard module here
         # The system Python (Debian 12: 3.11.2, no tarfile data filter) still unpacks, checked by hand.
         pack(root / "uploads/x1.tar.zst", "x1")
-        await client.prepare("app", "prod", "x1", "x1.tar.zst", None, {}, {}, lambda _: None)
+        await client.prepare(
+            "app", "prod", "x1", "x1.tar.zst", install=None, env_vars={}, secrets={}, on_output=lambda _: None
+        )
         assert await client.has_release("app", "prod", "x1")
         await client.close()
 
@@ -78,7 +80,16 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
     try:
         client = await agent.client()
         pack(agent.root / "uploads/r1.tar.zst", "r1")
-        await client.prepare("keep", "prod", "r1", "r1.tar.zst", None, {}, {}, lambda _: None)
+        await client.prepare(
+            "keep",
+            "prod",
+            "r1",
+            "r1.tar.zst",
+            install=None,
+            env_vars={},
+            secrets={},
+            on_output=lambda _: None,
+        )
         await client.rollout(
             "keep",
             "prod",
@@ -87,7 +98,7 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
             instances=2,
             health_path="/",
             routes=["keep.test"],
-            vars={},
+            env_vars={},
             secrets={},
             on_progress=lambda d, t: None,
         )

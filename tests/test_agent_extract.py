@@ -17,7 +17,7 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from tako_core.agent.extract import extract
-from tako_core.agent.protocol import ProtocolError
+from tako_core.agent.contract import ProtocolError
 try:
     extract(Path(sys.argv[1]), Path(sys.argv[2]))
 except ProtocolError as e:

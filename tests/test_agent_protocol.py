@@ -12,19 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tako_core.agent import protocol
+from tako_core.agent import contract
+from tako_core.agent.contract import Op
 from tests.agentkit.kit import AgentProcess, start_agent
 
 CODES = {
-    protocol.BAD_REQUEST,
-    protocol.TOO_LARGE,
-    protocol.UNSUPPORTED_VERSION,
-    protocol.UNKNOWN_OP,
-    protocol.NOT_FOUND,
-    protocol.LEASE_HELD,
-    protocol.LEASE_NOT_HELD,
-    protocol.BUSY,
-    protocol.FAILED,
+    contract.BAD_REQUEST,
+    contract.TOO_LARGE,
+    contract.UNSUPPORTED_VERSION,
+    contract.UNKNOWN_OP,
+    contract.NOT_FOUND,
+    contract.LEASE_HELD,
+    contract.LEASE_NOT_HELD,
+    contract.BUSY,
+    contract.FAILED,
 }
 
 
@@ -84,24 +85,7 @@ json_values = st.recursive(
 names = st.sampled_from(["app", "prod", "b1", "", "..", "../x", "a/b", ".hidden", "x" * 200]) | st.text(
     max_size=12
 )
-OP_NAMES = [
-    "hello",
-    "lease_acquire",
-    "lease_renew",
-    "lease_release",
-    "has_release",
-    "prepare",
-    "release_start",
-    "release_watch",
-    "release_stop",
-    "cleanup",
-    "rollout",
-    "finalize",
-    "status",
-    "releases",
-    "rollback",
-    "logs",
-]
+OP_NAMES = [op.value for op in Op]
 requests = st.fixed_dictionaries(
     {
         "v": st.sampled_from([1, 1, 1, 0, 2, "1", None, True]),
@@ -138,24 +122,24 @@ def test_fuzzed_requests_get_answers(wire: Wire, message: Any) -> None:
         assert_error(reply)
     else:  # only a well-formed request to a harmless op can succeed
         assert message["v"] == 1
-        assert message["op"] in {
-            "hello",
-            "status",
-            "has_release",
-            "releases",
-            "logs",
-            "lease_acquire",
-            "lease_renew",
-            "lease_release",
-            "cleanup",
+        assert Op(message["op"]) in {
+            Op.HELLO,
+            Op.STATUS,
+            Op.HAS_RELEASE,
+            Op.RELEASES,
+            Op.LOGS,
+            Op.LEASE_ACQUIRE,
+            Op.LEASE_RENEW,
+            Op.LEASE_RELEASE,
+            Op.CLEANUP,
         }
 
 
 def test_oversized_and_partial_lines(agent: AgentProcess, wire: Wire) -> None:
-    wire.send(b'{"v":1,"id":1,"op":"hello","pad":"' + b"x" * (2 * protocol.MAX_LINE) + b'"}\n')
+    wire.send(b'{"v":1,"id":1,"op":"hello","pad":"' + b"x" * (2 * contract.MAX_LINE) + b'"}\n')
     reply = wire.final()
     assert_error(reply)
-    assert reply["error"]["code"] == protocol.TOO_LARGE
+    assert reply["error"]["code"] == contract.TOO_LARGE
     wire.send(b'{"v":1,"id":7,"op":"hello"}\n')
     reply = wire.final()
     assert reply["id"] == 7
@@ -167,3 +151,12 @@ def test_oversized_and_partial_lines(agent: AgentProcess, wire: Wire) -> None:
     wire.send(b'{"v":1,"id":8,"op":"hello"}\n')
     assert wire.final()["ok"] is True
     assert agent.proc.poll() is None
+
+
+def test_every_op_of_the_contract_is_served(wire: Wire) -> None:
+    for request_id, op in enumerate(Op, 1):
+        wire.send(contract.encode(contract.request(request_id, op, {})))
+        reply = wire.final()
+        assert reply["id"] == request_id
+        # Served means answered, or refused for its (missing) parameters: never unknown, never a crash.
+        assert reply["ok"] or reply["error"]["code"] == contract.BAD_REQUEST, (op, reply)

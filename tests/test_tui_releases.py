@@ -14,8 +14,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
-from tako_core.agent.client import AppStatus, InstanceStatus, LeaseInfo, ReleaseInfo
-from tako_core.deploy.inspect import ServerView
+from tako_core.deploy.inspect import AppStatus, InstanceStatus, LeaseInfo, ReleaseInfo, ServerView
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_tui.app import DeployRun, ReleasesConsole
 from tako_tui.screens.confirm import ConfirmScreen

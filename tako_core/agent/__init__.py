@@ -1,14 +1,27 @@
-"""The agent: the runtime on every server (leases, releases, release runs, rollouts, router).
+"""The agent: tako's runtime on every server (leases, releases, release runs, rollouts, the router).
 
-The server side runs from a zipapp on the host's own python3 (3.10+), so it imports only the stdlib,
-`tako_core/__init__.py`, `tako_core/mask.py` and this package (h11 is bundled for the router).
-`client.py` and `zipapp.py` are the client's side and may use the rest of tako_core.
+This package is exactly what the agent's zipapp ships (tako_core/transport/agent_zipapp.py builds it)
+and runs on the server's own python3 (3.10+), so it imports only the stdlib, `tako_core/__init__.py`,
+`tako_core/mask.py`, itself and h11 (pure Python, bundled). The client's side is
+tako_core/transport/agent_client.py; `contract` is the one module both ends import.
 
-    protocol   wire format, error codes, RunResult (shared with the client)
-    server     the unix socket: NDJSON lines in, tagged events and results out, multiplexed by id
-    service    the operations; params: their typed parameters
-    leases     one deploy per app/env; releases + extract: prepare, cleanup, `current`, pruning
-    runs       release commands and their resumable logs; procs: spawning and killing process groups
-    rollout    instances of an app/env and the rolling update; instances: supervision; health: probes
-    daemon, cli, __main__   running it; layout: where things live under ROOT
+    contract    the wire contract: framing, error codes, the Op registry, every result and event
+    server      the unix socket: NDJSON requests in, tagged events and results out, multiplexed by id
+    service     what each op does: one Agent method per Op, bound with @handles
+    params      typed access to a request's parameters, validated (a BAD_REQUEST otherwise)
+    leases      one deploy per app/env at a time, kept in run/leases.json across restarts
+    releases    release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
+    extract     unpacking an uploaded tar.zst or tar.gz safely
+    runs        release commands, detached from any client, their logs resumable by byte offset
+    procs       child processes: their environment, their own process group, their output, killing them
+    rollout     the instances of one app/env and their rolling update, kept in state.json for restarts
+    instances   one instance: the app's `start` process on a loopback port, restarted when it dies
+    health      probing an instance's health path over loopback HTTP
+    router      the HTTP/1.1 router: Host-based routing to instances, switched atomically in a rollout
+    http1       HTTP/1.1 parsing for the router: one event stream over httptools or the bundled h11
+    layout      where things live under ROOT, and the names allowed in paths
+    daemon      running the agent: one per root (a file lock), its router, socket, log and pid file
+    cli         the command line: `serve [--detach]` and `version`
+    __main__    `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
+    compat      the Python 3.10 differences the agent must honour
 """

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import tako_core
+from tako_core.agent.contract import PROTOCOL_VERSION
 from tako_core.agent.layout import Layout
-from tako_core.agent.protocol import PROTOCOL_VERSION
 
 DETACH_TIMEOUT = 20.0
 

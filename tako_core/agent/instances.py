@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tako_core.agent import procs
-from tako_core.agent.protocol import clip
+from tako_core.agent.contract import clip
 from tako_core.agent.router import Upstream
 from tako_core.mask import Masker
 
@@ -23,7 +23,7 @@ _STABLE_AFTER = 60.0  # an instance up this long restarts with a fresh backoff
 log = logging.getLogger("tako.agent")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InstanceSpec:
     build: str
     cwd: Path
@@ -71,7 +71,7 @@ class OutputLog:
 
 
 class Instance:
-    def __init__(self, spec: InstanceSpec, index: int, port: int, output: OutputLog) -> None:
+    def __init__(self, spec: InstanceSpec, *, index: int, port: int, output: OutputLog) -> None:
         self.spec = spec
         self.index = index
         self.port = port

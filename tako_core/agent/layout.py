@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tako_core.agent.protocol import BAD_REQUEST, ProtocolError
+from tako_core.agent.contract import BAD_REQUEST, ProtocolError
 
 # App, env and build names become path components: no separators, no dot-dot, no hidden names.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -131,8 +131,3 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def upload_name(app: str, env: str, build: str) -> str:
-    """The stem of an uploaded artifact in `uploads/` (the client adds the codec's suffix)."""
-    return f"{app}-{env}-{build}"

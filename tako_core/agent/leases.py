@@ -10,30 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from tako_core.agent.contract import LEASE_HELD, LEASE_NOT_HELD, LeaseInfo, ProtocolError
 from tako_core.agent.layout import write_private
-from tako_core.agent.protocol import LEASE_HELD, LEASE_NOT_HELD, ProtocolError
 
 log = logging.getLogger("tako.agent")
 
 
 @dataclass
 class Lease:
-    holder: str
-    build: str
-    started_at: float  # wall clock, for people
-    ttl: float
+    info: LeaseInfo  # what clients see (started_at is wall clock, for people)
     renewed: float  # wall clock of the latest acquire or renew
 
     def expired(self, now: float) -> bool:
-        return now - self.renewed > self.ttl
-
-    def describe(self) -> dict[str, object]:
-        info = asdict(self)
-        del info["renewed"]
-        return info
+        return now - self.renewed > self.info.ttl
 
 
 class Leases:
@@ -42,37 +34,42 @@ class Leases:
         self._leases: dict[tuple[str, str], Lease] = {}
         try:
             for entry in json.loads(path.read_text()):
-                key = (entry.pop("app"), entry.pop("env"))
-                self._leases[key] = Lease(**entry)
+                key = (entry["app"], entry["env"])
+                self._leases[key] = Lease(LeaseInfo.from_wire(entry), entry["renewed"])
         except FileNotFoundError:
             pass
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, ProtocolError) as e:
             log.error("ignoring unreadable %s: %s", path, type(e).__name__)
 
     def _save(self) -> None:
         now = time.time()
-        live = [{"app": a, "env": e, **asdict(v)} for (a, e), v in self._leases.items() if not v.expired(now)]
+        live = [
+            {"app": a, "env": e, **v.info.to_wire(), "renewed": v.renewed}
+            for (a, e), v in self._leases.items()
+            if not v.expired(now)
+        ]
         write_private(self._path, json.dumps(live).encode())
 
     def acquire(self, app: str, env: str, holder: str, build: str, ttl: float, force: bool) -> Lease:
         now = time.time()
         current = self._leases.get((app, env))
-        if current and current.holder != holder and not current.expired(now) and not force:
+        if current and current.info.holder != holder and not current.expired(now) and not force:
+            held = current.info
             raise ProtocolError(
                 LEASE_HELD,
-                f"{app}/{env} is being deployed by {current.holder} (build {current.build}, "
-                f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(current.started_at))})",
+                f"{app}/{env} is being deployed by {held.holder} (build {held.build}, "
+                f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(held.started_at))})",
                 hint="wait for that deploy to finish, or break a stale lease with --force-unlock",
-                **current.describe(),
+                **held.to_wire(),
             )
-        lease = Lease(holder, build, now, ttl, now)
+        lease = Lease(LeaseInfo(holder=holder, build=build, started_at=now, ttl=ttl), renewed=now)
         self._leases[(app, env)] = lease
         self._save()
         return lease
 
     def _held(self, app: str, env: str, holder: str) -> Lease:
         lease = self._leases.get((app, env))
-        if lease is None or lease.holder != holder or lease.expired(time.time()):
+        if lease is None or lease.info.holder != holder or lease.expired(time.time()):
             raise ProtocolError(
                 LEASE_NOT_HELD,
                 f"{holder} does not hold the lease on {app}/{env}",
@@ -86,7 +83,7 @@ class Leases:
 
     def release(self, app: str, env: str, holder: str) -> None:
         lease = self._leases.get((app, env))
-        if lease is not None and lease.holder == holder:
+        if lease is not None and lease.info.holder == holder:
             del self._leases[(app, env)]
             self._save()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from tako_core.agent.contract import BAD_REQUEST, ProtocolError
 from tako_core.agent.layout import check_name
-from tako_core.agent.protocol import BAD_REQUEST, ProtocolError
 
 
 class Params:

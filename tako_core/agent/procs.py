@@ -14,23 +14,23 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from tako_core.agent.protocol import MAX_OUTPUT_LINE
+from tako_core.agent.contract import MAX_OUTPUT_LINE
 
 INHERITED = ("PATH", "HOME", "LANG")  # all a child gets of the agent's own environment
 _POLL = 0.05
 
 
 def child_env(
-    vars: Mapping[str, str],
-    secrets: Mapping[str, str],
     *,
+    env_vars: Mapping[str, str],
+    secrets: Mapping[str, str],
     build: str,
     data_dir: Path,
     env: str,
     port: int | None = None,
 ) -> dict[str, str]:
     result = {k: os.environ[k] for k in INHERITED if k in os.environ}
-    result.update(vars)
+    result.update(env_vars)
     result.update(secrets)
     result.update(TAKO_BUILD=build, TAKO_DATA_DIR=str(data_dir), ENV=env)
     if port is not None:

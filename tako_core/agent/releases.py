@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tako_core.agent import procs
 from tako_core.agent.compat import WaitTimeout
+from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
-from tako_core.agent.layout import AppLayout, upload_name
-from tako_core.agent.protocol import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError
+from tako_core.agent.layout import AppLayout
 from tako_core.mask import Masker
 
 COMPLETE = ".complete"  # written last: a release without it is partial

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tako_core.agent import health, procs, releases
+from tako_core.agent.contract import BUSY, FAILED, NOT_FOUND, ProtocolError
 from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec, OutputLog
 from tako_core.agent.layout import AppLayout, write_private
 from tako_core.agent.procs import child_env
-from tako_core.agent.protocol import BUSY, FAILED, NOT_FOUND, ProtocolError
 from tako_core.agent.router import Router
 from tako_core.mask import Masker
 
@@ -35,7 +35,7 @@ DRAIN_TIMEOUT = 30.0
 log = logging.getLogger("tako.agent")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AppState:
     """What an app/env runs; persisted so the agent can restart it on its own."""
 
@@ -44,7 +44,7 @@ class AppState:
     instances: int
     health_path: str
     routes: list[str]
-    vars: dict[str, str]
+    vars: dict[str, str]  # [vars] of tako.toml; the name is the key in state.json files out there
     secrets: dict[str, str]
     previous: str | None = None  # the release `current` pointed at before the latest finalize
 
@@ -110,9 +110,21 @@ class AppRuntime:
         assert self.state is not None
         write_private(self.layout.state, json.dumps(asdict(self.state)).encode())
 
-    def _spec(self, build: str, start: str, vars: dict[str, str], secrets: dict[str, str]) -> InstanceSpec:
-        env = child_env(vars, secrets, build=build, data_dir=self.layout.data, env=self.env)
-        return InstanceSpec(build, self.layout.release(build), start, env, Masker(secrets.values()))
+    def _spec(self, state: AppState) -> InstanceSpec:
+        env = child_env(
+            env_vars=state.vars,
+            secrets=state.secrets,
+            build=state.build,
+            data_dir=self.layout.data,
+            env=self.env,
+        )
+        return InstanceSpec(
+            build=state.build,
+            cwd=self.layout.release(state.build),
+            command=state.start,
+            env=env,
+            masker=Masker(state.secrets.values()),
+        )
 
     def _route(self, routes: list[str], serving: list[Instance]) -> None:
         if serving:
@@ -125,12 +137,12 @@ class AppRuntime:
     ) -> None:
         if not releases.is_complete(self.layout, state.build):
             raise ProtocolError(NOT_FOUND, f"release {state.build} is not prepared")
-        spec = self._spec(state.build, state.start, state.vars, state.secrets)
+        spec = self._spec(state)
         old, new = list(self.instances), []
         old_routes = self.state.routes if self.state else state.routes
         try:
             for index in range(state.instances):
-                instance = Instance(spec, index, health.free_port(), self.output)
+                instance = Instance(spec, index=index, port=health.free_port(), output=self.output)
                 new.append(instance)
                 await instance.start()
                 await self._wait_healthy(instance, state.health_path, health_timeout)
@@ -193,9 +205,9 @@ class AppRuntime:
             await asyncio.gather(*(procs.kill_group(pid, STOP_GRACE) for pid in orphans))
             if orphans:
                 log.warning("%s: stopped %d instance(s) left by an earlier agent", self.key, len(orphans))
-        spec = self._spec(state.build, state.start, state.vars, state.secrets)
+        spec = self._spec(state)
         for index in range(state.instances):
-            instance = Instance(spec, index, health.free_port(), self.output)
+            instance = Instance(spec, index=index, port=health.free_port(), output=self.output)
             await instance.start()
             self.instances.append(instance)
         self._route(state.routes, self.instances)

@@ -14,13 +14,12 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from tako_core.agent import procs
 from tako_core.agent.compat import WaitTimeout
+from tako_core.agent.contract import NOT_FOUND, ProtocolError, RunResult, clip
 from tako_core.agent.layout import check_name, write_private
-from tako_core.agent.protocol import NOT_FOUND, ProtocolError, RunResult, clip
 from tako_core.mask import Masker
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a run's process group
@@ -74,8 +73,8 @@ class Run:
                 # Past the settle time something outside the group holds the pipe; the log ends here.
                 with contextlib.suppress(WaitTimeout):
                     await asyncio.wait_for(pump, _OUTPUT_SETTLE)
-            self.result = RunResult(proc.returncode, timed_out, stopped)
-            write_private(self.result_file, json.dumps(asdict(self.result)).encode())
+            self.result = RunResult(exit_code=proc.returncode, timed_out=timed_out, stopped=stopped)
+            write_private(self.result_file, json.dumps(self.result.to_wire()).encode())
             self.notify()
 
     async def _pump(self, stdout: asyncio.StreamReader, log: io.FileIO, masker: Masker) -> None:
@@ -93,6 +92,7 @@ class Runs:
     def start(
         self,
         directory: Path,
+        *,
         command: str,
         cwd: Path,
         env: dict[str, str],
@@ -117,9 +117,9 @@ class Runs:
         if not run.log.exists():
             raise ProtocolError(NOT_FOUND, f"no release run {run_id}")
         if run.result_file.exists():
-            run.result = RunResult(**json.loads(run.result_file.read_text()))
+            run.result = RunResult.from_wire(json.loads(run.result_file.read_text()))
         else:
-            run.result = RunResult(None, False, True)  # lost with the agent that ran it
+            run.result = RunResult(exit_code=None, timed_out=False, stopped=True)  # lost with its agent
         return run
 
     def prune(self, directory: Path, keep: int) -> None:

@@ -14,16 +14,17 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from tako_core.agent.params import Params
-from tako_core.agent.protocol import (
+from tako_core.agent.contract import (
     BAD_REQUEST,
     INTERNAL,
     MAX_LINE,
     PROTOCOL_VERSION,
     TOO_LARGE,
-    UNKNOWN_OP,
     UNSUPPORTED_VERSION,
+    Event,
+    Json,
     Message,
+    Op,
     ProtocolError,
     decode,
     encode,
@@ -31,6 +32,7 @@ from tako_core.agent.protocol import (
     failure,
     ok,
 )
+from tako_core.agent.params import Params
 from tako_core.agent.service import Agent
 
 log = logging.getLogger("tako.agent")
@@ -59,7 +61,7 @@ class Connection:
         self.closed = False
         self._lock = asyncio.Lock()
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Json) -> None:
         if not self.closed and not self.writer.is_closing():
             self.writer.write(encode(message))
 
@@ -79,8 +81,8 @@ class _Events:
         self._conn = conn
         self._id = request_id
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
-        self._conn.send(event(self._id, name, fields))
+    def __call__(self, message: Event) -> None:
+        self._conn.send(event(self._id, message))
 
     async def drain(self) -> None:
         await self._conn.flush()
@@ -159,16 +161,9 @@ class AgentServer:
                     f"protocol version {message.get('v')!r} is not {PROTOCOL_VERSION}",
                     hint="upgrade tako or the agent so both speak the same protocol",
                 )
-            op = message.get("op")
-            handler = self.agent.handlers.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise ProtocolError(UNKNOWN_OP, f"unknown op {str(op)[:80]!r}")
-
-            work = handler(Params(message), _Events(conn, request_id))
-            if op in self.agent.detached:
-                result = await asyncio.shield(self._keep(work))
-            else:
-                result = await work
+            op = Op.parse(message.get("op"))
+            work = self.agent.handler(op)(Params(message), _Events(conn, request_id))
+            result = await (asyncio.shield(self._keep(work)) if op.detached else work)
             reply = ok(request_id, result)
         except ProtocolError as e:
             reply = failure(request_id, e)
@@ -180,7 +175,7 @@ class AgentServer:
         conn.send(reply)
         await conn.flush()
 
-    def _keep(self, work: Awaitable[dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+    def _keep(self, work: Awaitable[Message]) -> asyncio.Future[Message]:
         """Run `work` to its end even if the request waiting for it is cancelled."""
         task = asyncio.ensure_future(work)
         self._background.add(task)

@@ -1,14 +1,19 @@
-"""Looking at an env's servers without changing them: what runs, what is kept, who deploys."""
+"""Looking at an env's servers without changing them: what runs, what is kept, who deploys.
+
+The types a `ServerView` holds are exported here: front ends take them from the core, never from the agent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
-from tako_core.agent.client import AppStatus, ReleaseInfo
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import TakoError
 from tako_core.transport import Connection
+from tako_core.transport.agent_client import AppStatus, InstanceStatus, LeaseInfo, ReleaseInfo
+
+__all__ = ["AppStatus", "InstanceStatus", "LeaseInfo", "ReleaseInfo", "ServerView", "inspect"]
 
 
 @dataclass(frozen=True)

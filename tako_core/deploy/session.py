@@ -7,14 +7,14 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent.client import AgentClient, RunResult
-from tako_core.agent.layout import upload_name
+from tako_core.agent.contract import upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import AgentError, TransportError
 from tako_core.events import EventSink, OutputLine, Phase, RolloutProgress, UploadProgress
 from tako_core.mask import Masker
 from tako_core.transport import Connection, ensure_agent
+from tako_core.transport.agent_client import AgentClient, RunResult
 
 LEASE_TTL = 30.0
 RECONNECT_ATTEMPTS = 5
@@ -103,16 +103,21 @@ class ServerSession:
             *self._app_env,
             build,
             upload_path,
-            self._target.install,
-            self._target.vars,
-            self._secrets,
-            self._output(Phase.INSTALL),
+            install=self._target.install,
+            env_vars=self._target.vars,
+            secrets=self._secrets,
+            on_output=self._output(Phase.INSTALL),
         )
 
     async def run_release(self, build: str, command: str) -> RunResult:
         """Start the release command and follow its output to the end, across reconnects."""
         self.release_run = await self.agent.release_start(
-            *self._app_env, build, command, self._target.vars, self._secrets, self._target.release_timeout
+            *self._app_env,
+            build,
+            command,
+            env_vars=self._target.vars,
+            secrets=self._secrets,
+            timeout=self._target.release_timeout,
         )
         emit = self._output(Phase.RELEASE)
         offset = 0
@@ -160,7 +165,7 @@ class ServerSession:
             instances=t.instances,
             health_path=t.health_path,
             routes=t.routes,
-            vars=t.vars,
+            env_vars=t.vars,
             secrets=self._secrets,
             on_progress=progress,
         )

@@ -17,10 +17,10 @@ from pathlib import Path
 import platformdirs
 
 import tako_core
-from tako_core.agent.client import AgentClient
-from tako_core.agent.zipapp import build_zipapp
 from tako_core.config import Server
 from tako_core.errors import AgentError
+from tako_core.transport.agent_client import AgentClient
+from tako_core.transport.agent_zipapp import build_zipapp
 from tako_core.transport.connection import Connection
 from tako_core.transport.failures import AgentNotRunning, where
 

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from tako_core.agent.client import AgentClient
 from tako_core.config import Server
 from tako_core.errors import TransportError
+from tako_core.transport.agent_client import AgentClient
 from tako_core.transport.failures import AgentNotRunning, connect_error, known_hosts_path, lost, where
 
 # Below OpenSSH's default MaxSessions of 10: with 10 at once an open fails now and then.

@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import click
 
-from tako_core.agent.zipapp import build_zipapp
 from tako_core.config import Server, load_inventory
 from tako_core.errors import BadInput, TakoError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import agent_cache_dir, ensure_agent, inspect_agent
+from tako_core.transport.agent_zipapp import build_zipapp
 
 Say = Callable[[str], None]
 

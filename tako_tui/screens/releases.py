@@ -17,8 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tako_core.agent.client import ReleaseInfo
-from tako_core.deploy.inspect import ServerView
+from tako_core.deploy.inspect import ReleaseInfo, ServerView
 from tako_core.events import State
 
 from ..widgets.look import ERROR, MUTED, STATE_STYLE

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import zstandard
 
-from tako_core.agent.client import AgentClient
-from tako_core.agent.zipapp import build_zipapp
+from tako_core.transport.agent_client import AgentClient
+from tako_core.transport.agent_zipapp import build_zipapp
 
 SAMPLE_APP = Path(__file__).with_name("sample_app.py")
 # A Python 3.10 runs the zipapp where one is installed: it proves the agent needs nothing but the
@@ -56,17 +56,21 @@ class AgentProcess:
                 self.proc.wait(5)
 
 
-def agent_command(root: Path, http_port: int, pyz_dir: Path) -> list[str]:
+def agent_command(root: Path, http_port: int, pyz_dir: Path, zipapp: Path | None = None) -> list[str]:
+    """Runs `zipapp` if given, else this tree's agent: its zipapp on PY310 where there is one."""
     args = ["serve", "--root", str(root), "--http-host", "127.0.0.1", "--http-port", str(http_port)]
-    if PY310.exists():
-        return [str(PY310), str(build_zipapp(pyz_dir)), *args]
-    return [sys.executable, "-m", "tako_core.agent", *args]
+    if zipapp is None and not PY310.exists():
+        return [sys.executable, "-m", "tako_core.agent", *args]
+    python = PY310 if PY310.exists() else Path(sys.executable)
+    return [str(python), str(zipapp or build_zipapp(pyz_dir)), *args]
 
 
-def start_agent(root: Path, pyz_dir: Path, http_port: int | None = None) -> AgentProcess:
+def start_agent(
+    root: Path, pyz_dir: Path, http_port: int | None = None, zipapp: Path | None = None
+) -> AgentProcess:
     port = http_port or free_port()
     env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8"}
-    proc = subprocess.Popen(agent_command(root, port, pyz_dir), env=env, cwd="/")
+    proc = subprocess.Popen(agent_command(root, port, pyz_dir, zipapp), env=env, cwd="/")
     agent = AgentProcess(root, port, proc)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -1,8 +1,8 @@
 """The client side of the agent protocol: typed calls over any line-oriented reader/writer pair.
 
 Works over asyncio streams (a local socket) and asyncssh's `open_unix_connection` alike. Many calls
-may run at once on one connection; replies are matched to calls by request id. This module runs on
-the client (never on the server), so it may use tako_core.errors.
+may run at once on one connection; replies are matched to calls by request id. Of the agent package it
+imports only the wire contract, the one module both ends share.
 """
 
 from __future__ import annotations
@@ -10,17 +10,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from tako_core.agent.protocol import (
+from tako_core.agent.contract import (
     LEASE_HELD,
     MAX_LINE,
     PROTOCOL_VERSION,
+    AgentInfo,
+    AppStatus,
+    Cleaned,
+    Done,
+    Event,
+    Finalized,
+    InstallOutput,
+    InstanceStatus,
+    Json,
+    LeaseGranted,
+    LeaseInfo,
+    LogLines,
     Message,
+    Op,
+    Progress,
     ProtocolError,
+    ReleaseCheck,
+    ReleaseInfo,
+    Releases,
+    RunOutput,
     RunResult,
+    RunStarted,
+    Status,
     decode,
     encode,
     request,
@@ -35,6 +54,7 @@ __all__ = [
     "AppStatus",
     "InstanceStatus",
     "LeaseHeld",
+    "LeaseInfo",
     "ReleaseInfo",
     "RunResult",
 ]
@@ -54,7 +74,7 @@ class Writer(Protocol):
 
 
 class AgentReplyError(AgentError):
-    """The agent answered a request with an error; `code` is one of protocol's error codes."""
+    """The agent answered a request with an error; `code` is one of the contract's error codes."""
 
     def __init__(self, code: str, message: str, *, hint: str | None, details: dict[str, Any]) -> None:
         super().__init__(message, hint=hint)
@@ -83,56 +103,27 @@ class AgentDisconnected(AgentError, TransportError):
     the same as for a dropped SSH connection (reconnect, then e.g. re-attach a release watch)."""
 
 
-@dataclass(frozen=True)
-class AgentInfo:
-    agent_version: str
-    protocol: int
-    hostname: str
-    python: str
-    free_bytes: int
-    codecs: tuple[str, ...]  # what the server can unpack: "zst", "gz"
-    build_id: str | None  # the agent zipapp's content hash (zipapp.build_id()); None when not a zipapp
+M = TypeVar("M", bound=Message)
+E = TypeVar("E", bound=Event)
 
 
-@dataclass(frozen=True)
-class ReleaseInfo:
-    build: str
-    complete: bool
-    current: bool
-    created_at: float
+def _on(kind: type[E], handle: Callable[[E], None]) -> Callable[[Json], None]:
+    """An event callback that reads each event as a `kind`."""
+    return lambda message: handle(kind.from_wire(message))
 
 
-@dataclass(frozen=True)
-class InstanceStatus:
-    index: int
-    build: str
-    port: int
-    pid: int | None
-    running: bool
-    restarts: int
-    inflight: int
+def _refusal(reply: Json) -> AgentReplyError:
+    error = reply.get("error") or {}
+    kind = LeaseHeld if error.get("code") == LEASE_HELD else AgentReplyError
+    return kind(
+        str(error.get("code", "")),
+        str(error.get("message", "the agent refused the request")),
+        hint=error.get("hint"),
+        details=dict(error.get("details") or {}),
+    )
 
 
-@dataclass(frozen=True)
-class LeaseInfo:
-    holder: str
-    build: str
-    started_at: float
-    ttl: float
-
-
-@dataclass(frozen=True)
-class AppStatus:
-    app: str
-    env: str
-    current: str | None
-    running: str | None
-    routes: tuple[str, ...]
-    instances: tuple[InstanceStatus, ...]
-    lease: LeaseInfo | None
-
-
-_Pending = tuple["asyncio.Future[Message]", Callable[[Message], None] | None]
+_Pending = tuple["asyncio.Future[Json]", Callable[[Json], None] | None]
 
 
 class AgentClient:
@@ -152,7 +143,7 @@ class AgentClient:
         client = cls(reader, writer)
         client._read_task = asyncio.ensure_future(client._read_loop())
         try:
-            reply = await asyncio.wait_for(client._call("hello", {}), HELLO_TIMEOUT)
+            client.info = await asyncio.wait_for(client._call(Op.HELLO, {}, AgentInfo), HELLO_TIMEOUT)
         except TimeoutError:
             await client.close()
             raise AgentDisconnected(
@@ -167,15 +158,6 @@ class AgentClient:
         except BaseException:
             await client.close()
             raise
-        client.info = AgentInfo(
-            agent_version=str(reply["agent_version"]),
-            protocol=int(reply["protocol"]),
-            hostname=str(reply["hostname"]),
-            python=str(reply["python"]),
-            free_bytes=int(reply["free_bytes"]),
-            codecs=tuple(reply["codecs"]),
-            build_id=reply.get("build_id"),
-        )
         return client
 
     @classmethod
@@ -237,13 +219,14 @@ class AgentClient:
                 future.set_exception(AgentDisconnected(reason, hint="reconnect and retry"))
 
     async def _call(
-        self, op: str, params: Message, on_event: Callable[[Message], None] | None = None
-    ) -> Message:
+        self, op: Op, params: Json, reply: type[M], on_event: Callable[[Json], None] | None = None
+    ) -> M:
+        """Send one request; its result read as a `reply`, its events passed to `on_event`."""
         if self._closed_reason is not None:
             raise AgentDisconnected(self._closed_reason, hint="reconnect and retry")
         request_id = self._next_id
         self._next_id += 1
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, on_event)
         try:
             async with self._write_lock:
@@ -252,39 +235,35 @@ class AgentClient:
                     await self._writer.drain()
                 except (OSError, EOFError) as e:
                     raise AgentDisconnected(f"cannot send to the agent: {e}", hint="reconnect") from None
-            reply = await future
+            answer = await future
+            if answer.get("ok") is not True:
+                raise _refusal(answer)
+            return reply.from_wire(answer)
+        except ProtocolError as e:  # from reading the result or an event
+            raise AgentError(
+                f"the agent's answer to {op.value} is unreadable: {e.message}",
+                hint="upgrade tako or the agent so both speak the same protocol",
+            ) from None
         finally:
             self._pending.pop(request_id, None)
-        if reply.get("ok") is True:
-            return reply
-        error = reply.get("error") or {}
-        kind = LeaseHeld if error.get("code") == LEASE_HELD else AgentReplyError
-        raise kind(
-            str(error.get("code", "")),
-            str(error.get("message", "the agent refused the request")),
-            hint=error.get("hint"),
-            details=dict(error.get("details") or {}),
-        )
 
     # --- operations -----------------------------------------------------------------------------
 
     async def lease_acquire(
         self, app: str, env: str, holder: str, build: str, ttl: float = 30.0, *, force: bool = False
-    ) -> None:
-        await self._call(
-            "lease_acquire",
-            {"app": app, "env": env, "holder": holder, "build": build, "ttl": ttl, "force": force},
-        )
+    ) -> LeaseInfo:
+        params = {"app": app, "env": env, "holder": holder, "build": build, "ttl": ttl, "force": force}
+        return (await self._call(Op.LEASE_ACQUIRE, params, LeaseGranted)).lease
 
     async def lease_renew(self, app: str, env: str, holder: str) -> None:
-        await self._call("lease_renew", {"app": app, "env": env, "holder": holder})
+        await self._call(Op.LEASE_RENEW, {"app": app, "env": env, "holder": holder}, Done)
 
     async def lease_release(self, app: str, env: str, holder: str) -> None:
-        await self._call("lease_release", {"app": app, "env": env, "holder": holder})
+        await self._call(Op.LEASE_RELEASE, {"app": app, "env": env, "holder": holder}, Done)
 
     async def has_release(self, app: str, env: str, build: str) -> bool:
-        reply = await self._call("has_release", {"app": app, "env": env, "build": build})
-        return bool(reply["complete"])
+        params = {"app": app, "env": env, "build": build}
+        return (await self._call(Op.HAS_RELEASE, params, ReleaseCheck)).complete
 
     async def prepare(
         self,
@@ -292,24 +271,26 @@ class AgentClient:
         env: str,
         build: str,
         upload_path: str,
+        *,
         install: str | None,
-        vars: dict[str, str],
+        env_vars: dict[str, str],
         secrets: dict[str, str],
         on_output: Callable[[str], None],
     ) -> None:
         """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there."""
         await self._call(
-            "prepare",
+            Op.PREPARE,
             {
                 "app": app,
                 "env": env,
                 "build": build,
                 "upload": upload_path,
                 "install": install,
-                "vars": vars,
+                "vars": env_vars,
                 "secrets": secrets,
             },
-            lambda m: on_output(str(m.get("line", ""))),
+            Done,
+            _on(InstallOutput, lambda e: on_output(e.line)),
         )
 
     async def release_start(
@@ -318,43 +299,40 @@ class AgentClient:
         env: str,
         build: str,
         command: str,
-        vars: dict[str, str],
+        *,
+        env_vars: dict[str, str],
         secrets: dict[str, str],
         timeout: float,  # noqa: ASYNC109 (the release command's limit, not this call's)
     ) -> str:
-        reply = await self._call(
-            "release_start",
-            {
-                "app": app,
-                "env": env,
-                "build": build,
-                "command": command,
-                "vars": vars,
-                "secrets": secrets,
-                "timeout": timeout,
-            },
-        )
-        return str(reply["run_id"])
+        params = {
+            "app": app,
+            "env": env,
+            "build": build,
+            "command": command,
+            "vars": env_vars,
+            "secrets": secrets,
+            "timeout": timeout,
+        }
+        return (await self._call(Op.RELEASE_START, params, RunStarted)).run_id
 
     async def release_watch(
         self, app: str, env: str, run_id: str, offset: int, on_line: Callable[[int, str], None]
     ) -> RunResult:
         """Lines from byte `offset` on as on_line(next_offset, line), then the result once it ended."""
-        reply = await self._call(
-            "release_watch",
+        return await self._call(
+            Op.RELEASE_WATCH,
             {"app": app, "env": env, "run_id": run_id, "offset": offset},
-            lambda m: on_line(int(m["offset"]), str(m["line"])),
+            RunResult,
+            _on(RunOutput, lambda e: on_line(e.offset, e.line)),
         )
-        return RunResult(reply["exit_code"], bool(reply["timed_out"]), bool(reply["stopped"]))
 
     async def release_stop(self, app: str, env: str, run_id: str) -> None:
-        await self._call("release_stop", {"app": app, "env": env, "run_id": run_id})
+        await self._call(Op.RELEASE_STOP, {"app": app, "env": env, "run_id": run_id}, Done)
 
     async def cleanup(self, app: str, env: str, build: str) -> bool:
         """Remove a partial or failed release; True when removed. A release that `current` points at
         or that instances run is kept (False), never an error: abort paths call this blindly."""
-        reply = await self._call("cleanup", {"app": app, "env": env, "build": build})
-        return bool(reply["removed"])
+        return (await self._call(Op.CLEANUP, {"app": app, "env": env, "build": build}, Cleaned)).removed
 
     async def rollout(
         self,
@@ -366,13 +344,13 @@ class AgentClient:
         instances: int,
         health_path: str,
         routes: tuple[str, ...] | list[str],
-        vars: dict[str, str],
+        env_vars: dict[str, str],
         secrets: dict[str, str],
         on_progress: Callable[[int, int], None],
         health_timeout: float = 30.0,
     ) -> None:
         await self._call(
-            "rollout",
+            Op.ROLLOUT,
             {
                 "app": app,
                 "env": env,
@@ -381,47 +359,36 @@ class AgentClient:
                 "instances": instances,
                 "health_path": health_path,
                 "routes": list(routes),
-                "vars": vars,
+                "vars": env_vars,
                 "secrets": secrets,
                 "health_timeout": health_timeout,
             },
-            lambda m: on_progress(int(m["done"]), int(m["total"])),
+            Done,
+            _on(Progress, lambda e: on_progress(e.done, e.total)),
         )
 
     async def finalize(self, app: str, env: str, build: str, keep: int = 5) -> list[str]:
         """Point `current` at build and prune; returns the builds pruned."""
-        reply = await self._call("finalize", {"app": app, "env": env, "build": build, "keep": keep})
-        return [str(b) for b in reply.get("pruned", [])]
+        params = {"app": app, "env": env, "build": build, "keep": keep}
+        return list((await self._call(Op.FINALIZE, params, Finalized)).pruned)
 
     async def status(self) -> list[AppStatus]:
-        reply = await self._call("status", {})
-        return [
-            AppStatus(
-                app=a["app"],
-                env=a["env"],
-                current=a["current"],
-                running=a["running"],
-                routes=tuple(a["routes"]),
-                instances=tuple(InstanceStatus(**i) for i in a["instances"]),
-                lease=LeaseInfo(**a["lease"]) if a["lease"] else None,
-            )
-            for a in reply["apps"]
-        ]
+        return list((await self._call(Op.STATUS, {}, Status)).apps)
 
     async def releases(self, app: str, env: str) -> list[ReleaseInfo]:
-        reply = await self._call("releases", {"app": app, "env": env})
-        return [ReleaseInfo(**r) for r in reply["releases"]]
+        return list((await self._call(Op.RELEASES, {"app": app, "env": env}, Releases)).releases)
 
     async def rollback(
         self, app: str, env: str, build: str, on_progress: Callable[[int, int], None] | None = None
     ) -> None:
         """Roll out a kept release again (no release command) and point `current` at it."""
         await self._call(
-            "rollback",
+            Op.ROLLBACK,
             {"app": app, "env": env, "build": build},
-            (lambda m: on_progress(int(m["done"]), int(m["total"]))) if on_progress else None,
+            Done,
+            _on(Progress, lambda e: on_progress(e.done, e.total)) if on_progress else None,
         )
 
     async def logs(self, app: str, env: str, lines: int = 100) -> list[str]:
-        reply = await self._call("logs", {"app": app, "env": env, "lines": lines})
-        return [str(line) for line in reply["lines"]]
+        params = {"app": app, "env": env, "lines": lines}
+        return list((await self._call(Op.LOGS, params, LogLines)).lines)
