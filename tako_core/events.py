@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
 
+from tako_core.errors import EXIT_INTERRUPTED
+
 SCHEMA_VERSION = 1
 
 RUNNING_RELEASE = "Running release command"
@@ -163,6 +165,11 @@ class DeployFinished(_Event):
     results: tuple[ServerResult, ...] = ()
     error: str | None = None
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by the user (Ctrl-C, the console's abort, a declined confirmation): exit code 130."""
+        return self.exit_code == EXIT_INTERRUPTED
+
 
 Event: TypeAlias = (
     DeployStarted
@@ -197,7 +204,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 
 class Prompter(Protocol):
-    """How the core asks a person a question; each front end brings its own."""
+    """How the core asks a person a question; each front end brings its own.
+
+    The core decides whether to ask (e.g. before changing production without --yes); a front end that
+    has no way to ask (no terminal) raises a `BadInput` saying how to answer up front.
+    """
 
     async def confirm(self, question: str) -> bool: ...
 

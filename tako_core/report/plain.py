@@ -81,7 +81,7 @@ class PlainTranscript:
         width = max((len(r.outcome.value) for r in event.results), default=0)
         for r in event.results:
             lines.append(f"  {self._who(r.server)}  {r.outcome.value:<{width}}  {r.message}".rstrip())
-        verdict = "succeeded" if event.ok else ("interrupted" if event.exit_code == 130 else "failed")
+        verdict = "succeeded" if event.ok else ("interrupted" if event.interrupted else "failed")
         tail = f": {event.error}" if event.error else ""
         lines.append(f"deploy {verdict} after {event.seconds:.1f}s{tail} (exit {event.exit_code})")
         return lines

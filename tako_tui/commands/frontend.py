@@ -13,21 +13,32 @@ from collections.abc import Awaitable, Callable
 
 import click
 
+from tako_core.errors import EXIT_INTERRUPTED, BadInput
 from tako_core.events import DeployFinished, Event, EventSink, Prompter
 from tako_core.report import PlainTranscript, json_line
 
 Job = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
 
 
-class TerminalPrompter:
-    """Asks on the terminal (stderr), off the event loop."""
-
-    async def confirm(self, question: str) -> bool:
-        return await asyncio.to_thread(click.confirm, question, default=False, err=True)
-
-
 def on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal (stderr); without one, refuse rather than guess: bad input, exit 2."""
+    if not on_terminal():
+        raise BadInput(
+            f"refusing to go on without confirmation, and there is no terminal to ask on: {question}",
+            hint="pass --yes to confirm up front (as CI should)",
+        )
+    return click.confirm(question, default=False, err=True)
+
+
+class TerminalPrompter:
+    """The core's `Prompter` outside the console: asks on the terminal, off the event loop."""
+
+    async def confirm(self, question: str) -> bool:
+        return await asyncio.to_thread(confirm, question)
 
 
 def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
@@ -41,7 +52,7 @@ def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
         from tako_tui.app import run_deploy_console  # Textual loads only when a screen is shown
 
         finished = run_deploy_console(job, title=title)
-    return finished.exit_code if finished is not None else 130
+    return finished.exit_code if finished is not None else EXIT_INTERRUPTED
 
 
 def _json_sink(event: Event) -> None:

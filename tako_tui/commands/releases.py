@@ -17,10 +17,8 @@ import click
 from click.core import ParameterSource
 
 from tako_core.config import ResolvedEnv
-from tako_core.deploy import DeployOptions, needs_confirmation
+from tako_core.deploy import DeployOptions, rollback
 from tako_core.deploy.inspect import ServerView, inspect
-from tako_core.deploy.rollback import rollback
-from tako_core.errors import BadInput
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_tui.commands.deploy import holder
@@ -95,7 +93,7 @@ def releases(ctx: click.Context, config_path: Path, env_name: str | None) -> Non
     from tako_tui.app import run_releases_console  # Textual loads only when a screen is shown
 
     finished = run_releases_console(
-        lambda: inspect(target), rollback_job(target), title=f"{target.app} → {target.env}"
+        lambda: inspect(target), rollback_job(target, confirmed=True), title=f"{target.app} → {target.env}"
     )
     sys.exit(finished.exit_code if finished is not None else 0)
 
@@ -112,8 +110,9 @@ def _hand_down(ctx: click.Context, **given: object) -> None:
         ctx.default_map = {ctx.invoked_subcommand: explicit}
 
 
-def rollback_job(target: ResolvedEnv) -> Callable[[str], Job]:
-    """The releases screen's rollback: confirmed on the screen, so the core does not ask again.
+def rollback_job(target: ResolvedEnv, *, confirmed: bool) -> Callable[[str], Job]:
+    """The rollback to a build, as a job; `confirmed` (--yes, or asked on the releases screen): the
+    core does not ask again.
 
     The secrets are read only once a rollback starts: looking at the releases needs no key."""
 
@@ -122,8 +121,10 @@ def rollback_job(target: ResolvedEnv) -> Callable[[str], Job]:
             secrets = await asyncio.to_thread(
                 load_env_secrets, target.config_path.parent, target.app, target.env
             )
-            options = DeployOptions(holder=holder(), confirmed=True)
-            return await rollback(target, build, secrets=secrets, sink=sink, options=options)
+            options = DeployOptions(holder=holder(), confirmed=confirmed)
+            return await rollback(
+                target, build, secrets=secrets, sink=sink, prompter=prompter, options=options
+            )
 
         return job
 
@@ -160,9 +161,5 @@ def releases_rollback(
 ) -> None:
     """Roll every server back to BUILD, a release it still keeps (the release command is not run)."""
     target = load_target(config_path, env_name)
-    if needs_confirmation(target, DeployOptions(holder=holder(), confirmed=yes)):
-        if not on_terminal():
-            raise BadInput(f"rolling back {target.env} needs confirmation", hint="pass --yes")
-        click.confirm(f"Roll {target.app} on {target.env} back to {build}?", abort=True, err=True)
-    job = rollback_job(target)(build)
+    job = rollback_job(target, confirmed=yes)(build)
     sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=f"{target.app} → {target.env} rollback"))

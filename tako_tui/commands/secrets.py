@@ -13,6 +13,7 @@ import click
 from tako_core.config import AppConfig, default_env, load_config
 from tako_core.errors import BadInput
 from tako_core.secrets import SecretsStore, check_name, key_env_var, new_exported_key
+from tako_tui.commands.frontend import confirm
 from tako_tui.commands.options import config_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -134,10 +135,8 @@ def rm(name: str, config_path: Path, env: str | None, yes: bool) -> None:
     config, store = _open(config_path)
     env = _pick_env(config, env)
     store.remove(env, name)  # in memory until save(); raises when there is no such secret
-    if not yes:
-        if not _stdin_is_terminal():
-            raise BadInput(f"refusing to remove {name} from env {env} without confirmation", hint="add --yes")
-        click.confirm(f"Remove {name} from env {env}?", abort=True, err=True)
+    if not yes and not confirm(f"Remove {name} from env {env}?"):
+        raise click.Abort
     store.save()
     click.echo(f"removed {name} from env {env}", err=True)
 

@@ -66,6 +66,6 @@ class Summary(Widget):
             artifact = self._model.artifact
             build = f" {artifact.build}" if artifact else ""
             return Text(f"✓ Deployed{build}{where} in {took}", STATE_STYLE[State.DONE])
-        if finished.exit_code == 130:
+        if finished.interrupted:
             return Text(f"⊘ Aborted after {took}", STATE_STYLE[State.CANCELLED])
         return Text(f"✗ Deploy failed after {took} (exit {finished.exit_code})", STATE_STYLE[State.FAILED])
