@@ -14,7 +14,7 @@ from tako_core.deploy import DeployOptions, deploy
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_tui.commands.frontend import run_job
-from tako_tui.commands.options import config_option, load_target
+from tako_tui.commands.options import config_option, env_option, load_target
 
 
 def holder() -> str:
@@ -24,7 +24,7 @@ def holder() -> str:
 
 @click.command("deploy")
 @config_option
-@click.option("-e", "--env", "env_name", help="The environment to deploy (default: the only one).")
+@env_option
 @click.option(
     "--no-tui", is_flag=True, help="Print a plain transcript on stderr (the default without a terminal)."
 )

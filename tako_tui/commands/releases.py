@@ -23,9 +23,8 @@ from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_tui.commands.deploy import holder
 from tako_tui.commands.frontend import Job, on_terminal, run_job
-from tako_tui.commands.options import config_option, load_target
+from tako_tui.commands.options import config_option, env_option, load_target
 
-env_option = click.option("-e", "--env", "env_name", help="The environment (default: the only one).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
