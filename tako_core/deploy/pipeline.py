@@ -32,7 +32,7 @@ from tako_core.events import (
     ServerResult,
     State,
 )
-from tako_core.units import size
+from tako_core.units import duration, size
 
 CLEANUP_TIMEOUT = 60.0
 
@@ -171,7 +171,7 @@ class _Deploy(Run):
                 self.board.set(follower.name, Phase.RELEASE, State.DONE, detail=f"passed on {leader.name}")
             return
         if result.timed_out:
-            reason = f"timed out after {_duration(self.target.release_timeout)}"
+            reason = f"timed out after {duration(self.target.release_timeout)}"
         elif result.stopped:
             reason = "was stopped"
         else:
@@ -224,9 +224,3 @@ class _Deploy(Run):
         except TakoError as err:
             return ServerResult(server=name, outcome=Outcome.FAILED, message=self.mask(err.message))
         return ServerResult(server=name, outcome=Outcome.DEPLOYED, message=self.build)
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds:g}s"

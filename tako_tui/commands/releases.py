@@ -21,6 +21,7 @@ from tako_core.deploy import DeployOptions, rollback
 from tako_core.deploy.inspect import ServerView, inspect
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
+from tako_core.units import ago
 from tako_tui.commands.deploy import holder
 from tako_tui.commands.frontend import Job, on_terminal, run_job
 from tako_tui.commands.options import config_option, env_option, load_target
@@ -30,14 +31,6 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
 
 def _views(config_path: Path, env_name: str | None) -> list[ServerView]:
     return asyncio.run(inspect(load_target(config_path, env_name)))
-
-
-def _ago(stamp: float) -> str:
-    seconds = max(time.time() - stamp, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
 
 
 @click.command("status")
@@ -68,7 +61,8 @@ def _status_line(view: ServerView) -> str:
     if restarts:
         line += f", {restarts} restarts"
     if s.lease is not None:
-        line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {_ago(s.lease.started_at)}"
+        since = ago(s.lease.started_at, time.time())
+        line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {since}"
     return line
 
 
@@ -145,7 +139,7 @@ def releases_ls(config_path: Path, env_name: str | None, as_json: bool) -> None:
         for r in sorted(view.releases, key=lambda r: r.created_at, reverse=True):
             mark = "*" if r.current else " "
             state = "" if r.complete else "  (incomplete)"
-            click.echo(f"  {mark} {r.build}  {_ago(r.created_at)}{state}")
+            click.echo(f"  {mark} {r.build}  {ago(r.created_at, time.time())}{state}")
 
 
 @releases.command("rollback")

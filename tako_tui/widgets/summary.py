@@ -8,8 +8,9 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tako_core.events import DeployFinished, Outcome, State
+from tako_core.units import duration
 
-from .look import ERROR, MUTED, STATE_GLYPH, STATE_STYLE, duration
+from .look import ERROR, MUTED, STATE_GLYPH, STATE_STYLE
 from .model import DeployModel
 
 _OUTCOME_STATE = {
