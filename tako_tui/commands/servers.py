@@ -102,7 +102,7 @@ def status(names: tuple[str, ...]) -> None:
 
 
 async def _setup_one(server: Server, say: Say) -> bool:
-    async with await Connection.open(server) as conn:
+    async with Connection.open(server) as conn:
         installed = False
 
         def step(message: str) -> None:
@@ -122,7 +122,7 @@ async def _setup_one(server: Server, say: Say) -> bool:
 
 async def _status_one(server: Server, say: Say) -> bool:
     build = (await asyncio.to_thread(build_zipapp, agent_cache_dir())).stem
-    async with await Connection.open(server) as conn:
+    async with Connection.open(server) as conn:
         state = await inspect_agent(conn, build)
     if state.client is None:
         say(f"no agent answers: run `tako servers setup {server.name}`")
