@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
@@ -211,6 +211,10 @@ class Prompter(Protocol):
     """
 
     async def confirm(self, question: str) -> bool: ...
+
+
+# A deploy-shaped job (a deploy, a rollback) as a front end runs it: with its own sink and prompter.
+Job: TypeAlias = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
 
 
 def to_json(event: Event) -> dict[str, Any]:

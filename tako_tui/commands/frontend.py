@@ -9,15 +9,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 
 import click
 
 from tako_core.errors import EXIT_INTERRUPTED, BadInput
-from tako_core.events import DeployFinished, Event, EventSink, Prompter
+from tako_core.events import DeployFinished, Event, EventSink, Job
 from tako_core.report import PlainTranscript, json_line
-
-Job = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
 
 
 def on_terminal() -> bool:
@@ -49,9 +46,9 @@ def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
     elif no_tui or not on_terminal():
         finished = _run_headless(job, _transcript_sink())
     else:
-        from tako_tui.app import run_deploy_console  # Textual loads only when a screen is shown
+        from tako_tui.app import DeployConsole  # Textual loads only when a screen is shown
 
-        finished = run_deploy_console(job, title=title)
+        finished = DeployConsole(job, title=title).show()
     return finished.exit_code if finished is not None else EXIT_INTERRUPTED
 
 

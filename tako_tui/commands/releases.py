@@ -19,11 +19,11 @@ from click.core import ParameterSource
 from tako_core.config import ResolvedEnv
 from tako_core.deploy import DeployOptions, rollback
 from tako_core.deploy.inspect import ServerView, inspect
-from tako_core.events import DeployFinished, EventSink, Prompter
+from tako_core.events import DeployFinished, EventSink, Job, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_core.units import ago
 from tako_tui.commands.deploy import holder
-from tako_tui.commands.frontend import Job, on_terminal, run_job
+from tako_tui.commands.frontend import on_terminal, run_job
 from tako_tui.commands.options import config_option, env_option, load_target
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
@@ -83,11 +83,12 @@ def releases(ctx: click.Context, config_path: Path, env_name: str | None) -> Non
         ctx.invoke(releases_ls, config_path=config_path, env_name=env_name, as_json=False)
         return
     target = load_target(config_path, env_name)
-    from tako_tui.app import run_releases_console  # Textual loads only when a screen is shown
+    from tako_tui.app import ReleasesConsole  # Textual loads only when a screen is shown
 
-    finished = run_releases_console(
+    console = ReleasesConsole(
         lambda: inspect(target), rollback_job(target, confirmed=True), title=f"{target.app} → {target.env}"
     )
+    finished = console.show()
     sys.exit(finished.exit_code if finished is not None else 0)
 
 

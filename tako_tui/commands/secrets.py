@@ -182,6 +182,6 @@ def edit(config_path: Path, env_name: str | None) -> None:
         raise BadInput(f"no environments in {config.path}", hint="add an [envs.<name>] table to tako.toml")
     if not (_stdin_is_terminal() and sys.stdout.isatty()):
         raise BadInput("`tako secrets edit` needs a terminal", hint="scripts: `tako secrets set/get/ls/rm`")
-    from tako_tui.app import run_secrets_editor  # Textual loads only for the screen
+    from tako_tui.app import SecretsConsole  # Textual loads only for the screen
 
-    run_secrets_editor(store, envs, _pick_env(config, env_name) if env_name is not None else None)
+    SecretsConsole(store, envs, _pick_env(config, env_name) if env_name is not None else None).show()
