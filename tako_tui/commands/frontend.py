@@ -2,6 +2,8 @@
 
 On a terminal: the Textual console. Otherwise, or with --no-tui: the plain transcript on stderr.
 With --json: one JSON event per line on stdout. The job's exit code becomes the command's.
+Outside the console, the core's questions (and the commands' own) are asked by `confirm`, the one
+place that refuses to go on without a terminal to ask on.
 """
 
 from __future__ import annotations
