@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tako_core.config import ResolvedEnv
 from tako_core.deploy.phases import PhaseBoard
@@ -181,18 +181,22 @@ class Run(ABC):
         return self._finish(exit_code, Outcome.ABORTED, reason)
 
     async def _switch_everywhere(self) -> DeployFinished:
-        work = asyncio.ensure_future(asyncio.gather(*(self.switch(s) for s in self.sessions)))
         interrupted = False
-        try:
-            results = await asyncio.shield(work)
-        except asyncio.CancelledError:
+
+        def let_every_server_finish() -> None:
             # Instances switch one at a time and each server rolls itself back on failure: stopping
-            # halfway would leave less certainty, not more. Let every server finish.
+            # halfway would leave less certainty, not more.
+            nonlocal interrupted
+            if not interrupted:
+                self.sink(
+                    Notice(
+                        message="interrupted during the rollout: letting every server finish", level="warning"
+                    )
+                )
             interrupted = True
-            self.sink(
-                Notice(message="interrupted during the rollout: letting every server finish", level="warning")
-            )
-            results = await work
+
+        switching = asyncio.gather(*(self.switch(s) for s in self.sessions))
+        results = await _uninterruptible(switching, let_every_server_finish)
         failed = [r for r in results if r.outcome is not Outcome.DEPLOYED]
         exit_code = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if failed else EXIT_OK)
         error = f"{len(failed)} of {len(results)} servers did not {self.verb}" if failed else None
@@ -243,14 +247,21 @@ async def all_or_nothing() -> AsyncIterator[asyncio.TaskGroup]:
         raise _root_cause(group_error) from None
 
 
-async def _uninterruptible(work: Awaitable[Any]) -> None:
-    """Await `work` to its end even when the awaiting task is cancelled meanwhile (a second Ctrl-C):
-    a cleanup or a close stopped halfway would leave a server with a partial release or a held lease."""
+async def _uninterruptible(work: Awaitable[T], interrupted: Callable[[], None] = lambda: None) -> T:
+    """Await `work` to its end however often the awaiting task is cancelled meanwhile (each Ctrl-C
+    calls `interrupted`): a rollout, a cleanup or a close stopped halfway would leave servers with
+    half-switched instances, a partial release or a held lease."""
     future = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await future
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():  # the work itself was cancelled, not its awaiting task
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            interrupted()
 
 
 def _root_cause(group: BaseExceptionGroup) -> BaseException:
