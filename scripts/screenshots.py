@@ -169,7 +169,7 @@ async def take_releases(size: tuple[int, int] = (100, 28)) -> Path:
             assert demo.workspace is not None
             with (demo.workspace / "app" / "server.py").open("a") as source:
                 source.write("# a change: the next deploy is a new build\n")
-        app = ReleasesConsole(lambda: inspect(target), rollback_job(target), title=TITLE)
+        app = ReleasesConsole(lambda: inspect(target), rollback_job(target, confirmed=True), title=TITLE)
         async with app.run_test(size=size) as pilot:
             await until(pilot, lambda: bool(app.releases_screen.views), within=REACH_RELEASE)
             await pilot.press("down")  # the previous build: the one a rollback would go back to

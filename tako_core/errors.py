@@ -1,7 +1,21 @@
 """One error root for everything tako reports to a person.
 
 Every error carries a hint (how to fix it) and the exit code the CLI should use. Front ends render
-errors with `render()`; nothing else in tako formats an exception for a user.
+errors with `render()`; nothing else in tako formats an exception for a user. The hierarchy:
+
+    TakoError                   exit 1: something failed; the message says what, the hint what next
+    ├── BadInput                exit 2: the user's input is wrong
+    │   ├── ConfigError         ...at a known place: file:line:column
+    │   ├── SecretsError        a key is missing or wrong, the secrets file was tampered with
+    │   └── SourceSetError      (tako_core.build) the project's files cannot be packed as they are
+    ├── TransportError          an SSH connection or transfer failed
+    │   └── AgentNotRunning     (tako_core.transport) nothing answers on the agent's socket
+    ├── AgentError              the agent refused or failed a request (its client adds subclasses)
+    └── DeployFailed            a deploy ran and did not succeed everywhere
+        └── BuildFailed         (tako_core.build) the artifact could not be made
+
+Interruption is not an error: a run cancelled by Ctrl-C or the console's abort still reports its
+`DeployFinished`, with `interrupted` set and exit code 130 (`EXIT_INTERRUPTED`).
 """
 
 from __future__ import annotations
@@ -87,9 +101,3 @@ class AgentError(TakoError):
 
 class DeployFailed(TakoError):
     """The deploy ran and did not succeed everywhere."""
-
-
-class Interrupted(TakoError):
-    """The user interrupted (Ctrl-C); exit code 130."""
-
-    exit_code = EXIT_INTERRUPTED

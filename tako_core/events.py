@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeAlias
+
+from tako_core.errors import EXIT_INTERRUPTED
 
 SCHEMA_VERSION = 1
 
@@ -163,6 +165,11 @@ class DeployFinished(_Event):
     results: tuple[ServerResult, ...] = ()
     error: str | None = None
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by the user (Ctrl-C, the console's abort, a declined confirmation): exit code 130."""
+        return self.exit_code == EXIT_INTERRUPTED
+
 
 Event: TypeAlias = (
     DeployStarted
@@ -197,9 +204,17 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 
 class Prompter(Protocol):
-    """How the core asks a person a question; each front end brings its own."""
+    """How the core asks a person a question; each front end brings its own.
+
+    The core decides whether to ask (e.g. before changing production without --yes); a front end that
+    has no way to ask (no terminal) raises a `BadInput` saying how to answer up front.
+    """
 
     async def confirm(self, question: str) -> bool: ...
+
+
+# A deploy-shaped job (a deploy, a rollback) as a front end runs it: with its own sink and prompter.
+Job: TypeAlias = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
 
 
 def to_json(event: Event) -> dict[str, Any]:

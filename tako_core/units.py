@@ -1,4 +1,4 @@
-"""Numbers as a person reads them; every front end and every event detail uses these."""
+"""Numbers as a person reads them (sizes, durations, ages): every front end and event detail uses these."""
 
 from __future__ import annotations
 
@@ -24,3 +24,25 @@ def progress(sent: int, total: int) -> str:
     if unit == "B":
         return f"{sent}/{total} B"
     return f"{sent / scale:.1f}/{total / scale:.1f} {unit}"
+
+
+def duration(seconds: float) -> str:
+    """A span of time, short and stable-width enough for a panel column: 0.4s, 12s, 3m05s, 1h02m."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def ago(stamp: float, now: float) -> str:
+    """How long before `now` the wall-clock time `stamp` was, in its largest unit: 42s ago, 3h ago."""
+    seconds = max(now - stamp, 0.0)
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"

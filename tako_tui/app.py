@@ -1,16 +1,19 @@
-"""The deploy console: runs the core's deploy in a worker on Textual's event loop and shows it live.
+"""The consoles: Textual apps over the core. Each runs its work on Textual's event loop.
 
-    from tako_tui.app import run_deploy_console
+    from tako_tui.app import DeployConsole
 
-    finished = run_deploy_console(
+    finished = DeployConsole(
         lambda sink, prompter: deploy(resolved, sink=sink, prompter=prompter, ...),
         title=f"{app} → {env}",
-    )
+    ).show()
 
-The console hands the job its event sink and a `ConsolePrompter` (questions become modals).
-`run_deploy_console` returns the `DeployFinished` the core reported (also after an abort: exit code
-130), or None when the run was cancelled before it reported one. If the run raised, the exception is
-re-raised once the user has quit, so `tako_tui.cli` renders it like any other error.
+`TakoApp` is what every console shares (as harlequin's `AppBase`); `JobConsole` runs deploy-shaped
+jobs (deploy, rollback) on the deploy screen, handing each its event sink and a `ConsolePrompter`
+(questions become modals). `DeployConsole` runs one from the start; `ReleasesConsole` shows the
+releases screen first; `SecretsConsole` edits secrets. `show()` returns the `DeployFinished` the core
+reported (also after an abort: exit code 130), or None when the run was cancelled before it reported
+one. If the work raised, the exception is re-raised once the user has quit, so `tako_tui.cli`
+renders it like any other error.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import asyncio
 import gc
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from textual.app import App
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
-from tako_core.events import DeployFinished, EventSink, Prompter
+from tako_core.events import DeployFinished, Job
 from tako_core.secrets import SecretsStore
 
 from .bridge import EventBridge
@@ -36,7 +40,7 @@ from .screens.help import HelpScreen
 from .screens.releases import Load, ReleasesScreen
 from .screens.secrets import SecretsScreen
 
-DeployRun = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
+T = TypeVar("T")
 
 ABORT_QUESTION = (
     "Abort the deploy? The release command will be stopped and the new release removed on every server."
@@ -44,9 +48,31 @@ ABORT_QUESTION = (
 STYLES = Path(__file__).parent / "styles"
 
 
-class DeployConsole(App[DeployFinished | None]):
-    CSS_PATH = [STYLES / "console.tcss", STYLES / "deploy.tcss"]
+class TakoApp(App[T]):
+    """What every tako console shares: the stylesheet, no command palette, and `show()`."""
+
+    CSS_PATH = [STYLES / "console.tcss"]
     ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self.title = title
+        self.result: T | None = None  # what show() returns
+        self.error: BaseException | None = None  # the work raised: re-raised after quitting
+
+    def show(self) -> T | None:
+        """Run in the real terminal until the user quits; see the module docstring."""
+        _size_from_the_terminal()
+        self.run()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class JobConsole(TakoApp[DeployFinished]):
+    """Runs deploy-shaped jobs on the deploy screen: a worker each, the abort, the core's questions."""
+
+    CSS_PATH = [*TakoApp.CSS_PATH, STYLES / "deploy.tcss"]
     BINDINGS = [
         Binding("a", "abort", "Abort"),
         # The terminal is in raw mode, so Ctrl-C is a key, not SIGINT: it asks, like `a`.
@@ -58,27 +84,20 @@ class DeployConsole(App[DeployFinished | None]):
 
     def __init__(
         self,
-        run: DeployRun | None,
         *,
         title: str,
+        job_title: str,
         clock: Callable[[], float] = time.time,
         flush_interval: float = 0.05,
     ) -> None:
-        """`clock` is "now" for every live duration, in the timebase of the events' `at` (wall-clock
-        seconds; tests pass a frozen one); `flush_interval` is the longest an event waits for the screen.
-        `run` None: a subclass shows another screen first and calls `start` later."""
-        super().__init__()
-        self.title = title
-        self._run = run
-        self.deploy_screen = DeployScreen(title, clock)
+        """`job_title` heads the deploy screen. `clock` is "now" for every live duration, in the
+        timebase of the events' `at` (wall-clock seconds; tests pass a frozen one); `flush_interval`
+        is the longest an event waits for the screen."""
+        super().__init__(title)
+        self.deploy_screen = DeployScreen(job_title, clock)
         self.bridge = EventBridge(self.deploy_screen, flush_interval)
         self.worker: Worker[DeployFinished] | None = None
-        self.result: DeployFinished | None = None  # what run_deploy_console returns
-        self.error: BaseException | None = None  # the run raised: re-raised after quitting
         self._abort_dialog: ConfirmScreen | None = None
-
-    def get_default_screen(self) -> DeployScreen:
-        return self.deploy_screen
 
     def on_mount(self) -> None:
         # The app's own objects live as long as it does: out of the collector's scans, a full
@@ -86,10 +105,8 @@ class DeployConsole(App[DeployFinished | None]):
         # that only live objects are frozen.
         gc.collect()
         gc.freeze()
-        if self._run is not None:
-            self.start(self._run)
 
-    def start(self, run: DeployRun) -> None:
+    def start(self, run: Job) -> None:
         """Run a deploy-shaped job (deploy, rollback) once, on the deploy screen."""
         if self.worker is not None:
             raise RuntimeError("the console runs one job")
@@ -97,7 +114,7 @@ class DeployConsole(App[DeployFinished | None]):
             self.push_screen(self.deploy_screen)
         self.worker = self.run_worker(self._deploy(run), name="deploy", exit_on_error=False)
 
-    async def _deploy(self, run: DeployRun) -> DeployFinished:
+    async def _deploy(self, run: Job) -> DeployFinished:
         try:
             finished = await run(self.bridge.sink, ConsolePrompter(self))
             if not self.bridge.saw_finished:
@@ -190,7 +207,7 @@ class DeployConsole(App[DeployFinished | None]):
 class ConsolePrompter:
     """The core's `Prompter` in the console: each question is a modal; the deploy waits for the answer."""
 
-    def __init__(self, app: DeployConsole) -> None:
+    def __init__(self, app: JobConsole) -> None:
         self._app = app
 
     async def confirm(self, question: str) -> bool:
@@ -216,29 +233,62 @@ class ConsolePrompter:
             self._app.call_after_refresh(self._close, dialog, tries - 1)
 
 
-class ReleasesConsole(DeployConsole):
+class DeployConsole(JobConsole):
+    """`tako deploy` (and `tako demo`, a rollback): the deploy screen, running the job at once."""
+
+    def __init__(
+        self,
+        run: Job,
+        *,
+        title: str,
+        clock: Callable[[], float] = time.time,
+        flush_interval: float = 0.05,
+    ) -> None:
+        super().__init__(title=title, job_title=title, clock=clock, flush_interval=flush_interval)
+        self._run = run
+
+    def get_default_screen(self) -> DeployScreen:
+        return self.deploy_screen
+
+    def on_mount(self) -> None:
+        self.start(self._run)  # JobConsole.on_mount runs too: Textual calls each class's handler
+
+
+class ReleasesConsole(JobConsole):
     """`tako releases`: the releases screen first; a confirmed rollback then runs on the deploy screen."""
 
-    CSS_PATH = [*DeployConsole.CSS_PATH, STYLES / "releases.tcss"]
+    CSS_PATH = [*JobConsole.CSS_PATH, STYLES / "releases.tcss"]
 
     def __init__(
         self,
         load: Load,
-        rollback: Callable[[str], DeployRun],
+        rollback: Callable[[str], Job],
         *,
         title: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(None, title=f"{title} rollback", clock=clock)
-        self.title = f"{title} · releases"
+        super().__init__(title=f"{title} · releases", job_title=f"{title} rollback", clock=clock)
         self._rollback = rollback
         self.releases_screen = ReleasesScreen(load, self._roll_back, title=title, now=clock)
 
-    def get_default_screen(self) -> ReleasesScreen:  # type: ignore[override]
+    def get_default_screen(self) -> ReleasesScreen:
         return self.releases_screen
 
     def _roll_back(self, build: str) -> None:
         self.start(self._rollback(build))
+
+
+class SecretsConsole(TakoApp[None]):
+    """`tako secrets edit`: one screen over one app's SecretsStore; changes are written only when saved."""
+
+    CSS_PATH = [*TakoApp.CSS_PATH, STYLES / "secrets.tcss"]
+
+    def __init__(self, store: SecretsStore, envs: list[str], env: str | None = None) -> None:
+        super().__init__(f"tako secrets · {store.app}")
+        self.secrets_screen = SecretsScreen(store, envs, env)
+
+    def get_default_screen(self) -> SecretsScreen:
+        return self.secrets_screen
 
 
 def _size_from_the_terminal() -> None:
@@ -247,51 +297,3 @@ def _size_from_the_terminal() -> None:
     even across resizes. The console must follow the real terminal."""
     for var in ("COLUMNS", "LINES"):
         os.environ.pop(var, None)
-
-
-def run_deploy_console(run: DeployRun, *, title: str) -> DeployFinished | None:
-    """Show the console until the user quits; see the module docstring."""
-    _size_from_the_terminal()
-    app = DeployConsole(run, title=title)
-    app.run()
-    if app.error is not None:
-        raise app.error
-    return app.result
-
-
-class SecretsConsole(App[None]):
-    """`tako secrets edit`: one screen over one app's SecretsStore."""
-
-    CSS_PATH = [STYLES / "console.tcss", STYLES / "secrets.tcss"]
-    ENABLE_COMMAND_PALETTE = False
-
-    def __init__(self, store: SecretsStore, envs: list[str], env: str | None = None) -> None:
-        super().__init__()
-        self.title = f"tako secrets · {store.app}"
-        self.secrets_screen = SecretsScreen(store, envs, env)
-
-    def get_default_screen(self) -> SecretsScreen:
-        return self.secrets_screen
-
-
-def run_secrets_editor(store: SecretsStore, envs: list[str], env: str | None = None) -> None:
-    """Show the secrets screen until the user quits; changes are written only when they save."""
-    _size_from_the_terminal()
-    SecretsConsole(store, envs, env).run()
-
-
-def run_releases_console(
-    load: Load, rollback: Callable[[str], DeployRun], *, title: str
-) -> DeployFinished | None:
-    """The releases screen; returns the rollback's DeployFinished, or None when none was run.
-
-    `load` is the core's `inspect(target)` (a coroutine function: `lambda: inspect(target)`);
-    `rollback(build)` returns the job to run, e.g.
-    `lambda build: lambda sink, prompter: rollback(target, build, secrets=..., sink=sink, options=...)`.
-    """
-    _size_from_the_terminal()
-    app = ReleasesConsole(load, rollback, title=title)
-    app.run()
-    if app.error is not None:
-        raise app.error
-    return app.result

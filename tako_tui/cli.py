@@ -15,7 +15,6 @@ from tako_tui.commands.releases import releases
 from tako_tui.commands.releases import status as app_status
 from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
-from tako_tui.commands.setup import setup, status
 
 
 class TakoGroup(click.Group):
@@ -41,8 +40,6 @@ def main() -> None:
 main.add_command(init)
 main.add_command(config)
 main.add_command(servers)
-servers.add_command(setup)
-servers.add_command(status)
 main.add_command(secrets)
 main.add_command(deploy_command)
 main.add_command(releases)

@@ -5,8 +5,8 @@
         s1.server                  # the tako_core.config Server for it
         s1.drop_connections()      # cut its SSH sessions (kills the sshd processes serving them)
 
-`fleet_kind` parametrizes a test over both kinds of host ("sshd" and "inprocess") via
-`any_fleet`; plain `fleet` uses sshd where installed (and fails in CI when it is not).
+`any_fleet` runs a test over both kinds of host ("sshd" and "inprocess"); plain `fleet` uses sshd
+where installed (and fails in CI when it is not).
 """
 
 from __future__ import annotations

@@ -104,6 +104,7 @@ class Host(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def drop_connections(self) -> int: ...
+    def connections(self) -> int: ...
 
 
 class SshdHost:
@@ -169,13 +170,20 @@ class SshdHost:
 
     def drop_connections(self) -> int:
         """SIGKILL every sshd process serving a connection (the session dies, user commands don't)."""
-        if self._proc is None:
-            return 0
-        victims = [pid for pid in _descendants(self._proc.pid) if _comm(pid) == "sshd"]
+        victims = self._serving()
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return len(victims)
+
+    def connections(self) -> int:
+        """How many sshd processes serve a connection (one or two per connection): 0 when none is open."""
+        return len(self._serving())
+
+    def _serving(self) -> list[int]:
+        if self._proc is None:
+            return []
+        return [pid for pid in _descendants(self._proc.pid) if _comm(pid) == "sshd"]
 
 
 class _LoopThread:
@@ -228,6 +236,12 @@ class InProcessHost:
             return self._host.drop_connections()
 
         return self._loop.call(drop())
+
+    def connections(self) -> int:
+        async def count() -> int:
+            return self._host.connections
+
+        return self._loop.call(count())
 
 
 class HostPool:

@@ -67,12 +67,12 @@ async def build(
     cache: Path,
     *,
     command: str | None = None,
-    vars: dict[str, str] | None = None,
+    variables: dict[str, str] | None = None,
     env: str = "prod",
     codec: str = "zst",
 ) -> Artifact:
     return await build_artifact(
-        project, "web", env, command, vars or {}, lambda line: None, cache, codec=codec
+        project, "web", env, command, variables or {}, lambda line: None, cache, codec=codec
     )
 
 
@@ -365,7 +365,7 @@ async def test_cache_hit_and_miss(tmp_path: Path) -> None:
     assert again.sha256 == first.sha256
     assert again.size == first.size
     assert again.path.stat().st_ino == inode  # not re-packed
-    assert not (await build(project, cache, vars={"A": "1"})).cached  # vars are in the manifest
+    assert not (await build(project, cache, variables={"A": "1"})).cached  # vars are in the manifest
     assert not (await build(project, cache, env="staging")).cached
     assert not (await build(project, cache, codec="gz")).cached
     (project / "app.py").write_text("y")
@@ -385,11 +385,11 @@ async def test_cache_keeps_the_ten_most_recently_made_or_used(tmp_path: Path) ->
     make_repo(project, {"app.py": "x"})
     cache = tmp_path / "cache"
     base = await build(project, cache)
-    others = [await build(project, cache, vars={"N": str(index)}) for index in range(9)]
+    others = [await build(project, cache, variables={"N": str(index)}) for index in range(9)]
     for age, artifact in enumerate([base, *others]):  # explicit ages: file times can tie within a tick
         os.utime(artifact.path, (1000 + age, 1000 + age))
     assert (await build(project, cache)).cached  # a hit counts as new use
-    newest = await build(project, cache, vars={"N": "new"})
+    newest = await build(project, cache, variables={"N": "new"})
     archives = set(cache.iterdir())
     assert len(archives) == 10
     assert {base.path, newest.path} <= archives
@@ -402,7 +402,9 @@ async def test_manifest_contents(tmp_path: Path) -> None:
     make_repo(project, {"app.py": "print('hi')\n", "static/a.css": "body{}\n"})
     (project / "current").symlink_to("static")
     commit = commit_all(project)
-    artifact = await build(project, tmp_path / "cache", vars={"MODE": "fast", "LOG": "info"}, env="staging")
+    artifact = await build(
+        project, tmp_path / "cache", variables={"MODE": "fast", "LOG": "info"}, env="staging"
+    )
     manifest = manifest_of(artifact, tmp_path / "out")
     assert manifest["schema"] == 1
     assert manifest["app"] == "web"

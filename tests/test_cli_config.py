@@ -41,7 +41,7 @@ RELEASE_CASES = {
     "inherited": ('release = "./migrate"', "", "./migrate"),
     "overridden": ('release = "./migrate"', 'release = "./env-migrate"', "./env-migrate"),
     "cleared": ('release = "./migrate"', 'release = ""', None),
-    "whitespace-only": ('release = "./migrate"', 'release = "   "', "./migrate"),
+    "whitespace-only": ('release = "./migrate"', 'release = "   "', None),
     "whitespace-only-top": ('release = "  "', "", None),
     "none": ("", "", None),
 }
@@ -66,6 +66,15 @@ def test_show_json_release_and_leader(servers: Path, tmp_path: Path, case: str) 
         "release_timeout": 600,
         "vars": {"A": "1", "B": "2"},
     }
+
+
+def test_show_takes_dash_e(servers: Path, tmp_path: Path) -> None:
+    (tmp_path / "tako.toml").write_text(
+        'name = "shop"\n[envs.production]\nservers = ["web-1"]\n[envs.staging]\nservers = ["web-3"]\n'
+    )
+    result = run_tako(tmp_path, "config", "show", "-e", "staging", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["leader"] == "web-3"
 
 
 def test_show_json_from_the_installed_command(servers: Path, tmp_path: Path) -> None:

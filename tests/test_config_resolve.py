@@ -23,7 +23,8 @@ INVENTORY = Inventory(
         ("./migrate", None, "./migrate"),  # inherited
         ("./migrate", "./other", "./other"),  # overridden
         ("./migrate", "", None),  # cleared
-        ("./migrate", "   ", "./migrate"),  # whitespace-only at env level = not set there
+        ("./migrate", "   ", None),  # whitespace-only at env level clears it too
+        ("./migrate", " \t\n", None),
         ("   ", None, None),  # whitespace-only at the top = no release
         ("", None, None),
         ("   ", " \t", None),
@@ -62,6 +63,23 @@ def test_resolve_merges_and_orders(tmp_path: Path) -> None:
     staging = resolve(load_config(path), "staging", INVENTORY)
     assert staging.vars == {"A": "1", "B": "1"}
     assert staging.leader.name == "db"
+
+
+def test_release_from_tako_toml_per_env(tmp_path: Path) -> None:
+    """What the gate runs per env, read from a real file: a blank env value clears the inherited one."""
+    path = config(
+        tmp_path,
+        'name = "shop"\nrelease = "./migrate"\n'
+        '[envs.production]\nservers = ["db"]\n'
+        '[envs.staging]\nservers = ["db"]\nrelease = "  "\n'
+        '[envs.preview]\nservers = ["db"]\nrelease = ""\n'
+        '[envs.qa]\nservers = ["db"]\nrelease = "./seed"\n',
+    )
+    app = load_config(path)
+    releases = {env: resolve(app, env, INVENTORY).release for env in app.envs}
+    assert releases == {"production": "./migrate", "staging": None, "preview": None, "qa": "./seed"}
+    blank_top = load_config(config(tmp_path, 'name = "a"\nrelease = " \\t"\n[envs.p]\nservers = ["db"]\n'))
+    assert resolve(blank_top, "p", INVENTORY).release is None
 
 
 def test_server_missing_from_inventory_points_at_its_entry(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_a_release_past_its_timeout_is_killed_with_its_process_group(live: Live)
     started = time.monotonic()
     run = live.attempt(release=stubborn, extra='release_timeout = "1s"\n')
     assert run.code == 1
-    assert "timed out after 1s" in run.stderr
+    assert "timed out after 1.0s" in run.stderr
     assert time.monotonic() - started < 30
     assert_gone(live.leader_data / "child.pid")
     live.assert_untouched()

@@ -174,6 +174,19 @@ def test_set_get_ls_rm_round_trip_through_a_real_keyring(with_secrets: Machine) 
     assert "no secret API_TOKEN in env production" in laptop.fails("get", "API_TOKEN", "--env", "production")
 
 
+def test_every_secrets_command_takes_dash_e(with_secrets: Machine) -> None:
+    """`-e` is `--env` in every command (once it was only deploy's: "No such option: -e")."""
+    laptop = with_secrets
+    laptop.ok("set", "SHORT", "-e", "production", input="via-dash-e")
+    assert laptop.ok("get", "SHORT", "-e", "production") == "via-dash-e\n"
+    assert laptop.ok("ls", "-e", "production") == "API_TOKEN\nDB_URL\nSHORT\n"
+    exported = laptop.ok("key", "export", "-e", "production")
+    laptop.ok("rm", "SHORT", "-e", "production", "--yes")
+    assert laptop.ok("ls", "-e", "production") == "API_TOKEN\nDB_URL\n"
+    laptop.ok("key", "import", "-e", "production", input=exported)
+    assert "no environment 'prod'" in laptop.fails("get", "DB_URL", "-e", "prod")
+
+
 def test_the_file_holds_no_value_in_plain_text_base64_or_hex(with_secrets: Machine) -> None:
     text = (with_secrets.project / ".tako" / "secrets.json").read_text()
     for value in (DB_URL, API_TOKEN, "sqlite:///staging.db"):

@@ -13,17 +13,18 @@ import pytest
 from tako_core.errors import TransportError
 from tako_core.transport import AgentNotRunning, Completed, Connection
 from tako_core.transport import connection as connection_module
+from tako_core.transport.connection import Opening
 from tako_core.transport.inprocess import known_hosts_line
 from tests.fleet import Fleet, FleetServer, free_port
 
 
-async def _open(server: FleetServer) -> Connection:
-    return await Connection.open(server.server, timeout=5)
+def _open(server: FleetServer) -> Opening:
+    return Connection.open(server.server, timeout=5)
 
 
 async def test_run_returns_status_and_both_streams(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         result = await conn.run('read x; echo "got $x"; echo oops >&2; exit 4', input=b"hello\n")
         assert result == Completed(exit_status=4, stdout="got hello\n", stderr="oops\n")
         assert (await conn.run("kill -TERM $$")).exit_status == 143
@@ -34,7 +35,7 @@ async def test_run_returns_status_and_both_streams(any_fleet: Fleet) -> None:
 async def test_run_streams_lines_as_they_come(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
     seen: list[tuple[str, str, float]] = []
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         started = time.monotonic()
         result = await conn.run(
             "echo first; echo warn >&2; sleep 0.5; echo second",
@@ -58,7 +59,7 @@ async def test_put_uploads_atomically_with_progress(any_fleet: Fleet, tmp_path: 
     local.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     progress: list[tuple[int, int]] = []
     remote = s1.root / "uploads" / "artifact.bin"
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         await conn.put(local, str(remote), on_progress=lambda done, total: progress.append((done, total)))
         empty = tmp_path / "empty"
         empty.write_bytes(b"")
@@ -77,14 +78,14 @@ async def test_put_uploads_atomically_with_progress(any_fleet: Fleet, tmp_path: 
 
 async def test_put_of_a_missing_file_is_a_transport_error(any_fleet: Fleet, tmp_path: Path) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         with pytest.raises(TransportError, match="cannot read"):
             await conn.put(tmp_path / "nope", str(s1.root / "x"))
 
 
 async def test_a_killed_session_is_an_error_not_a_silent_none(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         started = asyncio.Event()
         running = asyncio.create_task(conn.run("echo started; sleep 30", on_stdout=lambda _: started.set()))
         await asyncio.wait_for(started.wait(), 10)
@@ -97,7 +98,7 @@ async def test_a_killed_session_is_an_error_not_a_silent_none(any_fleet: Fleet) 
 
 async def test_reconnect_replaces_the_connection(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         await conn.reconnect()
         assert (await conn.run("echo ok")).stdout == "ok\n"
 
@@ -107,7 +108,7 @@ async def test_reconnect_gives_up_after_bounded_attempts(
 ) -> None:
     (s1,) = any_fleet(1, register=False)
     monkeypatch.setattr(connection_module, "RECONNECT_DELAYS", (0.0, 0.05, 0.05))
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         s1.stop()
         started = time.monotonic()
         with pytest.raises(TransportError, match="gave up after 3 attempts"):
@@ -133,7 +134,7 @@ async def test_twelve_concurrent_commands_share_one_connection(any_fleet: Fleet)
         running -= 1
         return result.stdout
 
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         assert await asyncio.gather(*(one(i) for i in range(12))) == [f"{i}\n" for i in range(12)]
         assert 1 < peak <= connection_module.MAX_CHANNELS
         # Bursts of short commands: OpenSSH frees session slots late, yet none may fail.
@@ -144,7 +145,7 @@ async def test_twelve_concurrent_commands_share_one_connection(any_fleet: Fleet)
 
 async def test_timeout_is_a_transport_error(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         started = time.monotonic()
         with pytest.raises(TransportError, match=r"did not finish within 0\.3 s"):
             await conn.run("sleep 10", timeout=0.3)
@@ -175,8 +176,24 @@ async def test_without_a_known_hosts_the_users_own_is_used(
         await Connection.open(server, timeout=5)
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "known_hosts").write_text(s1.known_hosts.read_text())
-    async with await Connection.open(server, timeout=5) as conn:
+    async with Connection.open(server, timeout=5) as conn:
         assert (await conn.run("true")).exit_status == 0
+
+
+async def test_open_is_awaited_or_entered_and_closes_on_the_way_out(any_fleet: Fleet) -> None:
+    """As asyncssh's `connect`: `await Connection.open(...)`, or `async with` it (no `await` inside)."""
+    (s1,) = any_fleet(1, register=False)
+    async with Connection.open(s1.server, timeout=5) as conn:
+        assert (await conn.run("echo in")).stdout == "in\n"
+        assert s1.host.connections()
+    async with asyncio.timeout(10):  # an sshd serving a connection exits just after it closes
+        while s1.host.connections():  # noqa: ASYNC110 (processes, not events)
+            await asyncio.sleep(0.05)
+    conn = await Connection.open(s1.server, timeout=5)
+    try:
+        assert (await conn.run("echo awaited")).stdout == "awaited\n"
+    finally:
+        await conn.close()
 
 
 async def test_login_failures_are_explained(any_fleet: Fleet, tmp_path: Path) -> None:
@@ -196,7 +213,7 @@ async def test_login_failures_are_explained(any_fleet: Fleet, tmp_path: Path) ->
 
 async def test_agent_channel_without_an_agent_says_how_to_start_one(any_fleet: Fleet) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await _open(s1) as conn:
+    async with _open(s1) as conn:
         with pytest.raises(AgentNotRunning, match="no tako agent answers") as caught:
             await conn.agent()
         assert caught.value.hint is not None

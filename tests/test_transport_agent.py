@@ -72,7 +72,7 @@ def test_setup_of_an_unknown_server_is_bad_input(fleet: Fleet, tako_home: Path) 
 async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp_path: Path) -> None:
     (s1,) = any_fleet(1, register=False)
     steps: list[str] = []
-    async with await Connection.open(s1.server) as conn:
+    async with Connection.open(s1.server) as conn:
         client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
         assert client.info.agent_version == tako_core.__version__
         await client.close()
@@ -138,7 +138,7 @@ def test_systemd_unit_runs_the_agent_of_its_root() -> None:
 
 async def test_the_agent_channel_survives_a_dropped_connection(any_fleet: Fleet, tmp_path: Path) -> None:
     (s1,) = any_fleet(1, register=False)
-    async with await Connection.open(s1.server) as conn:
+    async with Connection.open(s1.server) as conn:
         client = await ensure_agent(conn, cache_dir=tmp_path)
         assert s1.drop_connections() > 0
         with pytest.raises(AgentError):

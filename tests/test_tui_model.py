@@ -15,8 +15,7 @@ from tako_core.events import (
     State,
     UploadProgress,
 )
-from tako_core.units import progress, size
-from tako_tui.widgets.look import duration
+from tako_core.units import ago, duration, progress, size
 from tako_tui.widgets.model import DeployModel
 
 SERVERS = ("s1", "s2")
@@ -109,3 +108,11 @@ def test_formats() -> None:
     assert [size(n) for n in (512, 1800, 5_200_000)] == ["512 B", "1.8 kB", "5.2 MB"]
     assert progress(2_100_000, 5_000_000) == "2.1/5.0 MB"
     assert progress(10, 900) == "10/900 B"
+    now = 1_700_000_000.0
+    assert [ago(now - s, now) for s in (-5, 42, 150, 7200, 3 * 86400)] == [
+        "0s ago",  # a clock a little ahead of ours is not the future
+        "42s ago",
+        "2m ago",
+        "2h ago",
+        "3d ago",
+    ]

@@ -15,8 +15,8 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from tako_core.deploy.inspect import AppStatus, InstanceStatus, LeaseInfo, ReleaseInfo, ServerView
-from tako_core.events import DeployFinished, EventSink, Prompter
-from tako_tui.app import DeployRun, ReleasesConsole
+from tako_core.events import DeployFinished, EventSink, Job, Prompter
+from tako_tui.app import ReleasesConsole
 from tako_tui.screens.confirm import ConfirmScreen
 from tako_tui.screens.deploy import DeployScreen
 from tako_tui.screens.releases import ReleasesScreen
@@ -73,7 +73,7 @@ class Rollbacks:
         self.builds: list[str] = []
         self.clock = FakeClock()
 
-    def __call__(self, build: str) -> DeployRun:
+    def __call__(self, build: str) -> Job:
         self.builds.append(build)
         scenario = ScriptedDeploy(clock=self.clock, servers=("web-1", "web-2"), release_lines=[])
 

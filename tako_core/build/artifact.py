@@ -41,7 +41,7 @@ async def build_artifact(
     app: str,
     env: str,
     build_command: str | None,
-    vars: dict[str, str],
+    variables: dict[str, str],
     on_output: Callable[[str], None],
     cache_dir: Path | None = None,
     *,
@@ -65,18 +65,31 @@ async def build_artifact(
     before = None if git is not None and not git.dirty else await scan()
     build = build_id(git, before[1].content_hash if before else "")
     if build_command is not None and build_command.strip():
-        build_env = {**os.environ, **vars, "ENV": env, "TAKO_BUILD": build}
+        build_env = {**os.environ, **variables, "ENV": env, "TAKO_BUILD": build}
         await run_build_command(build_command, root, build_env, on_output)
         before = None  # the build may have changed the source set
     entries, digest = before or await scan()
 
     directory = cache_dir if cache_dir is not None else default_cache_dir()
     dest = artifact_path(
-        directory, app=app, env=env, build=build, content_hash=digest.content_hash, vars=vars, codec=codec
+        directory,
+        app=app,
+        env=env,
+        build=build,
+        content_hash=digest.content_hash,
+        variables=variables,
+        codec=codec,
     )
     date = source_date(git, entries)
     manifest = make_manifest(
-        app=app, env=env, build=build, git=git, created_at=date, vars=vars, entries=entries, digest=digest
+        app=app,
+        env=env,
+        build=build,
+        git=git,
+        created_at=date,
+        variables=variables,
+        entries=entries,
+        digest=digest,
     )
 
     def store(cancel: threading.Event) -> tuple[str, int, bool]:

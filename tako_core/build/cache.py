@@ -27,10 +27,17 @@ def default_cache_dir() -> Path:
 
 
 def artifact_path(
-    cache_dir: Path, *, app: str, env: str, build: str, content_hash: str, vars: dict[str, str], codec: str
+    cache_dir: Path,
+    *,
+    app: str,
+    env: str,
+    build: str,
+    content_hash: str,
+    variables: dict[str, str],
+    codec: str,
 ) -> Path:
     identity = json.dumps(
-        {"app": app, "env": env, "build": build, "content": content_hash, "vars": vars, "codec": codec},
+        {"app": app, "env": env, "build": build, "content": content_hash, "vars": variables, "codec": codec},
         sort_keys=True,
     )
     key = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]

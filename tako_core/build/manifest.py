@@ -24,7 +24,7 @@ def make_manifest(
     build: str,
     git: GitState | None,
     created_at: int,
-    vars: dict[str, str],
+    variables: dict[str, str],
     entries: tuple[Entry, ...],
     digest: SourceDigest,
 ) -> bytes:
@@ -36,7 +36,7 @@ def make_manifest(
         "git": None if git is None else {"commit": git.commit, "dirty": git.dirty},
         "created_at": datetime.fromtimestamp(created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "content_sha256": digest.content_hash,
-        "vars": vars,
+        "vars": variables,
         "file_count": len(digest.files),
         "files": {path: file.sha256 for path, file in digest.files.items()},
         "links": {entry.path: entry.link for entry in entries if entry.kind == "symlink"},

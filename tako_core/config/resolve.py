@@ -10,12 +10,13 @@ from .schema import Invalid, suggest
 
 
 def resolve_release(top: str | None, env: str | None) -> str | None:
-    """The env's `release` wins; "" clears it; a whitespace-only value counts as not set at that level."""
-    if env == "":
-        return None
-    if env is not None and env.strip():
-        return env
-    return top if top is not None and top.strip() else None
+    """The command the release gate runs, or None: no gate (as Tako's own resolver decides).
+
+    An env's `release` wins over the top level; an env's empty or whitespace-only `release` clears the
+    inherited command; a whitespace-only command at the top level is no command.
+    """
+    command = top if env is None else env
+    return command if command is not None and command.strip() else None
 
 
 def default_env(config: AppConfig) -> str:

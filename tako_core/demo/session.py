@@ -77,12 +77,6 @@ class Demo:
         )
         return await deploy(self.target, secrets=self._secrets, sink=sink, prompter=prompter, options=options)
 
-    def urls(self) -> list[tuple[str, str]]:
-        """(server name, URL of its router) for every server."""
-        if self.target is None:
-            return []
-        return [(s.name, f"http://{s.http_host}:{s.http_port}/") for s in self.target.servers]
-
     def answers(self) -> list[Answer]:
         """GET / on every server's router, as `curl` would."""
         if self.target is None:

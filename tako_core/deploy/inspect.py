@@ -32,7 +32,7 @@ async def inspect(target: ResolvedEnv) -> list[ServerView]:
 
 async def _view(server: Server, target: ResolvedEnv) -> ServerView:
     try:
-        async with await Connection.open(server) as conn:
+        async with Connection.open(server) as conn:
             agent = await conn.agent()
             try:
                 statuses = await agent.status()

@@ -20,6 +20,7 @@ from tako_core.events import (
     State,
     UploadProgress,
 )
+from tako_core.units import duration
 
 LOCAL = "local"
 
@@ -69,7 +70,7 @@ class PlainTranscript:
     def _phase(self, event: PhaseChanged) -> str:
         parts = [f"{self._who(event.server)}   {event.phase.value:<10} {event.state.value:<9}"]
         if event.seconds is not None and event.state is not State.SKIPPED:
-            parts.append(f"{event.seconds:6.1f}s")
+            parts.append(f"{duration(event.seconds):>6}")
         if event.detail:
             parts.append(event.detail)
         if event.error:
@@ -81,7 +82,7 @@ class PlainTranscript:
         width = max((len(r.outcome.value) for r in event.results), default=0)
         for r in event.results:
             lines.append(f"  {self._who(r.server)}  {r.outcome.value:<{width}}  {r.message}".rstrip())
-        verdict = "succeeded" if event.ok else ("interrupted" if event.exit_code == 130 else "failed")
+        verdict = "succeeded" if event.ok else ("interrupted" if event.interrupted else "failed")
         tail = f": {event.error}" if event.error else ""
-        lines.append(f"deploy {verdict} after {event.seconds:.1f}s{tail} (exit {event.exit_code})")
+        lines.append(f"deploy {verdict} after {duration(event.seconds)}{tail} (exit {event.exit_code})")
         return lines

@@ -16,7 +16,7 @@ from pathlib import Path
 from tako_core.errors import SecretsError
 from tako_core.secrets._crypto import export_key, new_key
 from tako_core.secrets._file import check_name
-from tako_core.secrets._keys import env_var_name as key_env_var
+from tako_core.secrets._names import env_var_name as key_env_var
 from tako_core.secrets._store import SecretsStore, secrets_path
 
 __all__ = [

@@ -24,7 +24,7 @@ from keyring.backend import KeyringBackend
 from tako_core.errors import SecretsError
 from tako_core.mask import Masker
 from tako_core.secrets import _crypto
-from tako_core.secrets._keys import BACKEND_VAR, env_var_name, ways_out
+from tako_core.secrets._names import BACKEND_VAR, env_var_name, ways_out
 
 SERVICE = "tako"
 T = TypeVar("T")

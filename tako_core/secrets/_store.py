@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tako_core.errors import SecretsError
 from tako_core.secrets import _crypto, _file
-from tako_core.secrets._keys import KeySource, env_var_name
+from tako_core.secrets._keys import KeySource
+from tako_core.secrets._names import env_var_name
 
 SECRETS_DIR = ".tako"
 SECRETS_FILE = "secrets.json"

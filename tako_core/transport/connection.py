@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import posixpath
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,7 +53,8 @@ class Completed:
 
 
 class Connection:
-    """An open SSH connection to one server. Safe to share between tasks; use `async with`."""
+    """An open SSH connection to one server. Safe to share between tasks; `close()` it, or open it
+    with `async with Connection.open(server) as conn:`."""
 
     def __init__(self, server: Server, conn: asyncssh.SSHClientConnection, timeout: float) -> None:
         self.server = server
@@ -63,18 +64,18 @@ class Connection:
         self._reconnecting = asyncio.Lock()
 
     @classmethod
-    async def open(cls, server: Server, *, timeout: float = 10) -> Connection:  # noqa: ASYNC109 (contract)
+    def open(cls, server: Server, *, timeout: float = 10) -> Opening:
+        """Connect to `server`: `conn = await Connection.open(server)`, or
+        `async with Connection.open(server) as conn:` to have it closed on the way out."""
+        return Opening(cls._open(server, timeout))
+
+    @classmethod
+    async def _open(cls, server: Server, timeout: float) -> Connection:  # noqa: ASYNC109 (a connect timeout)
         try:
             conn = await _connect(server, timeout)
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             raise connect_error(server, exc) from exc
         return cls(server, conn, timeout)
-
-    async def __aenter__(self) -> Connection:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def run(
         self,
@@ -90,9 +91,10 @@ class Connection:
         async with self._slots:
             try:
                 async with asyncio.timeout(timeout):
-                    process = await self._open_session(
-                        lambda conn: conn.create_process(command, encoding=None)
-                    )
+                    with self._lost_while(f"starting `{label}`", asyncssh.ChannelOpenError):
+                        process = await self._open_session(
+                            lambda conn: conn.create_process(command, encoding=None)
+                        )
                     return await _execute(process, input, on_stdout, on_stderr, self._lost_during(label))
             except TimeoutError as exc:
                 if timeout is None:  # a socket timing out, not our limit
@@ -101,8 +103,6 @@ class Connection:
                     f"`{label}` on {where(self.server)} did not finish within {timeout:g} s",
                     hint="the command may still be running on the server; check it there",
                 ) from None
-            except asyncssh.ChannelOpenError as exc:
-                raise lost(self.server, exc, f"starting `{label}`") from exc
             except (asyncssh.Error, OSError) as exc:
                 raise self._lost_during(label) from exc
 
@@ -124,20 +124,21 @@ class Connection:
 
         part = f"{remote}.part"
         async with self._slots:
-            try:
-                async with await self._open_session(lambda conn: conn.start_sftp_client()) as sftp:
-                    parent = posixpath.dirname(remote)
-                    if parent:
-                        await sftp.makedirs(parent, exist_ok=True)
-                    await sftp.put(str(local), part, block_size=SFTP_BLOCK_SIZE, progress_handler=progress)
-                    await sftp.posix_rename(part, remote)
-            except asyncssh.SFTPError as exc:
-                raise TransportError(
-                    f"uploading {local.name} to {where(self.server)}:{remote} failed: {exc.reason}",
-                    hint="check the server's disk space and the permissions of its tako root",
-                ) from exc
-            except (asyncssh.Error, OSError) as exc:
-                raise lost(self.server, exc, f"uploading {local.name}") from exc
+            with self._lost_while(f"uploading {local.name}"):
+                try:
+                    async with await self._open_session(lambda conn: conn.start_sftp_client()) as sftp:
+                        parent = posixpath.dirname(remote)
+                        if parent:
+                            await sftp.makedirs(parent, exist_ok=True)
+                        await sftp.put(
+                            str(local), part, block_size=SFTP_BLOCK_SIZE, progress_handler=progress
+                        )
+                        await sftp.posix_rename(part, remote)
+                except asyncssh.SFTPError as exc:
+                    raise TransportError(
+                        f"uploading {local.name} to {where(self.server)}:{remote} failed: {exc.reason}",
+                        hint="check the server's disk space and the permissions of its tako root",
+                    ) from exc
         if on_progress is not None and reported != size:
             on_progress(size, size)  # empty files report no block at all
 
@@ -145,17 +146,16 @@ class Connection:
         """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`."""
         conn = await self._live()
         path = f"{self.server.root}/run/tako.sock"
-        try:
-            # Not counted against MaxSessions: a forwarded socket is not a session.
-            reader, writer = await conn.open_unix_connection(path, encoding=None)
-        except asyncssh.ChannelOpenError as exc:
-            raise AgentNotRunning(
-                f"no tako agent answers on {where(self.server)} at {path}",
-                hint=f"install and start it with `tako servers setup {self.server.name}` (the server's "
-                "sshd must also allow it: AllowStreamLocalForwarding yes, the default)",
-            ) from exc
-        except (asyncssh.Error, OSError) as exc:
-            raise lost(self.server, exc, "reaching the agent") from exc
+        with self._lost_while("reaching the agent"):
+            try:
+                # Not counted against MaxSessions: a forwarded socket is not a session.
+                reader, writer = await conn.open_unix_connection(path, encoding=None)
+            except asyncssh.ChannelOpenError as exc:
+                raise AgentNotRunning(
+                    f"no tako agent answers on {where(self.server)} at {path}",
+                    hint=f"install and start it with `tako servers setup {self.server.name}` (the "
+                    "server's sshd must also allow it: AllowStreamLocalForwarding yes, the default)",
+                ) from exc
         try:
             return await AgentClient.connect(reader, writer)
         except BaseException:
@@ -215,11 +215,41 @@ class Connection:
             f"{error.message} (gave up after {len(RECONNECT_DELAYS)} attempts)", hint=error.hint
         ) from failure
 
+    @contextlib.contextmanager
+    def _lost_while(
+        self, doing: str, failures: type[Exception] | tuple[type[Exception], ...] = (asyncssh.Error, OSError)
+    ) -> Iterator[None]:
+        """An asyncssh or socket failure while `doing` becomes a TransportError that names the server."""
+        try:
+            yield
+        except failures as exc:
+            raise lost(self.server, exc, doing) from exc
+
     def _lost_during(self, label: str) -> TransportError:
         return TransportError(
             f"the SSH connection to {where(self.server)} was lost while running `{label}`",
             hint="the command may or may not have finished on the server; check there before retrying",
         )
+
+
+class Opening:
+    """What `Connection.open()` returns: awaitable (the connection) and an async context manager (the
+    connection, closed on the way out), as asyncssh's own `connect` is."""
+
+    def __init__(self, opening: Coroutine[Any, Any, Connection]) -> None:
+        self._opening = opening
+        self._conn: Connection | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._opening
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
 
 
 async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection:

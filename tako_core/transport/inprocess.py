@@ -123,6 +123,11 @@ class LocalSSHHost:
         if self._commands:
             await asyncio.wait(self._commands, timeout=5)
 
+    @property
+    def connections(self) -> int:
+        """How many client connections are open."""
+        return len(self._connections)
+
     def drop_connections(self) -> int:
         """Abort every client connection; returns how many there were."""
         dropped = list(self._connections)

@@ -9,7 +9,7 @@ import click
 
 from tako_core.config import ResolvedEnv, default_env, init_config, load_config, load_inventory, resolve
 
-from .options import config_option
+from .options import config_option, env_option
 
 
 @click.command("init")
@@ -30,7 +30,7 @@ def config() -> None:
 
 @config.command("show")
 @config_option
-@click.option("--env", "env_name", help="The environment (default: the only one).")
+@env_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def show(config_path: Path, env_name: str | None, as_json: bool) -> None:
     """Print the resolved config of an environment: servers, leader, release, vars."""

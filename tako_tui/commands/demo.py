@@ -18,6 +18,7 @@ from types import FrameType
 import click
 
 from tako_core.demo import APP, ENV, FAILING_MIGRATION, MIGRATED_SCHEMA, Answer, Demo
+from tako_core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tako_tui.commands.frontend import on_terminal, run_job
 
 MAX_HOLD = 8 * 3600.0  # a forgotten demo does not serve forever
@@ -122,18 +123,20 @@ def demo_command(count: int, no_tui: bool, fail_release: bool, hold: bool | None
         _say(f"Workspace: {demo.workspace}")
         code = run_job(demo.deploy, as_json=False, no_tui=no_tui, title=f"tako demo · {APP} → {ENV}")
         _catch_termination()  # the headless front end leaves SIGTERM at its default when done
-        if code == 0:
+        if code == EXIT_OK:
             if not _show_answers(demo.answers()):
                 _say("error: not every server answered with the migrated schema")
-                code = 1
+                code = EXIT_FAILED
             elif hold:
                 _hold(demo)
-        elif fail_release and code == 1:
+        elif fail_release and code == EXIT_FAILED:
             _show_abort(demo)
-        elif code == 130:
+        elif code == EXIT_INTERRUPTED:
             _say("The deploy was aborted: stopping the servers.")
         if not hold:
-            keep = " (run it on a terminal, or with --hold, to keep the servers up)" if code == 0 else ""
+            keep = (
+                " (run it on a terminal, or with --hold, to keep the servers up)" if code == EXIT_OK else ""
+            )
             _say(f"Cleaning up{keep}.")
     finally:
         with _uninterrupted():

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import click
 
-from tako_core.deploy import DeployOptions, deploy, needs_confirmation
-from tako_core.errors import BadInput
+from tako_core.deploy import DeployOptions, deploy
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
-from tako_tui.commands.frontend import on_terminal, run_job
-from tako_tui.commands.options import config_option, load_target
+from tako_tui.commands.frontend import run_job
+from tako_tui.commands.options import config_option, env_option, load_target
 
 
 def holder() -> str:
@@ -25,7 +24,7 @@ def holder() -> str:
 
 @click.command("deploy")
 @config_option
-@click.option("-e", "--env", "env_name", help="The environment to deploy (default: the only one).")
+@env_option
 @click.option(
     "--no-tui", is_flag=True, help="Print a plain transcript on stderr (the default without a terminal)."
 )
@@ -39,11 +38,6 @@ def deploy_command(
     target = load_target(config_path, env_name)
     secrets = load_env_secrets(target.config_path.parent, target.app, target.env)
     options = DeployOptions(holder=holder(), force_unlock=force_unlock, confirmed=yes)
-    if needs_confirmation(target, options) and not on_terminal():
-        raise BadInput(
-            f"deploying to {target.env} asks for confirmation, and there is no terminal to ask on",
-            hint="pass --yes to confirm up front (as CI should)",
-        )
 
     def job(sink: EventSink, prompter: Prompter) -> Awaitable[DeployFinished]:
         return deploy(target, secrets=secrets, sink=sink, prompter=prompter, options=options)

@@ -2,6 +2,8 @@
 
 On a terminal: the Textual console. Otherwise, or with --no-tui: the plain transcript on stderr.
 With --json: one JSON event per line on stdout. The job's exit code becomes the command's.
+Outside the console, the core's questions (and the commands' own) are asked by `confirm`, the one
+place that refuses to go on without a terminal to ask on.
 """
 
 from __future__ import annotations
@@ -9,25 +11,33 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 
 import click
 
-from tako_core.events import DeployFinished, Event, EventSink, Prompter
+from tako_core.errors import EXIT_INTERRUPTED, BadInput
+from tako_core.events import DeployFinished, Event, EventSink, Job
 from tako_core.report import PlainTranscript, json_line
-
-Job = Callable[[EventSink, Prompter], Awaitable[DeployFinished]]
-
-
-class TerminalPrompter:
-    """Asks on the terminal (stderr), off the event loop."""
-
-    async def confirm(self, question: str) -> bool:
-        return await asyncio.to_thread(click.confirm, question, default=False, err=True)
 
 
 def on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal (stderr); without one, refuse rather than guess: bad input, exit 2."""
+    if not on_terminal():
+        raise BadInput(
+            f"refusing to go on without confirmation, and there is no terminal to ask on: {question}",
+            hint="pass --yes to confirm up front (as CI should)",
+        )
+    return click.confirm(question, default=False, err=True)
+
+
+class TerminalPrompter:
+    """The core's `Prompter` outside the console: asks on the terminal, off the event loop."""
+
+    async def confirm(self, question: str) -> bool:
+        return await asyncio.to_thread(confirm, question)
 
 
 def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
@@ -38,10 +48,10 @@ def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
     elif no_tui or not on_terminal():
         finished = _run_headless(job, _transcript_sink())
     else:
-        from tako_tui.app import run_deploy_console  # Textual loads only when a screen is shown
+        from tako_tui.app import DeployConsole  # Textual loads only when a screen is shown
 
-        finished = run_deploy_console(job, title=title)
-    return finished.exit_code if finished is not None else 130
+        finished = DeployConsole(job, title=title).show()
+    return finished.exit_code if finished is not None else EXIT_INTERRUPTED
 
 
 def _json_sink(event: Event) -> None:

@@ -26,6 +26,17 @@ def config_option(func: F) -> F:
     )(func)
 
 
+def env_option(func: F) -> F:
+    """`-e/--env ENV`: the environment a command acts on, spelled the same in every command."""
+    return click.option(
+        "-e",
+        "--env",
+        "env_name",
+        metavar="ENV",
+        help="The environment (default: the only one in tako.toml).",
+    )(func)
+
+
 def load_target(config_path: Path, env: str | None) -> ResolvedEnv:
     """The env a command acts on: tako.toml + the inventory; the env defaults to the only one."""
     config = load_config(config_path)

@@ -17,30 +17,20 @@ import click
 from click.core import ParameterSource
 
 from tako_core.config import ResolvedEnv
-from tako_core.deploy import DeployOptions, needs_confirmation
+from tako_core.deploy import DeployOptions, rollback
 from tako_core.deploy.inspect import ServerView, inspect
-from tako_core.deploy.rollback import rollback
-from tako_core.errors import BadInput
-from tako_core.events import DeployFinished, EventSink, Prompter
+from tako_core.events import DeployFinished, EventSink, Job, Prompter
 from tako_core.secrets import load_env_secrets
+from tako_core.units import ago
 from tako_tui.commands.deploy import holder
-from tako_tui.commands.frontend import Job, on_terminal, run_job
-from tako_tui.commands.options import config_option, load_target
+from tako_tui.commands.frontend import on_terminal, run_job
+from tako_tui.commands.options import config_option, env_option, load_target
 
-env_option = click.option("-e", "--env", "env_name", help="The environment (default: the only one).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
 def _views(config_path: Path, env_name: str | None) -> list[ServerView]:
     return asyncio.run(inspect(load_target(config_path, env_name)))
-
-
-def _ago(stamp: float) -> str:
-    seconds = max(time.time() - stamp, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
 
 
 @click.command("status")
@@ -71,7 +61,8 @@ def _status_line(view: ServerView) -> str:
     if restarts:
         line += f", {restarts} restarts"
     if s.lease is not None:
-        line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {_ago(s.lease.started_at)}"
+        since = ago(s.lease.started_at, time.time())
+        line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {since}"
     return line
 
 
@@ -92,11 +83,12 @@ def releases(ctx: click.Context, config_path: Path, env_name: str | None) -> Non
         ctx.invoke(releases_ls, config_path=config_path, env_name=env_name, as_json=False)
         return
     target = load_target(config_path, env_name)
-    from tako_tui.app import run_releases_console  # Textual loads only when a screen is shown
+    from tako_tui.app import ReleasesConsole  # Textual loads only when a screen is shown
 
-    finished = run_releases_console(
-        lambda: inspect(target), rollback_job(target), title=f"{target.app} → {target.env}"
+    console = ReleasesConsole(
+        lambda: inspect(target), rollback_job(target, confirmed=True), title=f"{target.app} → {target.env}"
     )
+    finished = console.show()
     sys.exit(finished.exit_code if finished is not None else 0)
 
 
@@ -112,8 +104,9 @@ def _hand_down(ctx: click.Context, **given: object) -> None:
         ctx.default_map = {ctx.invoked_subcommand: explicit}
 
 
-def rollback_job(target: ResolvedEnv) -> Callable[[str], Job]:
-    """The releases screen's rollback: confirmed on the screen, so the core does not ask again.
+def rollback_job(target: ResolvedEnv, *, confirmed: bool) -> Callable[[str], Job]:
+    """The rollback to a build, as a job; `confirmed` (--yes, or asked on the releases screen): the
+    core does not ask again.
 
     The secrets are read only once a rollback starts: looking at the releases needs no key."""
 
@@ -122,8 +115,10 @@ def rollback_job(target: ResolvedEnv) -> Callable[[str], Job]:
             secrets = await asyncio.to_thread(
                 load_env_secrets, target.config_path.parent, target.app, target.env
             )
-            options = DeployOptions(holder=holder(), confirmed=True)
-            return await rollback(target, build, secrets=secrets, sink=sink, options=options)
+            options = DeployOptions(holder=holder(), confirmed=confirmed)
+            return await rollback(
+                target, build, secrets=secrets, sink=sink, prompter=prompter, options=options
+            )
 
         return job
 
@@ -145,7 +140,7 @@ def releases_ls(config_path: Path, env_name: str | None, as_json: bool) -> None:
         for r in sorted(view.releases, key=lambda r: r.created_at, reverse=True):
             mark = "*" if r.current else " "
             state = "" if r.complete else "  (incomplete)"
-            click.echo(f"  {mark} {r.build}  {_ago(r.created_at)}{state}")
+            click.echo(f"  {mark} {r.build}  {ago(r.created_at, time.time())}{state}")
 
 
 @releases.command("rollback")
@@ -160,9 +155,5 @@ def releases_rollback(
 ) -> None:
     """Roll every server back to BUILD, a release it still keeps (the release command is not run)."""
     target = load_target(config_path, env_name)
-    if needs_confirmation(target, DeployOptions(holder=holder(), confirmed=yes)):
-        if not on_terminal():
-            raise BadInput(f"rolling back {target.env} needs confirmation", hint="pass --yes")
-        click.confirm(f"Roll {target.app} on {target.env} back to {build}?", abort=True, err=True)
-    job = rollback_job(target)(build)
+    job = rollback_job(target, confirmed=yes)(build)
     sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=f"{target.app} → {target.env} rollback"))

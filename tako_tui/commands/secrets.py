@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from tako_core.config import AppConfig, default_env, load_config
 from tako_core.errors import BadInput
 from tako_core.secrets import SecretsStore, check_name, key_env_var, new_exported_key
-from tako_tui.commands.options import config_option
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def env_option(func: F) -> F:
-    return click.option(
-        "--env",
-        "env",
-        default=None,
-        help="The environment (default: the only one in tako.toml).",
-    )(func)
+from tako_tui.commands.frontend import confirm
+from tako_tui.commands.options import config_option, env_option
 
 
 def _pick_env(config: AppConfig, env: str | None) -> str:
@@ -69,10 +57,10 @@ def secrets() -> None:
 @click.argument("name")
 @config_option
 @env_option
-def set_(name: str, config_path: Path, env: str | None) -> None:
+def set_(name: str, config_path: Path, env_name: str | None) -> None:
     """Set secret NAME: typed at a hidden prompt, or read from stdin when stdin is not a terminal."""
     config, store = _open(config_path)
-    env = _pick_env(config, env)
+    env = _pick_env(config, env_name)
     check_name(name)  # a bad name or a missing key is reported before anyone types a value
     store.unlock(env)
     had_key = store.key_id(env) is not None
@@ -95,26 +83,26 @@ def set_(name: str, config_path: Path, env: str | None) -> None:
 @click.argument("name")
 @config_option
 @env_option
-def get(name: str, config_path: Path, env: str | None) -> None:
+def get(name: str, config_path: Path, env_name: str | None) -> None:
     """Print the decrypted value of secret NAME."""
     config, store = _open(config_path)
-    click.echo(store.get(_pick_env(config, env), name))
+    click.echo(store.get(_pick_env(config, env_name), name))
 
 
 @secrets.command("ls")
 @config_option
 @env_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def ls(config_path: Path, env: str | None, as_json: bool) -> None:
+def ls(config_path: Path, env_name: str | None, as_json: bool) -> None:
     """List secret names per env (values stay encrypted)."""
     config, store = _open(config_path)
-    envs = [_pick_env(config, env)] if env is not None else sorted({*config.envs, *store.envs()})
+    envs = [_pick_env(config, env_name)] if env_name is not None else sorted({*config.envs, *store.envs()})
     if as_json:
         doc = {"envs": {e: {"key_id": store.key_id(e), "names": store.names(e)} for e in envs}}
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    if env is not None:
-        for name in store.names(env):
+    if env_name is not None:
+        for name in store.names(env_name):
             click.echo(name)
         return
     for e in envs:
@@ -129,15 +117,13 @@ def ls(config_path: Path, env: str | None, as_json: bool) -> None:
 @config_option
 @env_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def rm(name: str, config_path: Path, env: str | None, yes: bool) -> None:
+def rm(name: str, config_path: Path, env_name: str | None, yes: bool) -> None:
     """Remove secret NAME."""
     config, store = _open(config_path)
-    env = _pick_env(config, env)
+    env = _pick_env(config, env_name)
     store.remove(env, name)  # in memory until save(); raises when there is no such secret
-    if not yes:
-        if not _stdin_is_terminal():
-            raise BadInput(f"refusing to remove {name} from env {env} without confirmation", hint="add --yes")
-        click.confirm(f"Remove {name} from env {env}?", abort=True, err=True)
+    if not yes and not confirm(f"Remove {name} from env {env}?"):
+        raise click.Abort
     store.save()
     click.echo(f"removed {name} from env {env}", err=True)
 
@@ -150,10 +136,10 @@ def key() -> None:
 @key.command("export")
 @config_option
 @env_option
-def key_export(config_path: Path, env: str | None) -> None:
+def key_export(config_path: Path, env_name: str | None) -> None:
     """Print the env's key in the form TAKO_SECRETS_KEY_<ENV> and `key import` accept."""
     config, store = _open(config_path)
-    env = _pick_env(config, env)
+    env = _pick_env(config, env_name)
     exported = store.export_key(env)
     if sys.stdout.isatty():
         click.echo(f"the key of env {env}: whoever has it can read its secrets", err=True)
@@ -169,10 +155,10 @@ def key_new() -> None:
 @key.command("import")
 @config_option
 @env_option
-def key_import(config_path: Path, env: str | None) -> None:
+def key_import(config_path: Path, env_name: str | None) -> None:
     """Read a key from stdin, check it against every secret of the env, store it in the keyring."""
     config, store = _open(config_path)
-    env = _pick_env(config, env)
+    env = _pick_env(config, env_name)
     if _stdin_is_terminal():
         text = click.prompt(f"Key for env {env}", hide_input=True, err=True)
     else:
@@ -188,7 +174,7 @@ def key_import(config_path: Path, env: str | None) -> None:
 @secrets.command("edit")
 @config_option
 @env_option
-def edit(config_path: Path, env: str | None) -> None:
+def edit(config_path: Path, env_name: str | None) -> None:
     """Browse, reveal, add, change and delete secrets in a full-screen editor; `s` saves."""
     config, store = _open(config_path)
     envs = sorted({*config.envs, *store.envs()})
@@ -196,6 +182,6 @@ def edit(config_path: Path, env: str | None) -> None:
         raise BadInput(f"no environments in {config.path}", hint="add an [envs.<name>] table to tako.toml")
     if not (_stdin_is_terminal() and sys.stdout.isatty()):
         raise BadInput("`tako secrets edit` needs a terminal", hint="scripts: `tako secrets set/get/ls/rm`")
-    from tako_tui.app import run_secrets_editor  # Textual loads only for the screen
+    from tako_tui.app import SecretsConsole  # Textual loads only for the screen
 
-    run_secrets_editor(store, envs, _pick_env(config, env) if env is not None else None)
+    SecretsConsole(store, envs, _pick_env(config, env_name) if env_name is not None else None).show()

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from tako_core.deploy.inspect import ReleaseInfo, ServerView
 from tako_core.events import State
+from tako_core.units import ago
 
 from ..widgets.look import ERROR, MUTED, STATE_STYLE
 from .confirm import ConfirmScreen
@@ -29,14 +30,6 @@ CURRENT = Text("● current", STATE_STYLE[State.DONE])
 KEPT = Text("kept", "")
 INCOMPLETE = Text("incomplete", MUTED)
 MISSING = Text("—", MUTED)
-
-
-def ago(stamp: float, now: float) -> str:
-    seconds = max(now - stamp, 0.0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
 
 
 class ReleasesScreen(Screen[None]):

@@ -10,9 +10,9 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tako_core.events import State
-from tako_core.units import size
+from tako_core.units import duration, size
 
-from .look import MUTED, STATE_STYLE, clock, duration, glyph
+from .look import MUTED, STATE_STYLE, clock, glyph
 from .model import DeployModel
 
 # The overall state's look: words the model produces → (glyph, style).

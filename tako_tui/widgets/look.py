@@ -1,4 +1,7 @@
-"""How states and durations look on screen: one place, so every widget says them the same way."""
+"""How states look on screen: one place, so every widget says them the same way.
+
+Sizes and durations come from `tako_core.units`, which the plain transcript uses too.
+"""
 
 from __future__ import annotations
 
@@ -50,19 +53,6 @@ def glyph(state: State, now: float) -> str:
     if state is State.RUNNING:
         return SPINNER[int(now * 10) % len(SPINNER)]
     return STATE_GLYPH[state]
-
-
-def duration(seconds: float) -> str:
-    """Short and stable-width enough for a panel column: 0.4s, 12s, 3m05s, 1h02m."""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def clock(seconds: float) -> str:

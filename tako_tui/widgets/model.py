@@ -244,7 +244,7 @@ class DeployModel:
         if self.finished is not None:
             if self.finished.ok:
                 return "deployed"
-            if self.finished.exit_code == 130:
+            if self.finished.interrupted:
                 return "aborted"
             deployed = [r for r in self.finished.results if r.outcome is Outcome.DEPLOYED]
             return "partly deployed" if deployed else "failed"

@@ -23,8 +23,9 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from tako_core.events import SERVER_PHASES, Outcome, Phase, ServerResult, State
+from tako_core.units import duration
 
-from .look import ERROR, MUTED, NAME_STYLE, STATE_GLYPH, STATE_STYLE, duration, glyph
+from .look import ERROR, MUTED, NAME_STYLE, STATE_GLYPH, STATE_STYLE, glyph
 from .model import ServerView
 
 ERROR_LINES = 3  # under a failed phase; the log pane has the rest

@@ -8,8 +8,9 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tako_core.events import DeployFinished, Outcome, State
+from tako_core.units import duration
 
-from .look import ERROR, MUTED, STATE_GLYPH, STATE_STYLE, duration
+from .look import ERROR, MUTED, STATE_GLYPH, STATE_STYLE
 from .model import DeployModel
 
 _OUTCOME_STATE = {
@@ -66,6 +67,6 @@ class Summary(Widget):
             artifact = self._model.artifact
             build = f" {artifact.build}" if artifact else ""
             return Text(f"✓ Deployed{build}{where} in {took}", STATE_STYLE[State.DONE])
-        if finished.exit_code == 130:
+        if finished.interrupted:
             return Text(f"⊘ Aborted after {took}", STATE_STYLE[State.CANCELLED])
         return Text(f"✗ Deploy failed after {took} (exit {finished.exit_code})", STATE_STYLE[State.FAILED])
