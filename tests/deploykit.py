@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.fleet import FleetServer, write_app
 
@@ -24,7 +25,7 @@ def sample_app(directory: Path, servers: list[FleetServer], *, version: str = "v
         subprocess.run(["git", "init", "-q"], cwd=app, check=True)
     (app / "VERSION").write_text(version + "\n")
     kwargs.setdefault("start", "python3 app.py")
-    return write_app(app, servers, **kwargs)  # type: ignore[arg-type]
+    return write_app(app, servers, **kwargs)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Run:
     stdout: str
     stderr: str
 
-    def events(self) -> list[dict[str, object]]:
+    def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.stdout.splitlines()]
 
 

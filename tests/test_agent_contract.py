@@ -11,6 +11,7 @@ import socket
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,7 @@ async def test_a_client_reads_an_older_agent_without_a_newer_field(older_agent: 
 
 
 def test_nested_messages_ignore_unknown_fields_and_fill_defaults() -> None:
-    instance = {
+    instance: dict[str, Any] = {
         "index": 0,
         "build": "b1",
         "port": 9000,

@@ -326,7 +326,7 @@ async def test_a_full_deploy_under_keep_alive_load_fails_no_request(
         await load.stop()
     assert proc.returncode == 0, err.decode()
     for s, load in zip(servers, loads, strict=True):
-        bodies = [sample.body for sample in load.samples]
+        bodies = [sample.body or "" for sample in load.samples]
         assert load.failed == [], load.errors[:5]
         assert len(bodies) > 50
         assert bodies[0].startswith("v1 ")

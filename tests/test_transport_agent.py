@@ -102,6 +102,7 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         client = await ensure_agent(conn, cache_dir=tmp_path)  # free again: upgraded
         await client.close()
         second = s1.agent_pid()
+        assert second is not None
 
         # Up to date: nothing happens.
         steps.clear()
