@@ -273,10 +273,6 @@ class DelayProxy:
             proc.wait(timeout=5)
         proc.stdout.close()
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def __enter__(self) -> DelayProxy:
         self.start()
         return self
