@@ -3,6 +3,8 @@
     with bench_fleet(3) as fleet:          # 3 sshd on 127.0.0.11.. registered in a temp TAKO_HOME
         fleet.servers[0].ssh_command("true")
         fleet.env                          # environment for `tako` subprocesses (TAKO_HOME, cache)
+        with fleet.fresh_roots() as fresh: # the same hosts with new, empty roots (a first deploy)
+            ...
 
 Every server's router listens on 127.0.0.1 (its own port), so one load generator reaches them all.
 On leaving: every process under the fleet's roots (agents, instances) is stopped, then the SSH hosts.
@@ -35,6 +37,7 @@ class BenchFleet:
     workdir: Path  # scratch space for apps, artifacts, logs
     env: dict[str, str]  # for `tako` subprocesses
     base: Path
+    pool: HostPool
 
     def sshd_pids(self) -> list[int]:
         """The fleet's sshd listeners (each reaps the per-connection processes it forks)."""
@@ -49,6 +52,24 @@ class BenchFleet:
                         found.append(int(entry.name))
         return found
 
+    @contextlib.contextmanager
+    def fresh_roots(self) -> Iterator[list[FleetServer]]:
+        """The same SSH hosts with new, empty roots (no agent, no app), registered nowhere; whatever
+        runs under those roots is stopped on exit."""
+        fleet = Fleet(self.pool, self.home)
+        try:
+            yield _routed(fleet(len(self.servers), register=False))
+        finally:
+            fleet.close()
+
+
+def _routed(servers: list[FleetServer]) -> list[FleetServer]:
+    """Each server's router on 127.0.0.1 (its own port), so one load generator reaches them all."""
+    for server in servers:
+        server.http_host = "127.0.0.1"
+        server.http_port = free_port("127.0.0.1")
+    return servers
+
 
 @contextlib.contextmanager
 def bench_fleet(count: int, kind: Kind | None = None) -> Iterator[BenchFleet]:
@@ -60,13 +81,11 @@ def bench_fleet(count: int, kind: Kind | None = None) -> Iterator[BenchFleet]:
     pool = HostPool(kind, base / "pool")
     fleet = Fleet(pool, home)
     try:
-        servers = fleet(count, register=False)
+        servers = _routed(fleet(count, register=False))
         for server in servers:
-            server.http_host = "127.0.0.1"
-            server.http_port = free_port("127.0.0.1")
             add_server(server.server, home=home)
         env = dict(os.environ, TAKO_HOME=str(home), XDG_CACHE_HOME=str(base / "cache"))
-        yield BenchFleet(kind, servers, home, base / "work", env, base)
+        yield BenchFleet(kind, servers, home, base / "work", env, base, pool)
     finally:
         fleet.close()
         pool.close()

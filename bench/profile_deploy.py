@@ -2,9 +2,12 @@
 
 Runs one warm-up `tako deploy` (agents installed, an old instance running), then one deploy of a new
 version of the ~5 MB bench app in this process with timing wrappers around the transport, agent
-client and build calls (wall time per call, per server), and optionally under cProfile.
+client, SSH/SFTP and build calls (wall time per call, per server), and optionally under cProfile.
+`--first` skips the warm-up: the measured deploy installs the agents. `--rtt MS` puts a delay proxy
+(tests/delayproxy.py) in front of every sshd for the measured deploy, and counts each call's round
+trips (its wall time / RTT; local work counts too, so compare with `--rtt 0`).
 
-    .venv/bin/python bench/profile_deploy.py [--servers 3] [--cprofile out.prof]
+    .venv/bin/python bench/profile_deploy.py [--servers 3] [--first] [--rtt 100] [--cprofile out.prof]
 
 Everything it starts (sshd, agents, instances) is stopped at the end.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import cProfile
 import functools
 import getpass
@@ -26,14 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 from deploylib import make_app, run_tako, set_version, table
 from fleetlib import ROOT, bench_fleet
 
 from tako_core.build import artifact as build_module
+from tako_core.config import add_server
 from tako_core.deploy import DeployOptions, deploy, pipeline, session
 from tako_core.events import Event
 from tako_core.transport import agent_client, agent_setup, connection
 from tako_tui.commands.options import load_target
+from tests.delayproxy import DelayProxy, Link, via_proxy
 
 TIMES: dict[str, list[float]] = collections.defaultdict(list)
 
@@ -58,6 +65,14 @@ WRAPPED: list[tuple[Any, str]] = [
     (session.ServerSession, "close"),
     (pipeline, "build_artifact"),
     (session, "ensure_agent"),
+    (agent_setup, "install_agent"),
+    (agent_setup, "_wait_for_agent"),
+    (asyncssh.SSHClientConnection, "create_process"),
+    (asyncssh.SSHClientConnection, "start_sftp_client"),
+    (asyncssh.SSHClientConnection, "open_unix_connection"),
+    (asyncssh.SFTPClient, "makedirs"),
+    (asyncssh.SFTPClient, "put"),
+    (asyncssh.SFTPClient, "posix_rename"),
 ]
 THREADED: list[tuple[Any, str]] = [(agent_setup, "build_zipapp"), (build_module, "collect_source_set")]
 
@@ -103,6 +118,8 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--servers", type=int, default=3)
+    parser.add_argument("--first", action="store_true", help="no warm-up: the deploy installs the agents")
+    parser.add_argument("--rtt", type=float, default=0.0, help="round-trip time of the measured deploy, ms")
     parser.add_argument("--cprofile", help="write a cProfile of the measured deploy here")
     parser.add_argument(
         "--py-spy",
@@ -111,11 +128,20 @@ async def main() -> None:
         "(wall clock, --idle) and write its collapsed stacks to py-spy.txt here",
     )
     args = parser.parse_args()
-    with bench_fleet(args.servers) as fleet:
+    with bench_fleet(args.servers) as fleet, contextlib.ExitStack() as stack:
         app = make_app(fleet.workdir / "app", fleet.servers).parent
-        set_version(app, "warm")
-        await run_tako(app / "tako.toml", fleet.env, fleet.workdir / "scratch")
+        if not args.first:
+            set_version(app, "warm")
+            await run_tako(app / "tako.toml", fleet.env, fleet.workdir / "scratch")
         set_version(app, "measured")
+        if args.rtt:
+            targets = [(s.address, s.port) for s in fleet.servers]
+            proxy = stack.enter_context(DelayProxy(targets, Link.of(args.rtt)))
+            home = fleet.base / "home-delayed"
+            home.mkdir()
+            for server in via_proxy(fleet.servers, proxy, fleet.base / "known_hosts-delayed"):
+                add_server(server.server, home=home)
+            fleet.env["TAKO_HOME"] = str(home)
         if args.py_spy:
             out = Path.cwd() / "py-spy.txt"
             tako = [sys.executable, str(ROOT / "bench" / "tako_rss.py"), "deploy", "--json", "--yes"]
@@ -158,11 +184,15 @@ async def main() -> None:
             f"{1000 * min(v):.1f}",
             f"{1000 * sorted(v)[len(v) // 2]:.1f}",
             f"{1000 * max(v):.1f}",
+            *([f"{1000 * sorted(v)[len(v) // 2] / args.rtt:.1f}"] if args.rtt else []),
         ]
         for name, v in TIMES.items()
     ]
-    print(f"deploy ok={finished.ok} in {wall:.3f} s (in process, {args.servers} servers)\n")
-    print(table(["call", "calls", "min ms", "median ms", "max ms"], rows))
+    print(
+        f"deploy ok={finished.ok} in {wall:.3f} s (in process, {args.servers} servers, RTT {args.rtt:g} ms)\n"
+    )
+    trips = ["median / RTT"] if args.rtt else []
+    print(table(["call", "calls", "min ms", "median ms", "max ms", *trips], rows))
 
 
 if __name__ == "__main__":

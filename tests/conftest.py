@@ -11,6 +11,7 @@ where installed (and fails in CI when it is not).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tako_core.config import add_server
 from tako_core.demo.processes import end_processes_under
-from tests.fleet import Fleet, HostPool, Kind, default_kind
+from tests.delayproxy import DelayProxy, Link, via_proxy
+from tests.fleet import Fleet, FleetServer, HostPool, Kind, default_kind
 from tests.tmux import Tmux
 
 
@@ -67,6 +70,25 @@ def fleet(host_pools: Callable[[Kind], HostPool], tako_home: Path) -> Iterator[F
     except RuntimeError as err:
         pytest.fail(str(err))
     yield from _fleet(kind, host_pools, tako_home)
+
+
+@pytest.fixture
+def delayed_fleet(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> Iterator[Callable[[int, Link], list[FleetServer]]]:
+    """`delayed_fleet(n, link)` → n more servers of `fleet`, each behind a delay proxy (its own
+    process) on `link`; TAKO_HOME's inventory and their known_hosts name the proxy's ports."""
+    with contextlib.ExitStack() as proxies:
+
+        def make(count: int, link: Link) -> list[FleetServer]:
+            direct = fleet(count)
+            proxy = proxies.enter_context(DelayProxy([(s.address, s.port) for s in direct], link))
+            servers = via_proxy(direct, proxy, tmp_path / f"known_hosts.proxy{proxy.ports[0]}")
+            for server in servers:
+                add_server(server.server, home=tako_home, replace=True)
+            return servers
+
+        yield make
 
 
 @pytest.fixture(params=["sshd", "inprocess"])
