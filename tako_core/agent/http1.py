@@ -110,14 +110,9 @@ class Backend(Protocol):
 # --- framing: the same rules whichever parser read the head ---------------------------------------
 
 
-class _Framing(NamedTuple):
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool
-    upgrade: bool
-    host: bytes | None
-    expect_continue: bool
-    conn_tokens: frozenset[bytes]
+# content_length, chunked, keep_alive, upgrade, host, expect_continue, conn_tokens: a plain tuple,
+# since a NamedTuple would cost ~0.4 µs per message here.
+_Framing: TypeAlias = tuple[int | None, bool, bool, bool, bytes | None, bool, frozenset[bytes]]
 
 
 def _framing(headers: Headers, minor: int, *, request: bool) -> _Framing:
@@ -162,17 +157,12 @@ def _framing(headers: Headers, minor: int, *, request: bool) -> _Framing:
     keep_alive = (b"keep-alive" in tokens) if minor == 0 else (b"close" not in tokens)
     if request and host is None and minor == 1:
         raise ParseError(400, "missing Host header")
-    return _Framing(
-        length, te is not None, keep_alive, upgrade and b"upgrade" in tokens, host, expect_continue, tokens
-    )
+    return length, te is not None, keep_alive, upgrade and b"upgrade" in tokens, host, expect_continue, tokens
 
 
 def request_event(method: bytes, target: bytes, minor: int, headers: Headers) -> Request:
-    f = _framing(headers, minor, request=True)
-    return Request(
-        method, target, minor, headers, f.host, f.content_length, f.chunked, f.keep_alive, f.upgrade,
-        f.expect_continue, f.conn_tokens,
-    )  # fmt: skip
+    length, chunked, keep_alive, upgrade, host, expect, tokens = _framing(headers, minor, request=True)
+    return Request(method, target, minor, headers, host, length, chunked, keep_alive, upgrade, expect, tokens)
 
 
 def response_event(
@@ -180,12 +170,12 @@ def response_event(
 ) -> Response | InformationalResponse:
     """An upstream's response head; what it refuses is a 502: a bad answer is the gateway's problem."""
     try:
-        f = _framing(headers, minor, request=False)
+        length, chunked, keep_alive, _, _, _, tokens = _framing(headers, minor, request=False)
     except ParseError as e:
         raise ParseError(502, str(e)) from None
     if status < 200:
-        return InformationalResponse(status, reason, headers, f.conn_tokens)
-    return Response(status, reason, minor, headers, f.content_length, f.chunked, f.keep_alive, f.conn_tokens)
+        return InformationalResponse(status, reason, headers, tokens)
+    return Response(status, reason, minor, headers, length, chunked, keep_alive, tokens)
 
 
 BACKENDS = ("httptools", "h11")

@@ -72,9 +72,12 @@ class _RequestParser:
                 events.append(END)
                 leftover = conn.trailing_data[0]
                 head = self._head
-                if head is not None and (head.upgrade or not head.keep_alive):
+                assert head is not None  # h11 has sent the Request before its EndOfMessage
+                # After an upgrade or CONNECT the bytes are not HTTP any more (llhttp stops there too).
+                switching = head.upgrade or head.method == b"CONNECT"
+                if switching or not head.keep_alive:
                     self._done = True
-                    if head.upgrade:
+                    if switching:
                         events.append(Upgraded(leftover))
                     return
                 conn = self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)

@@ -46,6 +46,8 @@ class _LlhttpParser:
         self._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer of a chunked body: dropped (llhttp reports it like a header)
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
             self._error = ParseError(self._too_large, "header section too large")
