@@ -58,10 +58,6 @@ class _LlhttpParser:
         if not self._done:  # a response to HEAD may declare a body llhttp would go on to read
             self.events.append(Data(body))
 
-    def _head_complete(self, event: Event) -> None:
-        self._in_head = False
-        self.events.append(event)
-
     def _check_head_size(self, fed: int) -> None:
         # A head that never ends (e.g. one endless header line) is refused before memory grows.
         if self._in_head:
@@ -88,8 +84,9 @@ class _RequestParser(_LlhttpParser):
     def on_headers_complete(self) -> None:
         p = self._p
         minor = 0 if p.get_http_version() == "1.0" else 1
+        self._in_head = False
         try:
-            self._head_complete(request_event(p.get_method(), self._url, minor, self._headers))
+            self.events.append(request_event(p.get_method(), self._url, minor, self._headers))
         except ParseError as e:
             self._error = e
             raise
@@ -143,12 +140,13 @@ class _ResponseParser(_LlhttpParser):
         p = self._p
         status = p.get_status_code()
         minor = 0 if p.get_http_version() == "1.0" else 1
+        self._in_head = False
         try:
             head = response_event(status, self._reason, minor, self._headers)
         except ParseError as e:
             self._error = e
             raise
-        self._head_complete(head)
+        self.events.append(head)
         if isinstance(head, InformationalResponse):
             self._info = True
         elif self._no_body or status in (204, 304):
