@@ -13,71 +13,80 @@ agent zipapp) is the fallback (`http1_h11`). Both turn bytes into the same event
 Framing facts (length, chunked, keep-alive, upgrade) are derived from the headers here, by the same
 code for both parsers, so the router behaves identically whichever parser runs.
 
-The events are NamedTuples: they are created per request on the router's hot path, and measured on
-Python 3.11 an 11-field NamedTuple is built in ~0.35 µs where a frozen slotted dataclass takes ~1.3 µs.
-Being tuples, two events of different types with equal fields compare equal: compare types too.
+The events are slotted dataclasses whose fields are `Final`: mypy --strict refuses any assignment to
+them, and they cost what a plain slotted class costs. They are built and read per request on the
+router's hot path; measured with callgrind on CPython 3.11, building an 11-field head takes ~3.7k
+instructions (NamedTuple ~4.6k, frozen slotted dataclass ~17.7k: every field goes through
+object.__setattr__), and ten field reads ~1.8k (NamedTuple ~3.2k: its getters are not specialized).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, TypeAlias
+from dataclasses import dataclass
+from typing import Final, Protocol, TypeAlias
 
 Headers = list[tuple[bytes, bytes]]
 
 
-class Request(NamedTuple):
+@dataclass(slots=True)
+class Request:
     """A request head. `headers` keep the peer's spelling; the fields after them derive from them."""
 
-    method: bytes
-    target: bytes
-    minor: int  # HTTP/1.<minor>
-    headers: Headers
-    host: bytes | None
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool
-    upgrade: bool  # asks to switch protocols (an Upgrade header named in Connection)
-    expect_continue: bool
-    conn_tokens: frozenset[bytes]  # the Connection header's tokens, lower case
+    method: Final[bytes]
+    target: Final[bytes]
+    minor: Final[int]  # HTTP/1.<minor>
+    headers: Final[Headers]
+    host: Final[bytes | None]
+    content_length: Final[int | None]
+    chunked: Final[bool]
+    keep_alive: Final[bool]
+    upgrade: Final[bool]  # asks to switch protocols (an Upgrade header named in Connection)
+    expect_continue: Final[bool]
+    conn_tokens: Final[frozenset[bytes]]  # the Connection header's tokens, lower case
 
 
-class Response(NamedTuple):
+@dataclass(slots=True)
+class Response:
     """A final response head (status 200 and up)."""
 
-    status: int
-    reason: bytes
-    minor: int
-    headers: Headers
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool
-    conn_tokens: frozenset[bytes]
+    status: Final[int]
+    reason: Final[bytes]
+    minor: Final[int]
+    headers: Final[Headers]
+    content_length: Final[int | None]
+    chunked: Final[bool]
+    keep_alive: Final[bool]
+    conn_tokens: Final[frozenset[bytes]]
 
 
-class InformationalResponse(NamedTuple):
+@dataclass(slots=True)
+class InformationalResponse:
     """A 1xx response head: followed by the next response head, or by Upgraded after a 101."""
 
-    status: int
-    reason: bytes
-    headers: Headers
-    conn_tokens: frozenset[bytes]
+    status: Final[int]
+    reason: Final[bytes]
+    headers: Final[Headers]
+    conn_tokens: Final[frozenset[bytes]]
 
 
-class Data(NamedTuple):
-    data: bytes
+@dataclass(slots=True)
+class Data:
+    data: Final[bytes]
 
 
-class EndOfMessage(NamedTuple):
+@dataclass(slots=True)
+class EndOfMessage:
     """The message is complete. Trailers of a chunked message are dropped."""
 
 
 END = EndOfMessage()
 
 
-class Upgraded(NamedTuple):
+@dataclass(slots=True)
+class Upgraded:
     """The connection is no longer HTTP/1.1 from here on; `rest` followed the head in the same read."""
 
-    rest: bytes
+    rest: Final[bytes]
 
 
 Event: TypeAlias = Request | Response | InformationalResponse | Data | EndOfMessage | Upgraded
@@ -104,7 +113,9 @@ class Backend(Protocol):
     name: str
 
     def request_parser(self, max_head: int) -> Parser: ...
-    def response_parser(self, method: bytes, *, upgrade: bool, max_head: int) -> Parser: ...
+    def response_parser(self, request: Request, max_head: int) -> Parser:
+        """A parser for the response to `request` (its method and whether it asked to upgrade)."""
+        ...
 
 
 # --- framing: the same rules whichever parser read the head ---------------------------------------

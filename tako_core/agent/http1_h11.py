@@ -88,15 +88,15 @@ class _RequestParser:
 
 
 class _ResponseParser:
-    def __init__(self, method: bytes, *, upgrade: bool, max_head: int) -> None:
+    def __init__(self, request: Request, max_head: int) -> None:
         self.events: list[Event] = []
         self._max_head = max_head
         self._done = False
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
         headers = [(b"host", b"upstream")]
-        if upgrade:
+        if request.upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", b"tunnel")]
-        conn.send(h11.Request(method=method, target=b"/", headers=headers))
+        conn.send(h11.Request(method=request.method, target=b"/", headers=headers))
         conn.send(h11.EndOfMessage())
         self._conn = conn
 
@@ -145,5 +145,5 @@ class H11Backend:
     def request_parser(self, max_head: int) -> Parser:
         return _RequestParser(max_head)
 
-    def response_parser(self, method: bytes, *, upgrade: bool, max_head: int) -> Parser:
-        return _ResponseParser(method, upgrade=upgrade, max_head=max_head)
+    def response_parser(self, request: Request, max_head: int) -> Parser:
+        return _ResponseParser(request, max_head)

@@ -11,6 +11,7 @@ from tako_core.agent.http1 import (
     InformationalResponse,
     ParseError,
     Parser,
+    Request,
     Upgraded,
     request_event,
     response_event,
@@ -120,10 +121,10 @@ class _RequestParser(_LlhttpParser):
 class _ResponseParser(_LlhttpParser):
     _too_large = 502  # a bad upstream answer is the gateway's problem
 
-    def __init__(self, method: bytes, *, upgrade: bool, max_head: int) -> None:
+    def __init__(self, request: Request, max_head: int) -> None:
         super().__init__(max_head)
-        self._no_body = method == b"HEAD"
-        self._upgrade = upgrade
+        self._no_body = request.method == b"HEAD"
+        self._upgrade = request.upgrade
         self._reason = b""
         self._info = False  # the message llhttp is in is a 1xx: its end is not the response's
         self._until_eof = False
@@ -195,5 +196,5 @@ class LlhttpBackend:
     def request_parser(self, max_head: int) -> Parser:
         return _RequestParser(max_head)
 
-    def response_parser(self, method: bytes, *, upgrade: bool, max_head: int) -> Parser:
-        return _ResponseParser(method, upgrade=upgrade, max_head=max_head)
+    def response_parser(self, request: Request, max_head: int) -> Parser:
+        return _ResponseParser(request, max_head)

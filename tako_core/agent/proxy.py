@@ -191,7 +191,7 @@ class Proxy:
                     ) from None
             else:
                 up.write(head)
-            keep, clean, _ = await self._relay(client, up, req, may_retry=may_retry and reused, upgrade=False)
+            keep, clean, _ = await self._relay(client, up, req, may_retry=may_retry and reused)
             return keep
         finally:
             pool.checkin(up, reuse=clean and state.routed)
@@ -220,13 +220,13 @@ class Proxy:
                 return
 
     async def _relay(
-        self, client: ClientConnection, up: Stream, req: Request, *, may_retry: bool, upgrade: bool
+        self, client: ClientConnection, up: Stream, req: Request, *, may_retry: bool
     ) -> tuple[bool, bool, bytes | None]:
         """Stream the upstream's response to the client. Returns (client keep-alive, upstream connection
         reusable, bytes after a 101 or None)."""
-        parser = self._backend.response_parser(req.method, upgrade=upgrade, max_head=self._max_head)
+        parser = self._backend.response_parser(req, self._max_head)
         events = parser.events
-        keep = req.keep_alive and not upgrade  # after an upgrade attempt the router stops parsing
+        keep = req.keep_alive and not req.upgrade  # after an upgrade attempt the router stops parsing
         framing = _NO_BODY
         resp: Response | None = None
         started = got = False
@@ -305,7 +305,7 @@ class Proxy:
                     req, peer=client.peer, trusted=client.trusted, authority=state.authority, upgrade=True
                 )
                 up.write(head)
-                _, _, switched = await self._relay(client, up, req, may_retry=False, upgrade=True)
+                _, _, switched = await self._relay(client, up, req, may_retry=False)
                 if switched is not None:
                     client.stream.write(switched)
                     up.write(early)
