@@ -41,7 +41,7 @@ def test_request_head_drops_hop_by_hop_and_sets_forwarded_headers() -> None:
         b"X-Forwarded-Host: evil.test",
         b"Accept: */*",
     )
-    head = request_head(req, peer=b"203.0.113.9", trusted=False, authority=b"127.0.0.1:8001", upgrade=False)
+    head = request_head(req, peer=b"203.0.113.9", trusted=False, authority=b"127.0.0.1:8001")
     assert head.startswith(b"POST /p HTTP/1.1\r\n")
     assert header_lines(head) == [
         b"Host: a.test",
@@ -62,7 +62,7 @@ def test_request_head_from_a_trusted_peer_keeps_and_extends_the_chain() -> None:
         b"X-Forwarded-Proto: https",
         b"X-Forwarded-Host: public.test",
     )
-    head = request_head(req, peer=b"127.0.0.1", trusted=True, authority=b"127.0.0.1:8001", upgrade=False)
+    head = request_head(req, peer=b"127.0.0.1", trusted=True, authority=b"127.0.0.1:8001")
     assert header_lines(head) == [
         b"Host: a.test",
         b"X-Forwarded-Proto: https",
@@ -73,7 +73,7 @@ def test_request_head_from_a_trusted_peer_keeps_and_extends_the_chain() -> None:
 
 def test_request_head_without_host_names_the_upstream() -> None:
     req = parsed_request(b"GET / HTTP/1.0")
-    head = request_head(req, peer=b"203.0.113.9", trusted=False, authority=b"127.0.0.1:8001", upgrade=False)
+    head = request_head(req, peer=b"203.0.113.9", trusted=False, authority=b"127.0.0.1:8001")
     assert head.startswith(b"GET / HTTP/1.1\r\n")  # the router speaks 1.1 to upstreams
     assert header_lines(head) == [
         b"Host: 127.0.0.1:8001",
@@ -84,7 +84,7 @@ def test_request_head_without_host_names_the_upstream() -> None:
 
 def test_upgrade_request_head_keeps_the_upgrade() -> None:
     req = parsed_request(b"GET /ws HTTP/1.1", b"Host: a.test", b"Connection: Upgrade", b"Upgrade: websocket")
-    head = request_head(req, peer=b"203.0.113.9", trusted=False, authority=b"x", upgrade=True)
+    head = request_head(req, peer=b"203.0.113.9", trusted=False, authority=b"x")
     assert b"Upgrade: websocket" in header_lines(head)
     assert header_lines(head)[-1] == b"Connection: upgrade"
 

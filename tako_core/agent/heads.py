@@ -27,9 +27,10 @@ class BodyFraming(enum.Enum):
     UNTIL_CLOSE = "until close"
 
 
-def request_head(req: Request, *, peer: bytes, trusted: bool, authority: bytes, upgrade: bool) -> bytes:
-    """The head sent upstream for `req` from `peer`; `authority` is the Host when `req` has none.
-    `upgrade`: the request's Upgrade header and `Connection: upgrade` are passed on."""
+def request_head(req: Request, *, peer: bytes, trusted: bool, authority: bytes) -> bytes:
+    """The head sent upstream for `req` from `peer`; `authority` is the Host when `req` has none. An
+    upgrade request keeps its Upgrade header and `Connection: upgrade`."""
+    upgrade = req.upgrade
     lines = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     drop = _HOP_BY_HOP | req.conn_tokens if req.conn_tokens else _HOP_BY_HOP
     xff = b""

@@ -177,9 +177,7 @@ class Proxy:
             up = await pool.connect()
         clean = False
         try:
-            head = request_head(
-                req, peer=client.peer, trusted=client.trusted, authority=state.authority, upgrade=False
-            )
+            head = request_head(req, peer=client.peer, trusted=client.trusted, authority=state.authority)
             if has_body:
                 if req.expect_continue and req.minor == 1:
                     client.stream.write(CONTINUE)  # the router has an upstream to send the body to
@@ -301,9 +299,7 @@ class Proxy:
                 client.reply(req, 502, "the app's instance is not reachable", keep=False)
                 return False
             try:
-                head = request_head(
-                    req, peer=client.peer, trusted=client.trusted, authority=state.authority, upgrade=True
-                )
+                head = request_head(req, peer=client.peer, trusted=client.trusted, authority=state.authority)
                 up.write(head)
                 _, _, switched = await self._relay(client, up, req, may_retry=False)
                 if switched is not None:
