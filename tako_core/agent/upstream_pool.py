@@ -18,12 +18,14 @@ _MAX_IDLE = 256  # pooled idle connections kept per upstream
 
 @dataclass(frozen=True)
 class Upstream:
+    """Where an app instance listens."""
+
     host: str
     port: int
 
 
 class ConnectFailed(Exception):
-    pass
+    """The upstream refused the connection, or did not accept it within CONNECT_TIMEOUT."""
 
 
 class UpstreamPool:
