@@ -49,6 +49,8 @@ class UpstreamState:
 
 
 class Route:
+    """Host names (lookup keys) served by upstreams, chosen round robin per request."""
+
     __slots__ = ("hosts", "key", "next", "upstreams")
 
     def __init__(self, key: str, hosts: tuple[bytes, ...], upstreams: tuple[UpstreamState, ...]) -> None:
@@ -68,6 +70,8 @@ class Route:
 
 
 class RouteTable:
+    """Routes by key (one per app/env), looked up by Host; upstreams known while routed or in flight."""
+
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._exact: dict[bytes, Route] = {}
