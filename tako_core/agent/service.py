@@ -14,7 +14,6 @@ import platform
 import shutil
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Protocol, TypeVar
 
 import tako_core
@@ -285,10 +284,7 @@ class Agent:
     async def rollback(self, p: Params, emit: Emit) -> Done:
         runtime, build = self.runtime(p), p.name("build")
         async with runtime.exclusive("rollback"):
-            if runtime.state is None:
-                raise ProtocolError(NOT_FOUND, f"{runtime.key} has never been rolled out here")
-            # Same start command, instances, routes and env as what runs now; only the build differs.
-            await runtime.rollout(replace(runtime.state, build=build), _progress(emit))
+            await runtime.rollout(runtime.as_deployed(build), _progress(emit))
             runtime.finalize(build, keep=1 << 30)  # point `current` back; rollback never prunes
         return Done()
 

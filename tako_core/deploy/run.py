@@ -73,6 +73,7 @@ class Run(ABC):
 
     #: "servers did not <verb>", in the verdict of a run some servers failed
     verb = "deploy"
+    rollback_to: str | None = None
 
     def __init__(
         self,
@@ -140,6 +141,7 @@ class Run(ABC):
                 servers=tuple(s.name for s in t.servers),
                 leader=t.leader.name,
                 release=self.release,
+                rollback_to=self.rollback_to,
             )
         )
         if not confirmed:

@@ -243,7 +243,8 @@ class DeployModel:
             return "crashed"
         if self.finished is not None:
             if self.finished.ok:
-                return "deployed"
+                rollback = self.started is not None and self.started.rollback_to is not None
+                return "rolled back" if rollback else "deployed"
             if self.finished.interrupted:
                 return "aborted"
             deployed = [r for r in self.finished.results if r.outcome is Outcome.DEPLOYED]

@@ -26,7 +26,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         healthy = os.environ.get("SAMPLE_HEALTHY", "1") == "1"
-        body = f"{VERSION} {BUILD}\n".encode()
+        say = os.environ.get("SAMPLE_SAY")  # a var of tako.toml, when a test sets one
+        body = f"{VERSION} {BUILD}{' ' + say if say else ''}\n".encode()
         self.send_response(200 if healthy else 500)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
