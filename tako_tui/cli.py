@@ -11,6 +11,7 @@ from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
 from tako_tui.commands.demo import demo_command
 from tako_tui.commands.deploy import deploy_command
+from tako_tui.commands.logs import logs_command
 from tako_tui.commands.releases import releases
 from tako_tui.commands.releases import status as app_status
 from tako_tui.commands.secrets import secrets
@@ -44,6 +45,7 @@ main.add_command(secrets)
 main.add_command(deploy_command)
 main.add_command(releases)
 main.add_command(app_status)
+main.add_command(logs_command)
 main.add_command(demo_command)
 
 

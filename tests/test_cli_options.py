@@ -12,6 +12,8 @@ from tako_tui.cli import main
 ENV_COMMANDS = {
     "config show",
     "deploy",
+    "logs",
+    "run",
     "status",
     "releases",
     "releases ls",

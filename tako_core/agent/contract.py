@@ -279,10 +279,10 @@ class Releases(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LogLines(Message):
-    """logs: the newest instance output lines."""
+class LogsEnd(Message):
+    """logs (without follow): the cursor after the last line sent, to follow on from."""
 
-    lines: tuple[str, ...]
+    cursor: str
 
 
 # --- events -----------------------------------------------------------------------------------------
@@ -308,6 +308,18 @@ class RunOutput(Event):
     NAME = "line"
     offset: int
     line: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogEntry(Event):
+    """logs: one line of instance output: when (epoch seconds), from which `build#instance`, and
+    the cursor after it (resume a follow there)."""
+
+    NAME = "log"
+    time: float
+    source: str
+    line: str
+    cursor: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,8 +20,9 @@ from typing import Any
 
 from tako_core.agent import health, procs, releases
 from tako_core.agent.contract import BUSY, FAILED, NOT_FOUND, ProtocolError
-from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec, OutputLog
+from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec
 from tako_core.agent.layout import AppLayout, write_private
+from tako_core.agent.logs import OutputLog
 from tako_core.agent.procs import child_env
 from tako_core.agent.router import Router
 from tako_core.mask import Masker

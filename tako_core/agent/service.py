@@ -6,18 +6,19 @@ Each op is an `Agent` method bound to its `Op` with `@handles`; the server looks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import json
 import logging
 import pkgutil
 import platform
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
 import tako_core
 from tako_core.agent import extract, releases
+from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import (
     BAD_REQUEST,
     NOT_FOUND,
@@ -31,7 +32,8 @@ from tako_core.agent.contract import (
     InstallOutput,
     InstanceStatus,
     LeaseGranted,
-    LogLines,
+    LogEntry,
+    LogsEnd,
     Message,
     Op,
     Progress,
@@ -83,7 +85,8 @@ def handles(op: Op) -> Callable[[_Method], _Method]:
 
 MAX_RELEASE_TIMEOUT = 7 * 24 * 3600.0
 KEEP_RUNS = 20  # release run logs kept per app/env
-LOGS_BUDGET = 512 * 1024  # encoded bytes of log lines in one reply
+LOGS_BATCH = 256  # log lines sent between waits for the client
+LOGS_POLL = 5.0  # a follower looks again this often even without a write (the file may have rotated)
 
 
 def _build_id() -> str | None:
@@ -335,8 +338,34 @@ class Agent:
         )
 
     @handles(Op.LOGS)
-    async def logs(self, p: Params, emit: Emit) -> LogLines:
-        lines = self.runtime(p).output.tail(p.int("lines", 100, 0, 10000))
-        while sum(len(json.dumps(line)) + 1 for line in lines) > LOGS_BUDGET:  # the reply fits in a line
-            lines = lines[len(lines) // 10 + 1 :]
-        return LogLines(lines=tuple(lines))
+    async def logs(self, p: Params, emit: Emit) -> LogsEnd:
+        """The newest `lines` lines (stamped `since` or later), or every line after `cursor`; with
+        `follow`, then every line as it is written, until the client goes away."""
+        output = self.runtime(p).output
+        cursor = p.opt_str("cursor")
+        if cursor is None:
+            backlog = output.tail(p.int("lines", 100, 0, 100_000), p.num("since", 0.0, 0.0, 1e12))
+            cursor = backlog[-1].cursor if backlog else output.end()
+            await _send(backlog, emit)
+        follow = p.bool("follow")
+        while True:
+            wakeup = output.wakeup
+            sent = await _send(output.after(cursor), emit)
+            cursor = sent or cursor
+            if not follow:
+                return LogsEnd(cursor=cursor)
+            if not sent:  # nothing new: sleep until the next write (or look again, for a rotation)
+                with contextlib.suppress(WaitTimeout):
+                    await asyncio.wait_for(wakeup.wait(), LOGS_POLL)
+
+
+async def _send(entries: Iterable[LogEntry], emit: Emit) -> str | None:
+    """Emit `entries`, waiting for the client between batches; the cursor after the last one sent."""
+    cursor = None
+    for count, entry in enumerate(entries, 1):
+        emit(entry)
+        cursor = entry.cursor
+        if count % LOGS_BATCH == 0:
+            await emit.drain()
+    await emit.drain()
+    return cursor

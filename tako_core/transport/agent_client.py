@@ -28,7 +28,8 @@ from tako_core.agent.contract import (
     Json,
     LeaseGranted,
     LeaseInfo,
-    LogLines,
+    LogEntry,
+    LogsEnd,
     Message,
     Op,
     Progress,
@@ -55,6 +56,7 @@ __all__ = [
     "InstanceStatus",
     "LeaseHeld",
     "LeaseInfo",
+    "LogEntry",
     "ReleaseInfo",
     "RunResult",
 ]
@@ -389,6 +391,19 @@ class AgentClient:
             _on(Progress, lambda e: on_progress(e.done, e.total)) if on_progress else None,
         )
 
-    async def logs(self, app: str, env: str, lines: int = 100) -> list[str]:
-        params = {"app": app, "env": env, "lines": lines}
-        return list((await self._call(Op.LOGS, params, LogLines)).lines)
+    async def logs(
+        self,
+        app: str,
+        env: str,
+        on_entry: Callable[[LogEntry], None],
+        *,
+        lines: int = 100,
+        since: float = 0.0,
+        cursor: str | None = None,
+        follow: bool = False,
+    ) -> str:
+        """Instance output: the newest `lines` lines stamped `since` or later, or all after `cursor`,
+        each passed to on_entry; returns the cursor after the last. With `follow` it never returns:
+        cancel it (or close the client) to stop."""
+        params = {"app": app, "env": env, "lines": lines, "since": since, "cursor": cursor, "follow": follow}
+        return (await self._call(Op.LOGS, params, LogsEnd, _on(LogEntry, on_entry))).cursor
