@@ -52,7 +52,7 @@ _SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_span(text: str) -> float | None:
-    """"90", "90s", "10m", "2h", "1d" as seconds; None when it is none of these."""
+    """ "90", "90s", "10m", "2h", "1d" as seconds; None when it is none of these."""
     text = text.strip()
     number, unit = (text[:-1], text[-1]) if text[-1:] in _SPANS else (text, "s")
     try:

@@ -14,6 +14,7 @@ from tako_tui.commands.deploy import deploy_command
 from tako_tui.commands.logs import logs_command
 from tako_tui.commands.releases import releases
 from tako_tui.commands.releases import status as app_status
+from tako_tui.commands.run import run_command
 from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
 
@@ -46,6 +47,7 @@ main.add_command(deploy_command)
 main.add_command(releases)
 main.add_command(app_status)
 main.add_command(logs_command)
+main.add_command(run_command)
 main.add_command(demo_command)
 
 

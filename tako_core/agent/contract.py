@@ -102,6 +102,9 @@ class Op(Enum):
     RELEASES = "releases"
     ROLLBACK = "rollback", DETACHED
     LOGS = "logs"
+    EXEC = "exec"
+    EXEC_INPUT = "exec_input"
+    EXEC_RESIZE = "exec_resize"
 
 
 M = TypeVar("M", bound="Message")
@@ -285,6 +288,13 @@ class LogsEnd(Message):
     cursor: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExecResult(Message):
+    """exec: how the one-off command ended (128 + N when killed by signal N)."""
+
+    exit_code: int
+
+
 # --- events -----------------------------------------------------------------------------------------
 
 
@@ -320,6 +330,23 @@ class LogEntry(Event):
     source: str
     line: str
     cursor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecStarted(Event):
+    """exec: the command runs; `exec_id` names it to exec_input and exec_resize."""
+
+    NAME = "exec_started"
+    exec_id: str
+    build: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecOutput(Event):
+    """exec: output, masked: whole lines (newline included) without a terminal, chunks with one."""
+
+    NAME = "exec_output"
+    data: str
 
 
 @dataclass(frozen=True, kw_only=True)

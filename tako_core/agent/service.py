@@ -28,6 +28,8 @@ from tako_core.agent.contract import (
     Cleaned,
     Done,
     Event,
+    ExecOutput,
+    ExecResult,
     Finalized,
     InstallOutput,
     InstanceStatus,
@@ -49,6 +51,7 @@ from tako_core.agent.contract import (
 )
 from tako_core.agent.layout import Layout
 from tako_core.agent.leases import Leases
+from tako_core.agent.oneoff import OneOffs
 from tako_core.agent.params import Params
 from tako_core.agent.procs import child_env
 from tako_core.agent.rollout import AppRuntime, AppState
@@ -108,6 +111,7 @@ class Agent:
         self.router = router
         self.leases = Leases(layout.leases_file)
         self.runs = Runs()
+        self.oneoffs = OneOffs()
         self._apps: dict[tuple[str, str], AppRuntime] = {}
 
     def handler(self, op: Op) -> Handler:
@@ -336,6 +340,30 @@ class Agent:
                 for b in releases.builds(layout)
             )
         )
+
+    @handles(Op.EXEC)
+    async def exec(self, p: Params, emit: Emit) -> ExecResult:
+        rows, cols = p.int("rows", 0, 0, 1000), p.int("cols", 0, 0, 1000)
+        return await self.oneoffs.run(
+            self.runtime(p),
+            self.leases,
+            p.command("command"),
+            size=(rows, cols) if p.bool("tty") else None,
+            force=p.bool("force"),
+            started=emit,
+            output=lambda data: emit(ExecOutput(data=data)),
+            drain=emit.drain,
+        )
+
+    @handles(Op.EXEC_INPUT)
+    async def exec_input(self, p: Params, emit: Emit) -> Done:
+        self.oneoffs.find(p.str("exec_id")).write(p.str("data").encode(errors="surrogateescape"))
+        return Done()
+
+    @handles(Op.EXEC_RESIZE)
+    async def exec_resize(self, p: Params, emit: Emit) -> Done:
+        self.oneoffs.find(p.str("exec_id")).resize(p.int("rows", 24, 1, 1000), p.int("cols", 80, 1, 1000))
+        return Done()
 
     @handles(Op.LOGS)
     async def logs(self, p: Params, emit: Emit) -> LogsEnd:

@@ -22,6 +22,9 @@ from tako_core.agent.contract import (
     Cleaned,
     Done,
     Event,
+    ExecOutput,
+    ExecResult,
+    ExecStarted,
     Finalized,
     InstallOutput,
     InstanceStatus,
@@ -390,6 +393,38 @@ class AgentClient:
             Done,
             _on(Progress, lambda e: on_progress(e.done, e.total)) if on_progress else None,
         )
+
+    async def exec(
+        self,
+        app: str,
+        env: str,
+        command: str,
+        *,
+        size: tuple[int, int] | None,
+        force: bool,
+        on_started: Callable[[ExecStarted], None],
+        on_output: Callable[[str], None],
+    ) -> int:
+        """Run `command` once as the instances run (their release, their env); its exit code. With a
+        terminal `size` (rows, cols) it gets a PTY; send keys with exec_input. Cancel it to end it."""
+        params = {"app": app, "env": env, "command": command, "force": force, "tty": size is not None}
+        if size is not None:
+            params.update(rows=size[0], cols=size[1])
+
+        def on_event(message: Json) -> None:
+            if message.get("event") == ExecStarted.NAME:
+                on_started(ExecStarted.from_wire(message))
+            else:
+                on_output(ExecOutput.from_wire(message).data)
+
+        return (await self._call(Op.EXEC, params, ExecResult, on_event)).exit_code
+
+    async def exec_input(self, exec_id: str, data: bytes) -> None:
+        text = data.decode(errors="surrogateescape")  # any bytes: the agent encodes them back
+        await self._call(Op.EXEC_INPUT, {"exec_id": exec_id, "data": text}, Done)
+
+    async def exec_resize(self, exec_id: str, rows: int, cols: int) -> None:
+        await self._call(Op.EXEC_RESIZE, {"exec_id": exec_id, "rows": rows, "cols": cols}, Done)
 
     async def logs(
         self,
