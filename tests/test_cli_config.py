@@ -216,6 +216,8 @@ def test_missing_config(tako_home: Path, tmp_path: Path) -> None:
         ),
         ({"package.json": "not json"}, "node", 'start = "node server.js"'),
         ({"package.json": "{}", "bun.lockb": ""}, "bun", "bun install --production"),
+        ({"app.py": "print('hi')\n"}, "python", 'start = "python3 app.py"'),
+        ({"main.py": ""}, "python", 'start = "python3 main.py"'),
         ({}, None, "# preset ="),
     ],
 )
@@ -235,6 +237,7 @@ def test_init_detects_the_project(
     config = load_config(project / "tako.toml")  # what init writes always loads
     assert (config.name, config.preset) == ("my-shop-2", preset)
     assert list(config.envs) == ["production"]
+    assert "commit tako.toml and .tako/" in result.stderr
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

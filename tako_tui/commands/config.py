@@ -24,6 +24,11 @@ def init(config_path: Path, name: str | None) -> None:
     kind = f"a {project.preset} project" if project.preset else "no Python or Node project found: generic"
     click.echo(f"wrote {config_path} ({kind})", err=True)
     click.echo("next: check start/install, `tako servers add`, then `tako config show`", err=True)
+    click.echo(
+        "commit tako.toml and .tako/ (once it exists: the secrets file is encrypted, safe to commit); "
+        "uncommitted files make every build id 'dirty'",
+        err=True,
+    )
 
 
 @click.group("config")
