@@ -177,3 +177,24 @@ def test_rollback_restores_the_release_as_it_was_deployed(
     forth = tako("releases", "rollback", v2, "--no-tui", "--yes", cwd=cfg.parent)
     assert forth.code == 0, forth.stderr
     assert [get(s) for s in servers] == [f"v2 {v2} started"] * 2
+
+
+async def test_the_time_a_question_waits_is_not_the_runs(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """The run's clock (the console's elapsed timer, the summary's duration) stops while it asks."""
+    servers = fleet(1)
+    target = load_target(sample_app(tmp_path, servers), None)
+
+    class Slow(Answering):
+        async def confirm(self, question: str) -> bool:
+            await asyncio.sleep(1.5)  # a person reading the question
+            return await super().confirm(question)
+
+    events: list[Event] = []
+    asked = DeployOptions(holder="me")
+    finished = await rollback(
+        target, "b71e004", secrets={}, sink=events.append, prompter=Slow(False), options=asked
+    )
+    assert finished.exit_code == 130
+    assert finished.seconds < 0.5

@@ -133,6 +133,7 @@ class Run(ABC):
             confirmed = await self._cancellable(self._confirmed())
         except _Interrupted:
             confirmed = False
+        self.started = time.monotonic()  # the run's time is its own, not the time a question waited
         t = self.target
         self.sink(
             DeployStarted(
