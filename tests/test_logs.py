@@ -19,13 +19,14 @@ SECRET = "hunter2-very-secret"
 
 
 def deployed(tmp_path: Path, servers: list[FleetServer], monkeypatch: pytest.MonkeyPatch, **kw: str) -> Path:
-    """The sample app ticking every 50 ms with a secret in its env, deployed to `servers`."""
-    monkeypatch.setenv("TAKO_SECRETS_KEY_PRODUCTION", new_exported_key())
+    """The sample app ticking every 50 ms with a secret in its env, deployed to `servers` (again)."""
     extra = '[vars]\nSAMPLE_TICK = "0.05"\n' + kw.pop("extra", "")
     cfg = sample_app(tmp_path, servers, extra=extra, **kw)
-    store = SecretsStore.open(cfg.parent, "web")
-    store.set("production", "SAMPLE_SECRET", SECRET)
-    store.save()
+    if not (cfg.parent / ".tako" / "secrets.json").exists():  # the first deploy: a key and a secret
+        monkeypatch.setenv("TAKO_SECRETS_KEY_PRODUCTION", new_exported_key())
+        store = SecretsStore.open(cfg.parent, "web")
+        store.set("production", "SAMPLE_SECRET", SECRET)
+        store.save()
     run = tako("deploy", "--json", "--yes", cwd=cfg.parent)
     assert run.code == 0, run.stderr
     return cfg
@@ -140,3 +141,36 @@ def test_logs_of_a_server_that_cannot_be_reached(
     assert "s1 | " in got.stdout
     assert got.stderr.startswith("s2: cannot connect to s2")
     assert len(got.stderr.splitlines()) == 1
+
+
+def test_logs_release_shows_a_past_deploys_release_command(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servers = fleet(2)
+    builds = []
+    for version, lines in (("v1", "2"), ("v2", "4")):
+        extra = f'SAMPLE_RELEASE_LINES = "{lines}"\n'
+        cfg = deployed(
+            tmp_path, servers, monkeypatch, version=version, release="python3 migrate.py", extra=extra
+        )
+        built = tako("releases", "ls", "--json", cwd=cfg.parent)
+        builds.append(next(r["build"] for r in json.loads(built.stdout)["s1"] if r["current"]))
+    v1, v2 = builds
+
+    latest = tako("logs", "--release", cwd=cfg.parent)
+    assert latest.code == 0, latest.stderr
+    assert latest.stdout.splitlines() == [f"s1 | migration step {i}/4" for i in range(1, 5)] + [
+        "s1 | using secret ***"
+    ]
+    assert latest.stderr.startswith(f"release command of {v2} on s1, ")
+    assert "exit 0" in latest.stderr
+
+    first = tako("logs", "--release", v1, "--json", cwd=cfg.parent)
+    assert first.code == 0, first.stderr
+    shown = json.loads(first.stdout)
+    assert (shown["server"], shown["build"], shown["exit_code"]) == ("s1", v1, 0)
+    assert shown["lines"] == ["migration step 1/2", "migration step 2/2", "using secret ***"]
+
+    missing = tako("logs", "--release", "nope", cwd=cfg.parent)
+    assert missing.code == 1
+    assert "no server keeps a release command run of build nope" in missing.stderr

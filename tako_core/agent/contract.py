@@ -102,6 +102,7 @@ class Op(Enum):
     RELEASES = "releases"
     ROLLBACK = "rollback", DETACHED
     LOGS = "logs"
+    RELEASE_RUNS = "release_runs"
     EXEC = "exec"
     EXEC_INPUT = "exec_input"
     EXEC_RESIZE = "exec_resize"
@@ -286,6 +287,25 @@ class LogsEnd(Message):
     """logs (without follow): the cursor after the last line sent, to follow on from."""
 
     cursor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseRunInfo(Message):
+    """One kept release command run: of which build (None for runs from before this was kept), when
+    (epoch seconds), and how it ended (None while it runs or when it was lost)."""
+
+    run_id: str
+    build: str | None
+    started_at: float
+    exit_code: int | None
+    running: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseRuns(Message):
+    """release_runs: newest first."""
+
+    runs: tuple[ReleaseRunInfo, ...]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ from tako_core.agent.contract import (
     ProtocolError,
     ReleaseCheck,
     ReleaseInfo,
+    ReleaseRuns,
     Releases,
     RunOutput,
     RunResult,
@@ -219,6 +220,7 @@ class Agent:
         runtime.layout.create()
         run = self.runs.start(
             runtime.layout.runs,
+            build=build,
             command=p.command("command"),
             cwd=runtime.layout.release(build),
             env=env,
@@ -237,6 +239,10 @@ class Agent:
             lambda offset, line: emit(RunOutput(offset=offset, line=line)),
             emit.drain,
         )
+
+    @handles(Op.RELEASE_RUNS)
+    async def release_runs(self, p: Params, emit: Emit) -> ReleaseRuns:
+        return ReleaseRuns(runs=tuple(self.runs.listing(self.runtime(p).layout.runs)))
 
     @handles(Op.RELEASE_STOP)
     async def release_stop(self, p: Params, emit: Emit) -> Done:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import AgentError, TransportError
 from tako_core.transport import Connection
-from tako_core.transport.agent_client import AgentClient, LogEntry
+from tako_core.transport.agent_client import AgentClient, LogEntry, ReleaseRunInfo
+
+__all__ = ["LogLine", "ReleaseOutput", "ReleaseRunInfo", "ServerLog", "read_logs", "release_output"]
 
 RECONNECT_ATTEMPTS = 5  # in a row; a connection that comes back starts the count again
 
@@ -83,6 +85,21 @@ class ServerLog:
                     return
                 await self._drop()
 
+    async def release_runs(self) -> list[ReleaseRunInfo]:
+        """The release command runs this server keeps, newest first ([] when it cannot be read)."""
+        try:
+            return await (await self._connect()).release_runs(*self._app_env)
+        except (AgentError, TransportError) as err:
+            self.error = err.message
+            return []
+
+    async def release_lines(self, run_id: str) -> list[str]:
+        """A run's whole output (a run still going is followed to its end)."""
+        lines: list[str] = []
+        agent = await self._connect()
+        await agent.release_watch(*self._app_env, run_id, 0, lambda _offset, line: lines.append(line))
+        return lines
+
     async def _connect(self) -> AgentClient:
         if self._agent is None:
             if self._conn is None:
@@ -123,5 +140,31 @@ async def read_logs(
             on_line(line)
         if follow:
             await asyncio.gather(*(s.follow(on_line) for s in servers if s.error is None))
+    finally:
+        await asyncio.gather(*(s.close() for s in servers))
+
+
+@dataclass(frozen=True)
+class ReleaseOutput:
+    """The output of one release command run, as the server that ran it (the leader then) kept it."""
+
+    server: str
+    run: ReleaseRunInfo
+    lines: tuple[str, ...]
+
+
+async def release_output(servers: list[ServerLog], build: str | None) -> ReleaseOutput | None:
+    """The newest release command run of `build` (of any build: None) on any of the servers, with
+    its whole output (a run still going is followed to its end); None when no server keeps one."""
+
+    try:
+        kept = await asyncio.gather(*(s.release_runs() for s in servers))
+        pairs = zip(servers, kept, strict=True)
+        found = [(s, r) for s, runs in pairs for r in runs if build in (None, r.build)]
+        if not found:
+            return None
+        log, run = max(found, key=lambda f: f[1].started_at)
+        lines = await log.release_lines(run.run_id)
+        return ReleaseOutput(server=log.server.name, run=run, lines=tuple(lines))
     finally:
         await asyncio.gather(*(s.close() for s in servers))

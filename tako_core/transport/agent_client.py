@@ -39,6 +39,8 @@ from tako_core.agent.contract import (
     ProtocolError,
     ReleaseCheck,
     ReleaseInfo,
+    ReleaseRunInfo,
+    ReleaseRuns,
     Releases,
     RunOutput,
     RunResult,
@@ -61,6 +63,7 @@ __all__ = [
     "LeaseInfo",
     "LogEntry",
     "ReleaseInfo",
+    "ReleaseRunInfo",
     "RunResult",
 ]
 
@@ -330,6 +333,10 @@ class AgentClient:
             RunResult,
             _on(RunOutput, lambda e: on_line(e.offset, e.line)),
         )
+
+    async def release_runs(self, app: str, env: str) -> list[ReleaseRunInfo]:
+        """The release command runs the server keeps, newest first."""
+        return list((await self._call(Op.RELEASE_RUNS, {"app": app, "env": env}, ReleaseRuns)).runs)
 
     async def release_stop(self, app: str, env: str, run_id: str) -> None:
         await self._call(Op.RELEASE_STOP, {"app": app, "env": env, "run_id": run_id}, Done)
