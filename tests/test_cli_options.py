@@ -23,6 +23,7 @@ ENV_COMMANDS = {
     "secrets ls",
     "secrets rm",
     "secrets edit",
+    "secrets key new",
     "secrets key export",
     "secrets key import",
 }

@@ -17,7 +17,15 @@ from tako_core.errors import AgentError, TransportError
 from tako_core.transport import Connection
 from tako_core.transport.agent_client import AgentClient, LogEntry, ReleaseRunInfo
 
-__all__ = ["LogLine", "ReleaseOutput", "ReleaseRunInfo", "ServerLog", "read_logs", "release_output"]
+__all__ = [
+    "LogLine",
+    "ReleaseOutput",
+    "ReleaseRunInfo",
+    "ServerLog",
+    "labelled",
+    "read_logs",
+    "release_output",
+]
 
 RECONNECT_ATTEMPTS = 5  # in a row; a connection that comes back starts the count again
 
@@ -29,6 +37,12 @@ class LogLine:
     build: str
     instance: int | None
     line: str
+
+
+def labelled(line: LogLine, several: bool) -> str:
+    """`server | text`; `server#instance | text` when the env runs several instances per server."""
+    who = f"{line.server}#{line.instance}" if several and line.instance is not None else line.server
+    return f"{who} | {line.line}"
 
 
 def _line(server: str, entry: LogEntry) -> LogLine:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from tako_core.config import ResolvedEnv, Server
-from tako_core.deploy.logs import LogLine, ServerLog, read_logs, release_output
+from tako_core.deploy.logs import LogLine, ServerLog, labelled, read_logs, release_output
 from tako_core.errors import BadInput, TakoError
 from tako_core.units import ago, parse_span
 from tako_tui.commands.options import config_option, env_option, load_target
@@ -71,11 +71,7 @@ def logs_command(
     several = target.instances > 1
 
     def show(line: LogLine) -> None:
-        if as_json:
-            text = json.dumps(asdict(line))
-        else:
-            who = f"{line.server}#{line.instance}" if several and line.instance is not None else line.server
-            text = f"{who} | {line.line}"
+        text = json.dumps(asdict(line)) if as_json else labelled(line, several)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 

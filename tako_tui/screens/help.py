@@ -25,6 +25,15 @@ KEYS = (
     ("?", "this help"),
 )
 
+# tako console: its views, from the status of every env and server.
+VIEWS = (
+    ("status", "every env and server: build, instances up, deploy under way (refreshed every 5 s)"),
+    ("l  enter", "logs of the selected env, live · f server filter · / search · escape back"),
+    ("r", "releases kept, and rollback (asks first)"),
+    ("s", "secrets of the app · q back"),
+    ("d", "deploy the selected env (asks first); q returns here once it is over"),
+)
+
 MEANING = {
     State.PENDING: "not started",
     State.RUNNING: "running",
@@ -50,9 +59,16 @@ class HelpScreen(ModalScreen[None]):
         states.add_column()
         for state, meaning in MEANING.items():
             states.add_row(Text(f"{STATE_GLYPH[state]} {state.value}", STATE_STYLE[state]), meaning)
+        views = Table.grid(padding=(0, 2))
+        views.add_column(style="bold #f5a97f", no_wrap=True)
+        views.add_column()
+        for key, what in VIEWS:
+            views.add_row(key, what)
         with Vertical(id="help"):
             yield Static(Text("Keys", "bold"))
             yield Static(keys)
+            yield Static(Text("\nConsole views (tako console)", "bold"))
+            yield Static(views)
             yield Static(Text("\nPhase states", "bold"))
             yield Static(states)
             yield Static(Text("\nConnect · Upload · Install · Release · Rollout · Finalize", MUTED))
