@@ -7,6 +7,7 @@ at 80x24 and 120x40 from scripted data on a frozen clock.
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from tako_tui.screens.deploy import DeployScreen
 from tako_tui.screens.logs import LogsScreen
 from tako_tui.screens.releases import ReleasesScreen
 from tako_tui.screens.secrets import SecretsScreen
-from tests.deploykit import get, sample_app, tako
+from tests.deploykit import TAKO, get, sample_app, tako
 from tests.fleet import Fleet
 from tests.test_tui_releases import Rollbacks, server
+from tests.tmux import Tmux
 
 from .tui_scenarios import T0, FakeClock, until
 
@@ -174,3 +176,21 @@ def test_snapshot_logs(snap_compare: Callable[..., bool], size: tuple[int, int])
         await until(pilot, lambda: len(shown(app)) == 6)
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_bare_tako_is_the_console_on_a_terminal_in_an_app_folder_and_help_elsewhere(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, tmux: Tmux
+) -> None:
+    servers = fleet(1)
+    cfg = sample_app(tmp_path, servers)
+    helped = tako(cwd=cfg.parent)  # no terminal
+    assert helped.code == 0
+    assert helped.stdout.startswith("Usage: tako [OPTIONS] [COMMAND]")
+    assert "console" in helped.stdout
+
+    command = f"cd {shlex.quote(str(cfg.parent))} && {shlex.join(TAKO)}; sleep 30"
+    tmux.run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command)
+    screen = tmux.wait_for("the console", lambda s: "Environments and servers" in s and "never deployed" in s)
+    assert "production" in screen
+    tmux.run("send-keys", "-t", "t", "q")
+    tmux.wait_for("the console to close", lambda s: "Environments and servers" not in s)
