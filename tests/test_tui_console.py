@@ -190,7 +190,7 @@ def test_bare_tako_is_the_console_on_a_terminal_in_an_app_folder_and_help_elsewh
 
     command = f"cd {shlex.quote(str(cfg.parent))} && {shlex.join(TAKO)}; sleep 30"
     tmux.run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command)
-    screen = tmux.wait_for("the console", lambda s: "Environments and servers" in s and "never deployed" in s)
+    screen = tmux.wait_for("the console", lambda s: "Environments and servers" in s and "production  s1" in s)
     assert "production" in screen
     tmux.run("send-keys", "-t", "t", "q")
     tmux.wait_for("the console to close", lambda s: "Environments and servers" not in s)
