@@ -20,7 +20,7 @@ from tako_core.deploy.inspect import ServerView
 from tako_core.deploy.logs import LogLine
 from tako_core.secrets import SecretsStore
 from tako_tui.app import Console, ConsoleEnv
-from tako_tui.commands.console import _console_env
+from tako_tui.commands.console import console_env
 from tako_tui.commands.options import load_target
 from tako_tui.screens.confirm import ConfirmScreen
 from tako_tui.screens.deploy import DeployScreen
@@ -55,7 +55,7 @@ async def test_the_console_over_real_servers(fleet: Fleet, tako_home: Path, tmp_
     assert first.code == 0, first.stderr
     build = next(e["build"] for e in first.events() if e["event"] == "ArtifactBuilt")
     target = load_target(cfg, None)
-    app = Console("web", [_console_env(target)], lambda: SecretsStore.open(cfg.parent, "web"))
+    app = Console("web", [console_env(target)], lambda: SecretsStore.open(cfg.parent, "web"))
 
     async with app.run_test(size=(120, 40)) as pilot:
         # Status: both servers, the build they run, their instance up.

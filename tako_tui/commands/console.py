@@ -41,13 +41,13 @@ def console_command(config_path: Path) -> None:
 
     config = load_config(config_path)
     inventory = load_inventory()
-    envs = [_console_env(resolve(config, env, inventory)) for env in config.envs]
+    envs = [console_env(resolve(config, env, inventory)) for env in config.envs]
     console = Console(config.name, envs, lambda: SecretsStore.open(config.path.parent, config.name))
     finished = console.show()
     sys.exit(finished.exit_code if finished is not None and not finished.ok else 0)
 
 
-def _console_env(target: ResolvedEnv) -> ConsoleEnv:
+def console_env(target: ResolvedEnv) -> ConsoleEnv:
     from tako_tui.app import ConsoleEnv
 
     def load() -> Awaitable[list[ServerView]]:
