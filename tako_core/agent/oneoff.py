@@ -25,7 +25,6 @@ from tako_core.agent.contract import (
     ProtocolError,
 )
 from tako_core.agent.leases import Leases
-from tako_core.agent.procs import child_env
 from tako_core.agent.rollout import AppRuntime
 from tako_core.mask import Masker
 
@@ -81,13 +80,7 @@ class OneOffs:
                 hint="wait for the deploy to finish, or pass --force to run anyway",
                 **lease.info.to_wire(),
             )
-        env = child_env(
-            env_vars=state.vars,
-            secrets=state.secrets,
-            build=state.build,
-            data_dir=runtime.layout.data,
-            env=runtime.env,
-        )
+        env = runtime.environment(state)
         masker = Masker(state.secrets.values())
         cwd = runtime.layout.release(state.build)
         terminal = follower = None

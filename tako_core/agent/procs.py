@@ -49,32 +49,26 @@ async def spawn(
 
     Every process of an app (install, release, instances, one-off runs) starts here: the one place
     where it will also take the app's own user."""
-    if terminal is None:
-        return await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            command,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+    pipes = (asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT)
+    stdin, stdout, stderr = pipes if terminal is None else (terminal, terminal, terminal)
     return await asyncio.create_subprocess_exec(
         "/bin/sh",
         "-c",
         command,
         cwd=cwd,
         env=env,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
         start_new_session=True,
-        # After setsid: make the PTY the session's controlling terminal, so Ctrl-C typed into it
-        # signals the command's foreground process group.
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        preexec_fn=None if terminal is None else _take_terminal,
     )
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid: make its stdin (the PTY) the session's controlling terminal, so
+    Ctrl-C typed into it signals the command's foreground process group."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def open_terminal(rows: int, cols: int) -> tuple[int, int]:

@@ -128,19 +128,22 @@ class AppRuntime:
         keep = {"start", "vars", "secrets", "health_path"}
         return replace(now, **{k: v for k, v in then.items() if k in keep})
 
-    def _spec(self, state: AppState) -> InstanceSpec:
-        env = child_env(
+    def environment(self, state: AppState) -> dict[str, str]:
+        """What an instance of `state` gets (without PORT); one-off commands get the same."""
+        return child_env(
             env_vars=state.vars,
             secrets=state.secrets,
             build=state.build,
             data_dir=self.layout.data,
             env=self.env,
         )
+
+    def _spec(self, state: AppState) -> InstanceSpec:
         return InstanceSpec(
             build=state.build,
             cwd=self.layout.release(state.build),
             command=state.start,
-            env=env,
+            env=self.environment(state),
             masker=Masker(state.secrets.values()),
         )
 
