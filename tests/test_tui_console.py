@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log
 
-from tako_core.deploy.inspect import ServerView
+from tako_core.deploy.inspect import LeaseInfo, ServerView
 from tako_core.deploy.logs import LogLine
 from tako_core.secrets import SecretsStore
 from tako_tui.app import Console, ConsoleEnv
@@ -61,6 +62,7 @@ async def test_the_console_over_real_servers(fleet: Fleet, tako_home: Path, tmp_
         # Status: both servers, the build they run, their instance up.
         await until(pilot, lambda: len(rows(app)) == 2 and all("1/1 up" in r for r in rows(app)), 30)
         assert [r.split()[:3] for r in rows(app)] == [["production", s.name, build] for s in servers]
+        assert all(r.split()[5].endswith("s") for r in rows(app))  # up for some seconds
 
         # Logs, live: both servers' ticks; the filter keeps one; a search narrows it.
         await pilot.press("l")
@@ -104,14 +106,22 @@ async def test_the_console_over_real_servers(fleet: Fleet, tako_home: Path, tmp_
 # --- snapshots ----------------------------------------------------------------------------------------
 
 
+def up_since(view: ServerView, started_at: float) -> ServerView:
+    """The view with its instances started at `started_at`."""
+    assert view.status is not None
+    instances = tuple(replace(i, started_at=started_at) for i in view.status.instances)
+    return replace(view, status=replace(view.status, instances=instances))
+
+
 def scripted(clock: FakeClock) -> Console:
+    lease = LeaseInfo(holder="ci@build-7 (pid 4242)", build="(building)", started_at=T0 - 95, ttl=30)
     views = {
         "production": [
-            server("web-1", "3f2a9c1", ["3f2a9c1", "b71e004"]),
-            server("web-2", "3f2a9c1", ["3f2a9c1", "b71e004"], up=1),
+            up_since(server("web-1", "3f2a9c1", ["3f2a9c1", "b71e004"]), T0 - 3 * 3600),
+            up_since(server("web-2", "3f2a9c1", ["3f2a9c1", "b71e004"], up=1), T0 - 125),
             ServerView(server="web-3", error="connection refused"),
         ],
-        "staging": [server("staging-1", "b71e004", ["b71e004"])],
+        "staging": [up_since(server("staging-1", "b71e004", ["b71e004"], lease=lease), T0 - 86400)],
     }
     lines = [
         LogLine(server=f"web-{1 + i % 2}", time=T0 + i, build="3f2a9c1", instance=None, line=text)
@@ -161,6 +171,19 @@ def test_snapshot_status(snap_compare: Callable[..., bool], size: tuple[int, int
     async def run_before(pilot: Pilot[Any]) -> None:
         await pilot.pause()
         await until(pilot, lambda: len(rows(app)) == 4)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_help(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
+    app = scripted(FakeClock())
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        await until(pilot, lambda: len(rows(app)) == 4)
+        await pilot.press("question_mark")
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 

@@ -247,6 +247,7 @@ class InstanceStatus(Message):
     running: bool
     restarts: int
     inflight: int
+    started_at: float | None = None  # epoch seconds its current process started
 
 
 @dataclass(frozen=True, kw_only=True)

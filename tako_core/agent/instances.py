@@ -42,6 +42,7 @@ class Instance:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.restarts = 0
         self.exit_code: int | None = None  # of the latest process, once it exited
+        self.started_at: float | None = None  # wall clock of the latest process's start
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -62,6 +63,7 @@ class Instance:
     async def _spawn(self) -> None:
         env = dict(self.spec.env, PORT=str(self.port))
         self.exit_code = None
+        self.started_at = time.time()
         self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env)
         assert self._proc.stdout is not None
         self._pump = asyncio.ensure_future(self._read(self._proc.stdout))

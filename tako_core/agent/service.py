@@ -325,6 +325,7 @@ class Agent:
                     running=i.running,
                     restarts=i.restarts,
                     inflight=self.router.inflight(i.upstream),
+                    started_at=i.started_at,
                 )
                 for i in runtime.instances
             ),

@@ -27,11 +27,11 @@ KEYS = (
 
 # tako console: its views, from the status of every env and server.
 VIEWS = (
-    ("status", "every env and server: build, instances up, deploy under way (refreshed every 5 s)"),
-    ("l  enter", "logs of the selected env, live · f server filter · / search · escape back"),
-    ("r", "releases kept, and rollback (asks first)"),
-    ("s", "secrets of the app · q back"),
-    ("d", "deploy the selected env (asks first); q returns here once it is over"),
+    ("l  enter", "the env's logs, live: f server filter, / search"),
+    ("r", "its releases, and rollback (asks first)"),
+    ("s", "the secrets"),
+    ("d", "deploy the selected env (asks first)"),
+    ("escape  q", "back to the status of every env"),
 )
 
 MEANING = {
@@ -65,9 +65,9 @@ class HelpScreen(ModalScreen[None]):
         for key, what in VIEWS:
             views.add_row(key, what)
         with Vertical(id="help"):
-            yield Static(Text("Keys", "bold"))
+            yield Static(Text("Keys (deploy screen)", "bold"))
             yield Static(keys)
-            yield Static(Text("\nConsole views (tako console)", "bold"))
+            yield Static(Text("\ntako console, from the status of every env", "bold"))
             yield Static(views)
             yield Static(Text("\nPhase states", "bold"))
             yield Static(states)

@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from tako_core.deploy.inspect import ServerView
 from tako_core.events import State
-from tako_core.units import ago
+from tako_core.units import ago, duration
 
 from ..widgets.look import ERROR, MUTED, STATE_STYLE
 
@@ -64,7 +64,7 @@ class StatusScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#status", DataTable)
         table.border_title = "Environments and servers"
-        table.add_columns("Env", "Server", "Build", "Instances", "Deploy under way")
+        table.add_columns("Env", "Server", "Build", "Instances", "Up for", "Deploy under way")
         hint = "l logs · r releases & rollback · s secrets · d deploy the selected env · ? help"
         self.query_one("#status-hint", Static).update(Text(hint, MUTED))
         self.action_refresh()
@@ -107,12 +107,12 @@ class StatusScreen(Screen[None]):
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
 
-    def _cells(self, view: ServerView) -> tuple[Text, Text, Text]:
+    def _cells(self, view: ServerView) -> tuple[Text, Text, Text, Text]:
         if view.error:
-            return Text(f"unreachable: {view.error}", ERROR), Text(""), Text("")
+            return Text(f"unreachable: {view.error}", ERROR), Text(""), Text(""), Text("")
         status = view.status
         if status is None:
-            return Text("never deployed", MUTED), Text(""), Text("")
+            return Text("never deployed", MUTED), Text(""), Text(""), Text("")
         up = sum(1 for i in status.instances if i.running)
         total = len(status.instances)
         state = State.DONE if up == total and total else State.RUNNING if up else State.FAILED
@@ -126,7 +126,10 @@ class StatusScreen(Screen[None]):
             if lease is not None
             else Text("")
         )
-        return Text(status.current or "—"), health, under_way
+        starts = [i.started_at for i in status.instances if i.running and i.started_at]
+        # The youngest instance: a restart shows here at once, where the oldest would hide it.
+        uptime = Text(duration(self._now() - max(starts)), MUTED) if starts else Text("")
+        return Text(status.current or "—"), health, uptime, under_way
 
     def _header(self, note: str) -> None:
         header = Text.assemble(("tako ", "bold #f5a97f"), (self._app_name, "bold"), (f"   {note}", MUTED))
