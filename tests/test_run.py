@@ -3,7 +3,10 @@ the deploy lease, and a PTY driven in a real terminal (tmux)."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -129,3 +132,52 @@ def test_run_in_a_terminal_gets_a_pty(
     while not (status.exists() and status.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert status.read_text().strip() == "5", tmux.screen()
+
+
+def test_ctrl_c_ends_the_remote_command_too(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servers = fleet(1)
+    cfg, build = deployed(tmp_path, servers, monkeypatch)
+    script = "echo started; sleep 30"
+    run = subprocess.Popen(
+        [*TAKO, "run", "--", script],
+        cwd=cfg.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert run.stdout is not None
+    assert run.stdout.readline() == "started\n"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=20)
+    assert run.returncode == 130
+    assert "Traceback" not in err
+    release = str(app_dir(servers[0]) / "releases" / build)
+
+    def sleeping() -> bool:  # the remote command's sleep, in the release directory
+        return any(_cwd(pid) == release and _comm(pid) == "sleep" for pid in _pids())
+
+    deadline = time.monotonic() + 10
+    while sleeping() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sleeping()
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
