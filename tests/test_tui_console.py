@@ -66,7 +66,7 @@ async def test_the_console_over_real_servers(fleet: Fleet, tako_home: Path, tmp_
 
         # Logs, live: both servers' ticks; the filter keeps one; a search narrows it.
         await pilot.press("l")
-        assert isinstance(app.screen, LogsScreen)
+        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
         await until(
             pilot, lambda: {line.split(" | ")[0] for line in shown(app) if "tick" in line} == {"s1", "s2"}, 30
         )
@@ -76,22 +76,24 @@ async def test_the_console_over_real_servers(fleet: Fleet, tako_home: Path, tmp_
         await pilot.press(*"tick 1", "enter")
         assert all(line.startswith("s1 | ") and "tick 1" in line for line in shown(app))
         await pilot.press("escape")
-        assert on_status(app)
+        await until(pilot, lambda: on_status(app))
 
         # Releases, then back; secrets, then back.
         await pilot.press("r")
-        assert isinstance(app.screen, ReleasesScreen)
-        await until(pilot, lambda: app.screen.selected == build, 30)
+        await until(pilot, lambda: isinstance(app.screen, ReleasesScreen))
+        releases = app.screen
+        assert isinstance(releases, ReleasesScreen)
+        await until(pilot, lambda: releases.selected == build, 30)
         await pilot.press("escape")
         await pilot.press("s")
-        assert isinstance(app.screen, SecretsScreen)
+        await until(pilot, lambda: isinstance(app.screen, SecretsScreen))
         await pilot.press("q")
-        assert on_status(app)
+        await until(pilot, lambda: on_status(app))
 
         # d: asks, then deploys on the deploy screen; q once it is over comes back here.
         (cfg.parent / "VERSION").write_text("v2\n")
         await pilot.press("d")
-        assert isinstance(app.screen, ConfirmScreen)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.click("#yes")
         await until(pilot, lambda: isinstance(app.screen, DeployScreen), 10)
         await until(pilot, lambda: app.deploy_screen.model.finished is not None, 90)
@@ -99,7 +101,7 @@ async def test_the_console_over_real_servers(fleet: Fleet, tako_home: Path, tmp_
         assert finished is not None
         assert finished.ok
         await pilot.press("q")
-        assert on_status(app)
+        await until(pilot, lambda: on_status(app))
     assert all(get(s).startswith("v2 ") for s in servers)
 
 
