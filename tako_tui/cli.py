@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,10 +10,14 @@ import click
 from tako_core import __version__
 from tako_core.errors import EXIT_INTERRUPTED, TakoError
 from tako_tui.commands.config import config, init
+from tako_tui.commands.console import console_command
 from tako_tui.commands.demo import demo_command
 from tako_tui.commands.deploy import deploy_command
+from tako_tui.commands.frontend import on_terminal
+from tako_tui.commands.logs import logs_command
 from tako_tui.commands.releases import releases
 from tako_tui.commands.releases import status as app_status
+from tako_tui.commands.run import run_command
 from tako_tui.commands.secrets import secrets
 from tako_tui.commands.servers import servers
 
@@ -31,10 +36,21 @@ class TakoGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
 
 
-@click.group(cls=TakoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=TakoGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="tako")
-def main() -> None:
-    """Deploy apps to your own Linux servers: one artifact, a release command run once, zero downtime."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Deploy apps to your own Linux servers: one artifact, a release command run once, zero downtime.
+
+    Without a command: the console on a terminal in an app's folder (one with tako.toml), this help
+    otherwise."""
+    if ctx.invoked_subcommand is None:
+        if on_terminal() and Path("tako.toml").is_file():
+            ctx.invoke(console_command, config_path=Path("tako.toml"))
+        else:
+            click.echo(ctx.get_help())
 
 
 main.add_command(init)
@@ -44,6 +60,9 @@ main.add_command(secrets)
 main.add_command(deploy_command)
 main.add_command(releases)
 main.add_command(app_status)
+main.add_command(logs_command)
+main.add_command(run_command)
+main.add_command(console_command)
 main.add_command(demo_command)
 
 
