@@ -94,7 +94,11 @@ def test_tako_secrets_edit_round_trips_a_value_through_the_keyring(tmp_path: Pat
     keys("a")
     tmux.wait_for("the form", lambda s: "New secret in production" in s)
     tmux.run("send-keys", "-t", "t", "-l", "API_TOKEN")
+    # On a loaded machine the name, Tab and value can reach the app in one read, and the value lands
+    # in the name field: let the name show before moving on, as a person would see it.
+    tmux.wait_for("the name typed", lambda s: "API_TOKEN" in s)
     keys("Tab")
+    time.sleep(0.5)
     tmux.run("send-keys", "-t", "t", "-l", "tok-abc-987")
     keys("Enter")
     tmux.wait_for("the new name", lambda s: "API_TOKEN" in s and "unsaved" in s)
