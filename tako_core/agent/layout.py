@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +67,22 @@ class Layout:
     def app(self, app: str, env: str) -> AppLayout:
         return AppLayout(self.apps / check_name("app", app) / check_name("env", env))
 
-    def create(self) -> None:
+    def create(self, client_user: str | None = None) -> None:
+        """The root's directories; `client_user` (the SSH user driving a root agent) may reach the
+        socket in run/ (which it cannot list) and write uploads/, nothing else."""
         for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps):
             path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.log_file.parent, 0o700)
         # The socket directory and anything holding state are the agent user's alone.
-        os.chmod(self.run, 0o700)
+        os.chmod(self.run, 0o711 if client_user else 0o700)
+        os.chmod(self.uploads, 0o700)
+        if client_user:
+            os.chown(self.uploads, *_ids(client_user))
+
+    def hand_socket(self, client_user: str | None) -> None:
+        """The socket (born 0600) belongs to `client_user` when the agent runs for another user."""
+        if client_user:
+            os.chown(self.socket, *_ids(client_user))
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,11 @@ class AppLayout:
         except OSError:
             return None
         return Path(target).name or None
+
+
+def _ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def write_private(path: Path, data: bytes) -> None:
