@@ -36,12 +36,17 @@ def _deploy(tmp_path: Path, server: Server, version: str = "v1") -> Run:
 
 
 def _get(server: Server) -> str:
+    """The app's answer through the router; OSError unless it answers 200."""
     conn = http.client.HTTPConnection(server.http_host, server.http_port, timeout=5)
     try:
         conn.request("GET", "/", headers={"Host": "web.test"})
-        return conn.getresponse().read().decode().strip()
+        response = conn.getresponse()
+        body = response.read().decode().strip()
     finally:
         conn.close()
+    if response.status != 200:
+        raise OSError(f"{response.status}: {body}")
+    return body
 
 
 def _serves_again(server: Server) -> str:

@@ -1,4 +1,5 @@
-"""The agent's command line: `serve --root R --http-host H --http-port P [--detach]` and `version`.
+"""The agent's command line: `serve --root R --http-host H --http-port P [--client-user U] [--detach]`
+and `version`.
 
 This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
 and stderr.
@@ -42,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
         return 0
-    layout = Layout(args.root.absolute())
+    # An agent running as root runs each app/env as its own user, unless TAKO_APP_USERS=0 (a server
+    # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
+    app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"
+    layout = Layout(args.root.absolute(), app_users=app_users)
     if args.detach:
         return _detach(layout, args.http_host, args.http_port, args.client_user)
     return _serve(layout, args.http_host, args.http_port, args.client_user, None)

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tako_core.agent.accounts import Account, ensure_account
 from tako_core.agent.contract import BAD_REQUEST, ProtocolError
 
 # App, env and build names become path components: no separators, no dot-dot, no hidden names.
@@ -27,6 +28,7 @@ def check_name(kind: str, value: object) -> str:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    app_users: bool = False  # each app/env runs as its own user (an agent running as root)
 
     @property
     def bin(self) -> Path:
@@ -65,7 +67,7 @@ class Layout:
         return self.root / "apps"
 
     def app(self, app: str, env: str) -> AppLayout:
-        return AppLayout(self.apps / check_name("app", app) / check_name("env", env))
+        return AppLayout(self.apps / check_name("app", app) / check_name("env", env), self.app_users)
 
     def create(self, client_user: str | None = None) -> None:
         """The root's directories; `client_user` (the SSH user driving a root agent) may reach the
@@ -73,6 +75,9 @@ class Layout:
         for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps):
             path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_file.parent, 0o700)
+        if self.app_users:  # apps reach their own release, never list the others
+            os.chmod(self.root, 0o711)
+            os.chmod(self.apps, 0o711)
         # The socket directory and anything holding state are the agent user's alone.
         os.chmod(self.run, 0o711 if client_user else 0o700)
         os.chmod(self.uploads, 0o700)
@@ -88,6 +93,7 @@ class Layout:
 @dataclass(frozen=True)
 class AppLayout:
     base: Path
+    app_users: bool = False
 
     @property
     def releases(self) -> Path:
@@ -116,10 +122,25 @@ class AppLayout:
     def instance_log(self) -> Path:
         return self.base / "instances.log"
 
-    def create(self) -> None:
+    def account(self) -> Account | None:
+        """The user this app/env runs as; None: the agent's own."""
+        return ensure_account(self.base.parent.name, self.base.name) if self.app_users else None
+
+    def create(self) -> Account | None:
+        """The app/env's directories; with its own user: releases readable by it (group), data its
+        alone, state and runs the agent's alone."""
         for path in (self.releases, self.data, self.runs):
             path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.runs, 0o700)
+        account = self.account()
+        if account is not None:
+            for path in (self.base.parent, self.base):
+                os.chmod(path, 0o711)
+            os.chown(self.releases, 0, account.gid)
+            os.chmod(self.releases, 0o750)
+            os.chown(self.data, account.uid, account.gid)
+            os.chmod(self.data, 0o700)
+        return account
 
     def current_build(self) -> str | None:
         """The build `current` points at, or None."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from tako_core.agent.accounts import Account
 from tako_core.agent.contract import MAX_OUTPUT_LINE
 
 INHERITED = ("PATH", "HOME", "LANG")  # all a child gets of the agent's own environment
@@ -38,8 +39,13 @@ def child_env(
     return result
 
 
-async def spawn(command: str, cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """`sh -c command` in a new session, stdout and stderr merged into one pipe."""
+async def spawn(
+    command: str, cwd: Path, env: dict[str, str], account: Account | None = None
+) -> asyncio.subprocess.Process:
+    """`sh -c command` in a new session, stdout and stderr merged into one pipe; as `account`'s
+    user when given (HOME its data dir: the agent's own home is not its to read)."""
+    if account is not None:
+        env = {**env, "HOME": env.get("TAKO_DATA_DIR", "/")}
     return await asyncio.create_subprocess_exec(
         "/bin/sh",
         "-c",
@@ -50,6 +56,9 @@ async def spawn(command: str, cwd: Path, env: dict[str, str]) -> asyncio.subproc
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
+        user=account.uid if account else None,
+        group=account.gid if account else None,
+        extra_groups=[] if account else None,
     )
 
 

@@ -124,6 +124,7 @@ class AppRuntime:
             command=state.start,
             env=env,
             masker=Masker(state.secrets.values()),
+            account=self.layout.account(),
         )
 
     def _route(self, routes: list[str], serving: list[Instance]) -> None:
