@@ -61,3 +61,8 @@ def test_each_app_runs_as_its_own_user_and_reaches_nothing_of_another(
     assert pwd.getpwuid((env_dir / "data").stat().st_uid).pw_name == "tako-alpha-production"
     assert (env_dir / "state.json").stat().st_uid == 0
     assert (env_dir / "state.json").stat().st_mode & 0o777 == 0o600
+
+    status = tako("servers", "status", cwd=tmp_path)
+    assert status.code == 0, status.stderr
+    assert "s1    alpha/production runs as tako-alpha-production\n" in status.stderr
+    assert "s1    beta/production runs as tako-beta-production\n" in status.stderr

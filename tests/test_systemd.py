@@ -141,7 +141,7 @@ def test_setup_through_sudo_is_the_same_as_for_root(
 
 
 def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
-    container: Container, tako_home: Path
+    container: Container, tako_home: Path, tmp_path: Path
 ) -> None:
     refused = _setup(container.server("ct", "plain", "/opt/tako-plain"), tako_home)
     assert refused.code == 1
@@ -161,3 +161,9 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
     assert home.code == 0, home.stderr
     assert "starting the agent (detached)" in home.stderr
     assert "warning: a detached agent does not come back after a reboot" in home.stderr
+
+    server = container.server("ct", "plain", "/home/plain/tako")
+    add_server(server, home=tako_home, replace=True)
+    assert _deploy(tmp_path, server).code == 0
+    status = tako("servers", "status", cwd=tmp_path)
+    assert "ct    web/production runs as plain (the agent's own user: apps share it)" in status.stderr

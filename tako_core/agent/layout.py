@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tako_core.agent.accounts import Account, ensure_account
+from tako_core.agent.accounts import Account, account_name, ensure_account
 from tako_core.agent.contract import BAD_REQUEST, ProtocolError
 
 # App, env and build names become path components: no separators, no dot-dot, no hidden names.
@@ -121,6 +121,12 @@ class AppLayout:
     @property
     def instance_log(self) -> Path:
         return self.base / "instances.log"
+
+    def user_name(self) -> str:
+        """The user this app/env runs as (named without creating it)."""
+        if self.app_users:
+            return account_name(self.base.parent.name, self.base.name)
+        return pwd.getpwuid(os.geteuid()).pw_name
 
     def account(self) -> Account | None:
         """The user this app/env runs as; None: the agent's own."""

@@ -321,6 +321,8 @@ class Agent:
                 for i in runtime.instances
             ),
             lease=lease.info if lease else None,
+            user=runtime.layout.user_name(),
+            shares_agent_user=not runtime.layout.app_users,
         )
 
     @handles(Op.RELEASES)
