@@ -66,6 +66,19 @@ def _setup(server: Server, tako_home: Path) -> Run:
     return tako("servers", "setup", server.name, cwd=tako_home, timeout=180)
 
 
+def _setup_and_deploy(server: Server, tako_home: Path, tmp_path: Path) -> None:
+    setup = _setup(server, tako_home)
+    assert setup.code == 0, setup.stderr
+    assert "starting the agent with systemd" in setup.stderr
+    deployed = _deploy(tmp_path, server)
+    assert deployed.code == 0, deployed.stderr
+    assert _get(server).startswith("v1 ")
+
+
+def _stat(container: Container, fmt: str, *paths: str) -> list[str]:
+    return container.ssh("root", f"stat -c '{fmt}' {' '.join(paths)}").stdout.splitlines()
+
+
 def _agent_pid(container: Container, unit: str) -> int:
     shown = container.ssh("root", f"systemctl show --value -p MainPID {unit}")
     return int(shown.stdout.strip())
@@ -75,20 +88,11 @@ def test_setup_as_root_installs_a_unit_and_every_app_serves_again_after_a_reboot
     container: Container, tako_home: Path, tmp_path: Path
 ) -> None:
     server = container.server("ct", "root", "/opt/tako")
-    setup = _setup(server, tako_home)
-    assert setup.code == 0, setup.stderr
-    assert "starting the agent with systemd" in setup.stderr
+    _setup_and_deploy(server, tako_home, tmp_path)
     state = container.ssh("root", "systemctl is-enabled tako-agent; systemctl is-active tako-agent")
     assert state.stdout.split() == ["enabled", "active"], state.stderr
-
-    deployed = _deploy(tmp_path, server)
-    assert deployed.code == 0, deployed.stderr
-    assert _get(server).startswith("v1 ")
-
-    modes = container.ssh(
-        "root", "stat -c '%n %a' /opt/tako/run /opt/tako/log /opt/tako/log/agent.log /opt/tako/run/tako.sock"
-    )
-    assert modes.stdout.split("\n")[:4] == [
+    paths = ("/opt/tako/run", "/opt/tako/log", "/opt/tako/log/agent.log", "/opt/tako/run/tako.sock")
+    assert _stat(container, "%n %a", *paths) == [
         "/opt/tako/run 700",
         "/opt/tako/log 700",
         "/opt/tako/log/agent.log 600",
@@ -103,8 +107,7 @@ def test_a_sigkilled_agent_is_restarted_by_systemd_and_its_apps_serve_again(
     container: Container, tako_home: Path, tmp_path: Path
 ) -> None:
     server = container.server("ct", "root", "/srv/tako-kill")
-    assert _setup(server, tako_home).code == 0
-    assert _deploy(tmp_path, server).code == 0
+    _setup_and_deploy(server, tako_home, tmp_path)
     unit = systemd_unit_name(server.root)
     first = _agent_pid(container, unit)
     assert container.ssh("root", f"kill -KILL {first}").returncode == 0
@@ -119,17 +122,10 @@ def test_setup_through_sudo_is_the_same_as_for_root(
     container: Container, tako_home: Path, tmp_path: Path
 ) -> None:
     server = container.server("ct", "deploy", "/srv/tako-sudo", http_port=80)
-    setup = _setup(server, tako_home)
-    assert setup.code == 0, setup.stderr
-    assert "starting the agent with systemd" in setup.stderr
-    deployed = _deploy(tmp_path, server)
-    assert deployed.code == 0, deployed.stderr
-    assert _get(server).startswith("v1 ")
+    _setup_and_deploy(server, tako_home, tmp_path)
     # Root runs the agent; the deploy user may reach its socket and uploads, nothing else there.
-    owners = container.ssh(
-        "root", "stat -c '%n %U %a' /srv/tako-sudo/run /srv/tako-sudo/run/tako.sock /srv/tako-sudo/uploads"
-    )
-    assert owners.stdout.split("\n")[:3] == [
+    paths = ("/srv/tako-sudo/run", "/srv/tako-sudo/run/tako.sock", "/srv/tako-sudo/uploads")
+    assert _stat(container, "%n %U %a", *paths) == [
         "/srv/tako-sudo/run root 711",
         "/srv/tako-sudo/run/tako.sock deploy 600",
         "/srv/tako-sudo/uploads deploy 700",
