@@ -259,6 +259,8 @@ class AppStatus(Message):
     routes: tuple[str, ...]
     instances: tuple[InstanceStatus, ...]
     lease: LeaseInfo | None
+    user: str  # the Unix user its install, release command and instances run as
+    shares_agent_user: bool  # no user of its own: every app runs as the agent's user
 
 
 @dataclass(frozen=True, kw_only=True)

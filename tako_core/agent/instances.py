@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tako_core.agent import procs
+from tako_core.agent.accounts import Account
 from tako_core.agent.contract import clip
 from tako_core.agent.logs import OutputLog
 from tako_core.agent.router import Upstream
@@ -30,6 +31,7 @@ class InstanceSpec:
     command: str
     env: dict[str, str]  # without PORT
     masker: Masker
+    account: Account | None = None  # the app's own user; None: the agent's
 
 
 class Instance:
@@ -64,7 +66,7 @@ class Instance:
         env = dict(self.spec.env, PORT=str(self.port))
         self.exit_code = None
         self.started_at = time.time()
-        self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env)
+        self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env, account=self.spec.account)
         assert self._proc.stdout is not None
         self._pump = asyncio.ensure_future(self._read(self._proc.stdout))
 

@@ -87,7 +87,7 @@ class OneOffs:
         if size is not None:
             terminal, follower = procs.open_terminal(*size)
         try:
-            proc = await procs.spawn(command, cwd, env, terminal=follower)
+            proc = await procs.spawn(command, cwd, env, terminal=follower, account=runtime.layout.account())
         except BaseException:
             for fd in (terminal, follower):
                 if fd is not None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from tako_core.agent.accounts import Account
 from tako_core.agent.contract import MAX_OUTPUT_LINE
 
 INHERITED = ("PATH", "HOME", "LANG")  # all a child gets of the agent's own environment
@@ -42,13 +43,20 @@ def child_env(
 
 
 async def spawn(
-    command: str, cwd: Path, env: dict[str, str], *, terminal: int | None = None
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    *,
+    terminal: int | None = None,
+    account: Account | None = None,
 ) -> asyncio.subprocess.Process:
     """`sh -c command` in a new session, stdout and stderr merged into one pipe; or, given a PTY's
     `terminal` (its follower fd), with that as its controlling terminal and stdin, stdout, stderr.
+    As `account`'s user when given (HOME its data dir: the agent's own home is not its to read).
 
-    Every process of an app (install, release, instances, one-off runs) starts here: the one place
-    where it will also take the app's own user."""
+    Every process of an app (install, release, instances, one-off runs) starts here."""
+    if account is not None:
+        env = {**env, "HOME": env.get("TAKO_DATA_DIR", "/")}
     pipes = (asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT)
     stdin, stdout, stderr = pipes if terminal is None else (terminal, terminal, terminal)
     return await asyncio.create_subprocess_exec(
@@ -62,6 +70,9 @@ async def spawn(
         stderr=stderr,
         start_new_session=True,
         preexec_fn=None if terminal is None else _take_terminal,
+        user=account.uid if account else None,
+        group=account.gid if account else None,
+        extra_groups=[] if account else None,
     )
 
 

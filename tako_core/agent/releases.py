@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tako_core.agent import procs
+from tako_core.agent.accounts import Account, chown_tree
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
@@ -47,7 +48,7 @@ async def prepare(
     on_line: Callable[[str], None],
 ) -> None:
     """Unpack into a temp dir, rename into releases/<build>, run install there, mark complete."""
-    layout.create()
+    account = layout.create()
     target = layout.release(build)
     if is_complete(layout, build):
         return
@@ -62,6 +63,8 @@ async def prepare(
             await asyncio.wait([extracting])  # a thread cannot be stopped: let it end before the rmtree
             raise
         (tmp / COMPLETE).unlink(missing_ok=True)  # only the agent writes the marker
+        if account is not None:
+            await asyncio.to_thread(chown_tree, str(tmp), account)
         if target.exists():
             await asyncio.to_thread(shutil.rmtree, target)  # a partial earlier attempt
         os.rename(tmp, target)
@@ -69,7 +72,7 @@ async def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if install and install.strip():
-        await run_install(target, install, env, masker, on_line)
+        await run_install(target, install, env, masker, on_line, account)
     _mark_complete(target)
     upload.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink; the upload did its job)
 
@@ -79,10 +82,15 @@ def _mark_complete(target: Path) -> None:
 
 
 async def run_install(
-    cwd: Path, command: str, env: dict[str, str], masker: Masker, on_line: Callable[[str], None]
+    cwd: Path,
+    command: str,
+    env: dict[str, str],
+    masker: Masker,
+    on_line: Callable[[str], None],
+    account: Account | None = None,
 ) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    proc = await procs.spawn(command, cwd, env)
+    proc = await procs.spawn(command, cwd, env, account=account)
     assert proc.stdout is not None
 
     async def pump() -> None:

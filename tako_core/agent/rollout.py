@@ -145,6 +145,7 @@ class AppRuntime:
             command=state.start,
             env=self.environment(state),
             masker=Masker(state.secrets.values()),
+            account=self.layout.account(),
         )
 
     def _route(self, routes: list[str], serving: list[Instance]) -> None:

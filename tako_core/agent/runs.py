@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tako_core.agent import procs
+from tako_core.agent.accounts import Account
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import NOT_FOUND, ProtocolError, ReleaseRunInfo, RunResult, clip
 from tako_core.agent.layout import check_name, write_private
@@ -52,11 +53,17 @@ class Run:
         self._stop.set()
 
     async def execute(
-        self, command: str, cwd: Path, env: dict[str, str], masker: Masker, limit: float
+        self,
+        command: str,
+        cwd: Path,
+        env: dict[str, str],
+        masker: Masker,
+        limit: float,
+        account: Account | None,
     ) -> None:
         fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab", buffering=0) as log:
-            proc = await procs.spawn(command, cwd, env)
+            proc = await procs.spawn(command, cwd, env, account=account)
             self.pgid = proc.pid
             assert proc.stdout is not None
             pump = asyncio.ensure_future(self._pump(proc.stdout, log, masker))
@@ -100,13 +107,14 @@ class Runs:
         env: dict[str, str],
         masker: Masker,
         limit: float,
+        account: Account | None = None,
     ) -> Run:
         directory.mkdir(parents=True, exist_ok=True)
         # The build is in the id (run-<time>-<build>-<random>): `tako logs --release BUILD` finds it.
         run_id = f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{build}-{os.urandom(3).hex()}"
         run = Run(run_id, directory)
         run.log.touch(mode=0o600)
-        run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit))
+        run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit, account))
         self._runs[str(run.log)] = run
         return run
 

@@ -217,7 +217,7 @@ class Agent:
         if not releases.is_complete(runtime.layout, build):
             raise ProtocolError(NOT_FOUND, f"release {build} is not prepared")
         env, masker = self._env(runtime, build, p)
-        runtime.layout.create()
+        account = runtime.layout.create()
         run = self.runs.start(
             runtime.layout.runs,
             build=build,
@@ -226,6 +226,7 @@ class Agent:
             env=env,
             masker=masker,
             limit=p.num("timeout", 600.0, 0.1, MAX_RELEASE_TIMEOUT),
+            account=account,
         )
         log.info("%s: release run %s of %s started", runtime.key, run.run_id, build)
         return RunStarted(run_id=run.run_id)
@@ -330,6 +331,8 @@ class Agent:
                 for i in runtime.instances
             ),
             lease=lease.info if lease else None,
+            user=runtime.layout.user_name(),
+            shares_agent_user=not runtime.layout.app_users,
         )
 
     @handles(Op.RELEASES)
