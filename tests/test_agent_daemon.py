@@ -152,10 +152,12 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
 
     third = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
     try:
-        assert not any(alive(pid) for pid in orphans)  # stopped before the new instances started
         client = await third.client()
         [status] = await client.status()
-        assert len(status.instances) == 2
+        assert sorted(i.pid for i in status.instances if i.pid) == sorted(orphans)  # adopted, not respawned
+        assert all(i.running and i.restarts == 0 for i in status.instances)
+        assert await get(third.http_port, "keep.test") == (200, "r1")
         await client.close()
     finally:
         third.stop()
+    assert not any(alive(pid) for pid in orphans)  # SIGTERM: the agent takes adopted ones down too

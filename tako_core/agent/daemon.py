@@ -42,6 +42,14 @@ def lock_root(layout: Layout) -> int:
     return fd
 
 
+RESTART_SIGNAL = signal.SIGUSR2  # exit leaving the instances running, for the next agent to adopt
+
+
+def _both(*events: asyncio.Event) -> None:
+    for e in events:
+        e.set()
+
+
 async def serve(
     layout: Layout,
     http_host: str,
@@ -49,7 +57,8 @@ async def serve(
     ready: Callable[[], None] | None = None,
     client_user: str | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests.
+    """Serve until SIGTERM or SIGINT (then stop every instance too) or RESTART_SIGNAL (then leave
+    them running); `ready` is called once the socket accepts requests.
     `client_user` is the SSH user that drives an agent running as root (see Layout.create)."""
     layout.create(client_user)
     lock = lock_root(layout)
@@ -58,6 +67,7 @@ async def serve(
         await router.start()
         agent = Agent(layout, router)
         server = AgentServer(agent)
+        stop, leave = asyncio.Event(), asyncio.Event()
         try:
             await agent.restore()
             await server.start(layout.socket)
@@ -68,15 +78,19 @@ async def serve(
             )
             if ready:
                 ready()
-            stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(RESTART_SIGNAL, _both, leave, stop)
             await stop.wait()
-            log.info("agent %d stopping", os.getpid())
+            log.info(
+                "agent %d %s",
+                os.getpid(),
+                "restarting, instances left running" if leave.is_set() else "stopping",
+            )
         finally:
             await server.close()
-            await agent.shutdown()
+            await agent.shutdown(leave=leave.is_set())
             await router.stop()
             layout.socket.unlink(missing_ok=True)
             layout.pid_file.unlink(missing_ok=True)
