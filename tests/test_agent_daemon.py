@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tako_core.agent.daemon import RESTART_SIGNAL
 from tako_core.transport.agent_client import AgentClient, LeaseHeld
 from tako_core.transport.agent_zipapp import build_id, build_zipapp
-from tests.agentkit.kit import START, free_port, get, pack, start_agent
+from tests.agentkit.kit import START, Load, free_port, get, pack, start_agent
 from tests.procs import alive
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
@@ -161,3 +162,62 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
     finally:
         third.stop()
     assert not any(alive(pid) for pid in orphans)  # SIGTERM: the agent takes adopted ones down too
+
+
+async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_every_instance(
+    tmp_path: Path,
+) -> None:
+    agent = start_agent(tmp_path / "root", tmp_path / "pyz")
+    try:
+        client = await agent.client()
+        pack(agent.root / "uploads/r1.tar.zst", "r1")
+        await client.prepare(
+            "keep",
+            "prod",
+            "r1",
+            "r1.tar.zst",
+            install=None,
+            env_vars={},
+            secrets={},
+            on_output=lambda _: None,
+        )
+        await client.rollout(
+            "keep",
+            "prod",
+            "r1",
+            start=START,
+            instances=2,
+            health_path="/",
+            routes=["keep.test"],
+            env_vars={},
+            secrets={},
+            on_progress=lambda d, t: None,
+        )
+        [before] = await client.status()
+        await client.close()
+        load = Load(agent.http_port, "keep.test", max_seconds=30)
+        load.start()
+        await asyncio.sleep(0.5)
+        served_before = len(load.samples)
+        agent.proc.send_signal(RESTART_SIGNAL)
+        for _ in range(200):  # the socket goes, then the same process serves it again
+            await asyncio.sleep(0.05)
+            if not agent.socket.exists():
+                break
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if agent.socket.exists():
+                break
+        client = await agent.client()
+        [after] = await client.status()
+        await client.close()
+        await asyncio.sleep(0.5)
+        await load.stop()
+        assert agent.proc.poll() is None  # the same process, exec'd anew
+        assert [i.pid for i in after.instances] == [i.pid for i in before.instances]
+        assert all(i.running and i.restarts == 0 for i in after.instances)
+        assert len(load.samples) > served_before + 10
+        assert not load.failed, load.errors[:5]
+    finally:
+        agent.stop()
+    assert not any(alive(i.pid) for i in before.instances if i.pid)

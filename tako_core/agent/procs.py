@@ -152,7 +152,7 @@ class Watched:
 
     def _gone(self) -> None:
         self.forget()
-        self.returncode = self._child.wait() if self._child is not None else self.UNKNOWN_EXIT
+        self.returncode = self._child.wait() if self._child is not None else _reap(self.pid)
         if not self._exited.done():
             self._exited.set_result(None)
 
@@ -167,6 +167,16 @@ class Watched:
         await asyncio.shield(self._exited)
         assert self.returncode is not None
         return self.returncode
+
+
+def _reap(pid: int) -> int:
+    """The exit status of a process this one started before it restarted in place (still its
+    child); Watched.UNKNOWN_EXIT for one another agent started."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return Watched.UNKNOWN_EXIT
+    return os.waitstatus_to_exitcode(status) if reaped else Watched.UNKNOWN_EXIT
 
 
 def _take_terminal() -> None:

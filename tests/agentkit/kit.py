@@ -150,7 +150,10 @@ class Load:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(self.address, self.port)
                 writer.write(f"GET / HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-                body = await asyncio.wait_for(read_response(reader), 10)
+                body, keep = await asyncio.wait_for(read_keep_alive(reader), 10)
+                if not keep:
+                    writer.close()
+                    writer = None
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
                 self.errors.append(f"{type(e).__name__}: {e}")
                 body = None
@@ -164,15 +167,23 @@ class Load:
 
 async def read_response(reader: asyncio.StreamReader) -> str:
     """The body of one keep-alive HTTP/1.1 200 response (content-length framed); ValueError otherwise."""
+    return (await read_keep_alive(reader))[0]
+
+
+async def read_keep_alive(reader: asyncio.StreamReader) -> tuple[str, bool]:
+    """Like `read_response`, and whether the connection stays open (no `Connection: close`): a
+    client must not send another request on a connection whose response said close."""
     status = await reader.readuntil(b"\r\n")
     if not status.startswith(b"HTTP/1.1 200"):
         raise ValueError(f"status {status!r}")
-    length = 0
+    length, keep = 0, True
     while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    return (await reader.readexactly(length)).decode().strip()
+        if name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+            keep = False
+    return (await reader.readexactly(length)).decode().strip(), keep
 
 
 async def get(port: int, host: str) -> tuple[int, str]:
