@@ -50,13 +50,26 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
 if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then echo systemd; else echo detached; fi
 """
 
-# Stops the agent named in the pid file (only if that pid really is a tako agent): it holds the
-# root's lock, so it must be gone before the new one starts. Then runs the start command.
+# Restarts the agent named in the pid file (only if that pid really is a tako agent). In place when it
+# runs the command it would be started with (and, under systemd, the unit is unchanged): it stops
+# answering (its socket goes), hands its router over and execs the build just installed, same pid,
+# instances kept; an agent too old for that ignores SIGWINCH. Otherwise it is stopped (it holds the
+# root's lock) and the start command run.
 _RESTART = """
 pidfile={pid_file}
 pid=$(cat "$pidfile" 2>/dev/null)
 case "$pid" in ''|*[!0-9]*) pid= ;; esac
-if [ -n "$pid" ] && tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q tako-agent; then
+if [ -n "$pid" ] && ! tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q tako-agent; then pid=; fi
+if [ -n "$pid" ] && tr '\\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- {command} && {in_place}; then
+    before=$(stat -c '%i %z' {socket} 2>/dev/null)
+    kill -WINCH "$pid"
+    i=0
+    while [ "$(stat -c '%i %z' {socket} 2>/dev/null)" = "$before" ] && [ $i -lt 50 ]; do
+        sleep 0.1; i=$((i+1))
+    done
+    [ $i -lt 50 ] && exit 0
+fi
+if [ -n "$pid" ]; then
     kill -TERM "$pid" 2>/dev/null
     i=0
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do
@@ -92,6 +105,10 @@ def systemd_unit_name(root: str) -> str:
 def systemd_unit(server: Server, client_user: str | None = None, python: str = "/usr/bin/env python3") -> str:
     """The unit that keeps the agent of `server.root` running (restarted by systemd if it dies).
 
+    KillMode=process: the apps' instances outlive an agent that is killed or restarts, and the
+    next agent adopts them; `systemctl stop` still stops them all, as the agent stops its
+    instances on SIGTERM (only processes an app moved out of its instance's process group stay).
+
     Hardening: only options that leave the agent able to switch users and run installs, so no
     ProtectSystem= (creating an app's user writes /etc), no capability bounding set and no
     ProtectHome= (a root may live under /home)."""
@@ -105,7 +122,7 @@ def systemd_unit(server: Server, client_user: str | None = None, python: str = "
         f"ExecStart={python} {command}\n"
         "Restart=always\n"
         "RestartSec=1\n"
-        "KillMode=mixed\n"
+        "KillMode=process\n"
         "TimeoutStopSec=60\n"
         "LimitNOFILE=65536\n"
         "UMask=0077\n"
@@ -148,12 +165,13 @@ async def inspect_agent(conn: Connection, build: str) -> AgentState:
 
 
 async def ensure_agent(
-    conn: Connection, *, on_step: Step | None = None, cache_dir: Path | None = None
+    conn: Connection, *, on_step: Step | None = None, cache_dir: Path | None = None, restart: bool = False
 ) -> AgentClient:
-    """A client for an agent of this client's exact build: installed and (re)started when needed."""
+    """A client for an agent of this client's exact build: installed and (re)started when needed,
+    or when asked to `restart` (an upgrade takes the same path: in place, instances kept)."""
     zipapp = await asyncio.to_thread(build_zipapp, cache_dir or agent_cache_dir())
     state = await inspect_agent(conn, zipapp.stem)
-    if state.current and state.client is not None:
+    if state.current and state.client is not None and not restart:
         return state.client
     if state.client is not None:
         busy = [a for a in await state.client.status() if a.lease is not None]
@@ -163,12 +181,12 @@ async def ensure_agent(
             a = busy[0]
             assert a.lease is not None
             raise AgentError(
-                f"the agent on {where(conn.server)} needs an upgrade ({state.reason}), but "
+                f"the agent on {where(conn.server)} needs a restart ({state.reason or 'asked for'}), but "
                 f"{a.app}/{a.env} is being deployed by {a.lease.holder}",
                 hint="wait until that deploy ends, then run this again",
             )
     step = on_step or (lambda _: None)
-    step(f"agent {state.reason}: installing {zipapp.name}")
+    step(f"agent {state.reason or 'current'}: installing {zipapp.name}")
     login = await install_agent(conn, zipapp, step)
     client = await _wait_for_agent(conn)
     if client.info.agent_version != tako_core.__version__:
@@ -209,11 +227,13 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> Login:
     prepare = _PREPARE.format(root=shlex.quote(server.root), stamp=shlex.quote(_stamp_path(server)))
     mode = (await _checked(conn, login.as_root(prepare))).strip()
     pyz = shlex.quote(f"{server.root}/bin/tako-agent.pyz")
+    in_place = "true"
     if mode == "systemd":
         step("starting the agent with systemd")
         name = systemd_unit_name(server.root)
         path = f"/etc/systemd/system/{name}"
         unit = shlex.quote(systemd_unit(server, login.client_user))
+        in_place = f"printf '%s' {unit} | cmp -s - {path}"  # a changed unit needs systemd to restart it
         start = (
             f"printf '%s' {unit} > {path}.tmp && mv {path}.tmp {path} && systemctl daemon-reload"
             f" && systemctl enable {name} 2>/dev/null && systemctl restart {name}"
@@ -228,7 +248,11 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> Login:
         start = shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"])
     pid_file = shlex.quote(f"{server.root}/run/agent.pid")
     script = f"cat > {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3\n" + _RESTART.format(
-        pid_file=pid_file, start=start
+        pid_file=pid_file,
+        command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
+        in_place=in_place,
+        socket=shlex.quote(f"{server.root}/run/tako.sock"),
+        start=start,
     )
     payload = await asyncio.to_thread(zipapp.read_bytes)
     await _checked(conn, login.as_root(script), input=payload, limit=START_TIMEOUT + 15)
