@@ -103,19 +103,37 @@ def test_setup_as_root_installs_a_unit_and_every_app_serves_again_after_a_reboot
     assert _serves_again(server).startswith("v1 ")
 
 
-def test_a_sigkilled_agent_is_restarted_by_systemd_and_its_apps_serve_again(
+def _instances(container: Container, root: str) -> list[str]:
+    """The pids of the sample app's processes under `root` (other tests' agents share the container)."""
+    script = (
+        "for p in $(pgrep -f '^python3 app.py'); do "
+        f"case $(readlink /proc/$p/cwd) in {root}/*) echo $p;; esac; done"
+    )
+    return sorted(container.ssh("root", script).stdout.split())
+
+
+def test_a_sigkilled_agent_is_restarted_by_systemd_and_adopts_its_instances(
     container: Container, tako_home: Path, tmp_path: Path
 ) -> None:
     server = container.server("ct", "root", "/srv/tako-kill")
     _setup_and_deploy(server, tako_home, tmp_path)
     unit = systemd_unit_name(server.root)
-    first = _agent_pid(container, unit)
+    first, instances = _agent_pid(container, unit), _instances(container, server.root)
+    assert len(instances) == 1
     assert container.ssh("root", f"kill -KILL {first}").returncode == 0
-    assert _serves_again(server).startswith("v1 ")
     deadline = time.monotonic() + SERVE_AGAIN_TIMEOUT
     while _agent_pid(container, unit) in (0, first):
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    assert _serves_again(server).startswith("v1 ")
+    assert _instances(container, server.root) == instances  # adopted: no second copy, no port clash
+
+    second = _agent_pid(container, unit)
+    restarted = tako("servers", "setup", "--restart", server.name, cwd=tako_home, timeout=180)
+    assert restarted.code == 0, restarted.stderr
+    assert _get(server).startswith("v1 ")
+    assert _agent_pid(container, unit) == second  # in place: the unit's main process execs anew
+    assert _instances(container, server.root) == instances
 
 
 def test_setup_through_sudo_is_the_same_as_for_root(
