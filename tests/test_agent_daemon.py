@@ -14,7 +14,7 @@ import pytest
 from tako_core.agent.daemon import RESTART_SIGNAL
 from tako_core.transport.agent_client import AgentClient, LeaseHeld
 from tako_core.transport.agent_zipapp import build_id, build_zipapp
-from tests.agentkit.kit import START, Load, free_port, get, pack, start_agent
+from tests.agentkit.kit import START, AgentProcess, Load, free_port, get, pack, start_agent
 from tests.procs import alive
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
@@ -76,33 +76,38 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
     assert not (root / "run/tako.sock").exists()
 
 
+async def roll_out_two(agent: AgentProcess, client: AgentClient) -> None:
+    """keep/prod: two instances of release r1, routed as keep.test."""
+    pack(agent.root / "uploads/r1.tar.zst", "r1")
+    await client.prepare(
+        "keep",
+        "prod",
+        "r1",
+        "r1.tar.zst",
+        install=None,
+        env_vars={},
+        secrets={},
+        on_output=lambda _: None,
+    )
+    await client.rollout(
+        "keep",
+        "prod",
+        "r1",
+        start=START,
+        instances=2,
+        health_path="/",
+        routes=["keep.test"],
+        env_vars={},
+        secrets={},
+        on_progress=lambda d, t: None,
+    )
+
+
 async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_path: Path) -> None:
     agent = start_agent(tmp_path / "root", tmp_path / "pyz")
     try:
         client = await agent.client()
-        pack(agent.root / "uploads/r1.tar.zst", "r1")
-        await client.prepare(
-            "keep",
-            "prod",
-            "r1",
-            "r1.tar.zst",
-            install=None,
-            env_vars={},
-            secrets={},
-            on_output=lambda _: None,
-        )
-        await client.rollout(
-            "keep",
-            "prod",
-            "r1",
-            start=START,
-            instances=2,
-            health_path="/",
-            routes=["keep.test"],
-            env_vars={},
-            secrets={},
-            on_progress=lambda d, t: None,
-        )
+        await roll_out_two(agent, client)
         [status] = await client.status()
         victim = status.instances[0]
         assert victim.pid is not None
@@ -170,29 +175,7 @@ async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_
     agent = start_agent(tmp_path / "root", tmp_path / "pyz")
     try:
         client = await agent.client()
-        pack(agent.root / "uploads/r1.tar.zst", "r1")
-        await client.prepare(
-            "keep",
-            "prod",
-            "r1",
-            "r1.tar.zst",
-            install=None,
-            env_vars={},
-            secrets={},
-            on_output=lambda _: None,
-        )
-        await client.rollout(
-            "keep",
-            "prod",
-            "r1",
-            start=START,
-            instances=2,
-            health_path="/",
-            routes=["keep.test"],
-            env_vars={},
-            secrets={},
-            on_progress=lambda d, t: None,
-        )
+        await roll_out_two(agent, client)
         [before] = await client.status()
         await client.close()
         load = Load(agent.http_port, "keep.test", max_seconds=30)
