@@ -76,14 +76,14 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
     assert not (root / "run/tako.sock").exists()
 
 
-async def roll_out_two(agent: AgentProcess, client: AgentClient) -> None:
-    """keep/prod: two instances of release r1, routed as keep.test."""
-    pack(agent.root / "uploads/r1.tar.zst", "r1")
+async def roll_out(agent: AgentProcess, client: AgentClient, build: str = "r1", instances: int = 2) -> None:
+    """keep/prod: `instances` instances of release `build` (answering its name), routed as keep.test."""
+    pack(agent.root / f"uploads/{build}.tar.zst", build)
     await client.prepare(
         "keep",
         "prod",
-        "r1",
-        "r1.tar.zst",
+        build,
+        f"{build}.tar.zst",
         install=None,
         env_vars={},
         secrets={},
@@ -92,9 +92,9 @@ async def roll_out_two(agent: AgentProcess, client: AgentClient) -> None:
     await client.rollout(
         "keep",
         "prod",
-        "r1",
+        build,
         start=START,
-        instances=2,
+        instances=instances,
         health_path="/",
         routes=["keep.test"],
         env_vars={},
@@ -107,7 +107,7 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
     agent = start_agent(tmp_path / "root", tmp_path / "pyz")
     try:
         client = await agent.client()
-        await roll_out_two(agent, client)
+        await roll_out(agent, client)
         [status] = await client.status()
         victim = status.instances[0]
         assert victim.pid is not None
@@ -163,10 +163,19 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
         assert sorted(i.pid for i in status.instances if i.pid) == sorted(orphans)  # adopted, not respawned
         assert all(i.running and i.restarts == 0 for i in status.instances)
         assert await get(third.http_port, "keep.test") == (200, "r1")
+        os.killpg(orphans[0], signal.SIGKILL)  # an adopted instance dies: restarted as any other
+        for _ in range(100):
+            [status] = await client.status()
+            if any(i.restarts == 1 and i.running for i in status.instances):
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(i.restarts for i in status.instances) == [0, 1]
+        assert orphans[0] not in [i.pid for i in status.instances]
+        pids = [i.pid for i in status.instances if i.pid]
         await client.close()
     finally:
         third.stop()
-    assert not any(alive(pid) for pid in orphans)  # SIGTERM: the agent takes adopted ones down too
+    assert not any(alive(pid) for pid in pids)  # SIGTERM: the agent takes adopted ones down too
 
 
 async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_every_instance(
@@ -175,7 +184,7 @@ async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_
     agent = start_agent(tmp_path / "root", tmp_path / "pyz")
     try:
         client = await agent.client()
-        await roll_out_two(agent, client)
+        await roll_out(agent, client)
         [before] = await client.status()
         await client.close()
         load = Load(agent.http_port, "keep.test", max_seconds=30)
@@ -201,6 +210,14 @@ async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_
         assert all(i.running and i.restarts == 0 for i in after.instances)
         assert len(load.samples) > served_before + 10
         assert not load.failed, load.errors[:5]
+
+        # A rollout replaces the adopted instances as any others: stopped, and reaped (no zombie).
+        client = await agent.client()
+        await roll_out(agent, client, "r2", instances=1)
+        await client.close()
+        assert await get(agent.http_port, "keep.test") == (200, "r2")
+        for i in before.instances:
+            assert i.pid is not None
+            assert not os.path.exists(f"/proc/{i.pid}")
     finally:
         agent.stop()
-    assert not any(alive(i.pid) for i in before.instances if i.pid)
