@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 64 * 1024  # bytes of request line + headers a client may send
 IDLE_TIMEOUT = 75.0  # seconds a client connection may wait between requests (or trickle a head)
 HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed without a last response
-HANDOVER_TIMEOUT = 30.0  # while handing over, requests still in flight after this long are cut off
+HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
 
 
 class _ClientStream(Stream):
