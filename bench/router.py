@@ -48,7 +48,6 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r
 
 # --- the processes under test ---------------------------------------------------------------------
 
-
 class _App(asyncio.Protocol):
     """The fastest honest upstream: answers every complete request head with a fixed response."""
 
@@ -65,7 +64,7 @@ class _App(asyncio.Protocol):
         count = buf.count(b"\r\n\r\n")
         if count and self.transport is not None:
             self.transport.write(RESPONSE * count)
-            buf = buf[buf.rfind(b"\r\n\r\n") + 4 :]
+            buf = buf[buf.rfind(b"\r\n\r\n") + 4:]
         self.buf = buf
 
 
@@ -98,7 +97,6 @@ async def _serve_router(
 
 # --- orchestration --------------------------------------------------------------------------------
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,26 +120,12 @@ def _caddy_config(port: int, upstream_port: int) -> dict[str, object]:
     return {
         "admin": {"disabled": True},
         "logging": {"logs": {"default": {"level": "ERROR"}}},
-        "apps": {
-            "http": {
-                "servers": {
-                    "bench": {
-                        "listen": [f"127.0.0.1:{port}"],
-                        "automatic_https": {"disable": True},
-                        "routes": [
-                            {
-                                "handle": [
-                                    {
-                                        "handler": "reverse_proxy",
-                                        "upstreams": [{"dial": f"127.0.0.1:{upstream_port}"}],
-                                    }
-                                ]
-                            }
-                        ],
-                    }
-                }
-            }
-        },
+        "apps": {"http": {"servers": {"bench": {
+            "listen": [f"127.0.0.1:{port}"],
+            "automatic_https": {"disable": True},
+            "routes": [{"handle": [{"handler": "reverse_proxy",
+                                    "upstreams": [{"dial": f"127.0.0.1:{upstream_port}"}]}]}],
+        }}}},
     }
 
 
@@ -184,18 +168,13 @@ def _wrk(name: str, port: int, duration: int, connections: int, pid: int | None 
     threads = min(2, connections)
     out = subprocess.run(
         [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=duration + 30,
+        capture_output=True, text=True, check=True, timeout=duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = (
-        "; ".join(line.strip() for line in out.splitlines() if "Socket errors" in line or "Non-2xx" in line)
-        or "0"
-    )
+    errors = "; ".join(line.strip() for line in out.splitlines()
+                       if "Socket errors" in line or "Non-2xx" in line) or "0"
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     cpu_us = (_cpu_seconds(pid) - cpu_before) / requests * 1e6 if pid else 0.0
     return Result(name, rps, p50, p99, errors, cpu_us)
@@ -209,40 +188,30 @@ def _machine() -> str:
             break
     caddy = subprocess.run([CADDY, "version"], capture_output=True, text=True).stdout.split()[0]
     load = Path("/proc/loadavg").read_text().split()[0]
-    return (
-        f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, Caddy {caddy}, "
-        f"load average {load} when the run ended"
-    )
+    return (f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, Caddy {caddy}, "
+            f"load average {load} when the run ended")
 
 
 def _table(results: list[Result]) -> str:
     direct = results[0]
     caddy = next(r for r in results if r.name.startswith("Caddy"))
-    rows = [
-        "| target | req/s | p50 ms | p99 ms | req/s vs direct | req/s vs Caddy | p99 vs direct "
-        "| CPU µs/req (that process) | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    rows = ["| target | req/s | p50 ms | p99 ms | req/s vs direct | req/s vs Caddy | p99 vs direct "
+            "| CPU µs/req (that process) | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        rows.append(
-            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.rps / direct.rps:.2f}x | {r.rps / caddy.rps:.2f}x | "
-            f"{r.p99_ms / direct.p99_ms:.2f}x | {r.cpu_us:.0f} | {r.errors} |"
-        )
+        rows.append(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                    f"{r.rps / direct.rps:.2f}x | {r.rps / caddy.rps:.2f}x | "
+                    f"{r.p99_ms / direct.p99_ms:.2f}x | {r.cpu_us:.0f} | {r.errors} |")
     return "\n".join(rows)
 
 
 def _latency_table(results: list[Result]) -> str:
     direct = results[0]
-    rows = [
-        "| target | req/s | p50 ms | p99 ms | p50 added vs direct | p99 vs direct |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = ["| target | req/s | p50 ms | p99 ms | p50 added vs direct | p99 vs direct |",
+            "|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        rows.append(
-            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
-            f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} µs | {r.p99_ms / direct.p99_ms:.2f}x |"
-        )
+        rows.append(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+                    f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} µs | {r.p99_ms / direct.p99_ms:.2f}x |")
     return "\n".join(rows)
 
 
@@ -273,12 +242,8 @@ def _host_python_httptools() -> str | None:
     """The httptools version the host's python3 imports ("" when none); None without a python3."""
     if not Path(HOST_PYTHON).exists():
         return None
-    probe = subprocess.run(
-        [HOST_PYTHON, "-c", "import httptools; print(httptools.__version__)"],
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
+    probe = subprocess.run([HOST_PYTHON, "-c", "import httptools; print(httptools.__version__)"],
+                           capture_output=True, text=True, cwd="/")
     return probe.stdout.strip() if probe.returncode == 0 else ""
 
 
@@ -319,16 +284,8 @@ class _Processes:
         port = _free_port()
         return port, self.spawn([sys.executable, __file__, "upstream", str(port)], port)
 
-    def router(
-        self,
-        upstreams: list[int],
-        backend: str,
-        *,
-        switch_every: float = 0.0,
-        root: Path = ROOT,
-        python: str = sys.executable,
-        env: dict[str, str] | None = None,
-    ) -> tuple[int, int]:
+    def router(self, upstreams: list[int], backend: str, *, switch_every: float = 0.0, root: Path = ROOT,
+               python: str = sys.executable, env: dict[str, str] | None = None) -> tuple[int, int]:
         """A router process (port, pid) in front of `upstreams`, importing tako_core from `root`."""
         port = _free_port()
         ups = ",".join(map(str, upstreams))
@@ -357,20 +314,16 @@ def _measure(targets: list[Target], args: argparse.Namespace) -> tuple[list[Resu
 
 def _compare_table(loaded: list[Result], single: list[Result]) -> str:
     """Rows of (before, after) pairs: req/s and p99 under load, CPU per request, one-connection p50."""
-    rows = [
-        "| parser | req/s before | req/s after | after/before | p99 ms before | p99 ms after "
-        "| CPU µs/req before | CPU µs/req after | 1 conn p50 ms before | 1 conn p50 ms after | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    rows = ["| parser | req/s before | req/s after | after/before | p99 ms before | p99 ms after "
+            "| CPU µs/req before | CPU µs/req after | 1 conn p50 ms before | 1 conn p50 ms after | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for i in range(0, len(loaded), 2):
-        (b, a), (sb, sa) = loaded[i : i + 2], single[i : i + 2]
+        (b, a), (sb, sa) = loaded[i:i + 2], single[i:i + 2]
         parser = b.name.removeprefix("before ")
         errors = "; ".join(e for e in (b.errors, a.errors, sb.errors, sa.errors) if e != "0") or "0"
-        rows.append(
-            f"| {parser} | {b.rps:,.0f} | {a.rps:,.0f} | {a.rps / b.rps:.2f}x | {b.p99_ms:.2f} | "
-            f"{a.p99_ms:.2f} | {b.cpu_us:.0f} | {a.cpu_us:.0f} | {sb.p50_ms:.3f} | {sa.p50_ms:.3f} "
-            f"| {errors} |"
-        )
+        rows.append(f"| {parser} | {b.rps:,.0f} | {a.rps:,.0f} | {a.rps / b.rps:.2f}x | {b.p99_ms:.2f} | "
+                    f"{a.p99_ms:.2f} | {b.cpu_us:.0f} | {a.cpu_us:.0f} | {sb.p50_ms:.3f} | {sa.p50_ms:.3f} "
+                    f"| {errors} |")
     return "\n".join(rows)
 
 
@@ -386,17 +339,14 @@ def _compare(args: argparse.Namespace, baseline: Path) -> None:
                 targets.append((f"{label} {backend}", port, pid))
         loaded, single = _measure(targets, args)
     print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {_machine()}")
-    print(
-        f"before: {baseline} · after: {ROOT} · {args.rounds} rounds, wrk -t2 -c{args.connections} "
-        f"-d{args.duration}s and -t1 -c1 -d{args.duration}s\n"
-    )
+    print(f"before: {baseline} · after: {ROOT} · {args.rounds} rounds, wrk -t2 -c{args.connections} "
+          f"-d{args.duration}s and -t1 -c1 -d{args.duration}s\n")
     print(_compare_table(loaded, single))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target; medians reported")
     parser.add_argument("--connections", type=int, default=50)
@@ -433,29 +383,18 @@ def main() -> None:
         caddy_port = _free_port()
         config = procs.tmp / "caddy.json"
         config.write_text(json.dumps(_caddy_config(caddy_port, up)))
-        env = {
-            **os.environ,
-            "XDG_DATA_HOME": str(procs.tmp),
-            "XDG_CONFIG_HOME": str(procs.tmp),
-            "HOME": str(procs.tmp),
-        }
-        targets.append(
-            (
-                "Caddy 2.6 reverse_proxy",
-                caddy_port,
-                procs.spawn([CADDY, "run", "--config", str(config)], caddy_port, env),
-            )
-        )
+        env = {**os.environ, "XDG_DATA_HOME": str(procs.tmp), "XDG_CONFIG_HOME": str(procs.tmp),
+               "HOME": str(procs.tmp)}
+        targets.append(("Caddy 2.6 reverse_proxy", caddy_port,
+                        procs.spawn([CADDY, "run", "--config", str(config)], caddy_port, env)))
         loaded, single = _measure(targets, args)
 
     table = _table(loaded)
     latency = _latency_table(single)
     print(table, latency, sep="\n\n")
     if not args.no_write:
-        command = (
-            f".venv/bin/python bench/router.py --duration {args.duration} "
-            f"--rounds {args.rounds} --connections {args.connections}"
-        )
+        command = (f".venv/bin/python bench/router.py --duration {args.duration} "
+                   f"--rounds {args.rounds} --connections {args.connections}")
         minutes = len(loaded) * 2 * args.rounds * (args.duration + 1) // 60 + 1
         _write_section(
             f"## Router\n\n"
@@ -466,7 +405,7 @@ def main() -> None:
             f"without a path run under the venv's Python with httptools {_version('httptools')} or "
             f"h11 {_version('h11')}; the `{HOST_PYTHON}` row runs as the agent does on a server: the "
             f"host's Python, h11 beside tako_core as in the zipapp, and the distribution's httptools "
-            f'if any (picked automatically). "switching" swaps the route between two app processes '
+            f"if any (picked automatically). \"switching\" swaps the route between two app processes "
             f"every 100 ms and drains the old one, as a rollout does, while wrk runs.\n\n"
             f"### Under load: `wrk -t2 -c{args.connections} -d{args.duration}s --latency`, "
             f"after a 1 s warm-up\n\n{table}\n\n"
@@ -483,14 +422,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "upstream":
         asyncio.run(_serve_upstream(int(sys.argv[2])))
     elif len(sys.argv) > 6 and sys.argv[1] == "router":
-        asyncio.run(
-            _serve_router(
-                int(sys.argv[2]),
-                [int(p) for p in sys.argv[3].split(",")],
-                sys.argv[4],
-                float(sys.argv[5]),
-                Path(sys.argv[6]),
-            )
-        )
+        asyncio.run(_serve_router(int(sys.argv[2]), [int(p) for p in sys.argv[3].split(",")], sys.argv[4],
+                                  float(sys.argv[5]), Path(sys.argv[6])))
     else:
         main()

@@ -25,7 +25,9 @@ def _owner(pid: int) -> str:
     return pwd.getpwuid(Path(f"/proc/{pid}").stat().st_uid).pw_name
 
 
-def test_each_app_runs_as_its_own_user_and_reaches_nothing_of_another(fleet: Fleet, tmp_path: Path) -> None:
+def test_each_app_runs_as_its_own_user_and_reaches_nothing_of_another(
+    fleet: Fleet, tmp_path: Path
+) -> None:
     (s1,) = fleet(1)
     alpha = sample_app(tmp_path / "alpha", [s1], name="alpha")
     assert tako("deploy", "--no-tui", "--yes", cwd=alpha.parent).code == 0
