@@ -2,7 +2,7 @@
 
 Runs one warm-up `tako deploy` (agents installed, an old instance running), then one deploy of a new
 version of the ~5 MB bench app in this process with timing wrappers around the transport, agent
-client, SSH/SFTP and build calls (wall time per call, per server), and optionally under cProfile.
+client, SSH and build calls (wall time per call, per server), and optionally under cProfile.
 `--first` skips the warm-up: the measured deploy installs the agents. `--rtt MS` puts a delay proxy
 (tests/delayproxy.py) in front of every sshd for the measured deploy, and counts each call's round
 trips (its wall time / RTT; local work counts too, so compare with `--rtt 0`).
@@ -46,7 +46,6 @@ TIMES: dict[str, list[float]] = collections.defaultdict(list)
 
 WRAPPED: list[tuple[Any, str]] = [
     (connection.Connection, "open"),
-    (connection.Connection, "put"),
     (connection.Connection, "run"),
     (connection.Connection, "agent"),
     (connection.Connection, "close"),
@@ -54,6 +53,7 @@ WRAPPED: list[tuple[Any, str]] = [
     (agent_client.AgentClient, "connect"),
     (agent_client.AgentClient, "lease_acquire"),
     (agent_client.AgentClient, "has_release"),
+    (agent_client.AgentClient, "upload"),
     (agent_client.AgentClient, "prepare"),
     (agent_client.AgentClient, "release_start"),
     (agent_client.AgentClient, "release_watch"),
@@ -61,18 +61,15 @@ WRAPPED: list[tuple[Any, str]] = [
     (agent_client.AgentClient, "finalize"),
     (agent_client.AgentClient, "lease_release"),
     (agent_client.AgentClient, "close"),
-    (session.ServerSession, "connect"),
+    (session.ServerSession, "open"),
+    (session.ServerSession, "lease"),
     (session.ServerSession, "close"),
     (pipeline, "build_artifact"),
     (session, "ensure_agent"),
     (agent_setup, "install_agent"),
     (agent_setup, "_wait_for_agent"),
     (asyncssh.SSHClientConnection, "create_process"),
-    (asyncssh.SSHClientConnection, "start_sftp_client"),
     (asyncssh.SSHClientConnection, "open_unix_connection"),
-    (asyncssh.SFTPClient, "makedirs"),
-    (asyncssh.SFTPClient, "put"),
-    (asyncssh.SFTPClient, "posix_rename"),
 ]
 THREADED: list[tuple[Any, str]] = [(agent_setup, "build_zipapp"), (build_module, "collect_source_set")]
 

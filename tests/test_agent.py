@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import Op, upload_name
+from tako_core.agent.contract import UPLOAD_CHUNK, Op, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 from tests.procs import alive
+from tests.test_agent_contract import raw_reply
 
 SECRET = "s3cret-value-xyz"
 
@@ -137,7 +138,10 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert not result.timed_out
 
     assert await roll(client, "shop", "b1") == [(1, 1)]
-    await client.finalize("shop", "prod", "b1")
+    await client.lease_acquire("shop", "prod", "ada", "b1")
+    await client.finalize("shop", "prod", "b1", release_lease="bob")  # not bob's: kept
+    assert next(s.lease for s in await client.status() if s.app == "shop") is not None
+    await client.finalize("shop", "prod", "b1", release_lease="ada")  # the deploy's last step
     assert os.readlink(agent.root / "apps/shop/prod/current") == "releases/b1"
     assert await get(agent.http_port, "shop.test") == (200, "b1")
 
@@ -145,6 +149,7 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert status.current == "b1"
     assert status.running == "b1"
     assert len(status.instances) == 1
+    assert status.lease is None
     state = agent.root / "apps/shop/prod/state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     logs = await client.logs("shop", "prod", 50)
@@ -507,3 +512,55 @@ async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentP
     finally:
         await installing.close()
         await cleaning.close()
+
+
+async def test_upload_over_the_agent_channel(
+    agent: AgentProcess, client: AgentClient, tmp_path: Path
+) -> None:
+    """Chunks pipelined over the socket; the file appears whole, under its name, only at the end."""
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(3 * UPLOAD_CHUNK + 17))
+    uploads = agent.root / "uploads"
+    (uploads / "big.bin.part").write_bytes(b"x" * (5 * UPLOAD_CHUNK))  # left by a cut upload
+    progress: list[tuple[int, int]] = []
+    await client.upload("big.bin", local, lambda done, total: progress.append((done, total)))
+    assert (uploads / "big.bin").read_bytes() == local.read_bytes()
+    assert not (uploads / "big.bin.part").exists()
+    size = local.stat().st_size
+    assert progress == [(min(n * UPLOAD_CHUNK, size), size) for n in range(1, 5)]
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    progress.clear()
+    await client.upload("empty", empty, lambda done, total: progress.append((done, total)))
+    assert (uploads / "empty").read_bytes() == b""
+    assert progress == [(0, 0)]
+
+    # Uploaded, then prepared: the deploy's path.
+    artifact = pack(tmp_path / "u1.tar.zst", "u1")
+    await client.upload("up-prod-u1.tar.zst", artifact, lambda _done, _total: None)
+    await client.prepare(
+        "up", "prod", "u1", "up-prod-u1.tar.zst", install=None, env_vars={}, secrets={}, on_output=print
+    )
+    assert (agent.root / "apps/up/prod/releases/u1/version.txt").read_text() == "u1\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "size", "error"),
+    [
+        ("../escape", "", None, "must be a plain file name"),
+        ("a/b", "", None, "must be a plain file name"),
+        (".hidden", "", None, "must be a plain file name"),
+        ("ok.bin", "not base64!", None, "must be base64"),
+        ("short.bin", "aGVsbG8=", 10, "incomplete: 5 of 10 bytes"),
+    ],
+)
+async def test_upload_refuses_bad_chunks(
+    agent: AgentProcess, client: AgentClient, name: str, data: str, size: int | None, error: str
+) -> None:
+    params = {"name": name, "offset": 0, "data": data, **({"size": size} if size is not None else {})}
+    reply = raw_reply(agent, Op.UPLOAD, params)
+    assert reply["ok"] is False
+    assert error in reply["error"]["message"]
+    assert not (agent.root / "escape").exists()
+    assert not (agent.root / "uploads" / "short.bin").exists()

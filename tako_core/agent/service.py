@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 import tako_core
-from tako_core.agent import extract, releases
+from tako_core.agent import extract, releases, uploads
 from tako_core.agent.contract import (
     BAD_REQUEST,
     NOT_FOUND,
@@ -173,6 +173,16 @@ class Agent:
     async def has_release(self, p: Params, emit: Emit) -> ReleaseCheck:
         return ReleaseCheck(complete=releases.is_complete(self.runtime(p).layout, p.name("build")))
 
+    @handles(Op.UPLOAD)
+    async def upload(self, p: Params, emit: Emit) -> Done:
+        # No await before the write: chunks land in the order sent (see agent/uploads.py).
+        size = p.int("size", -1, -1, 1 << 50)  # the last chunk says the total
+        offset = p.int("offset", 0, 0, 1 << 50)
+        uploads.write_chunk(
+            self.layout.uploads, p.str("name"), offset, p.str("data"), size if size >= 0 else None
+        )
+        return Done()
+
     def _env(self, runtime: AppRuntime, build: str, p: Params) -> tuple[dict[str, str], Masker]:
         secrets = p.mapping("secrets")
         env = child_env(
@@ -279,6 +289,9 @@ class Agent:
         async with runtime.exclusive("finalize"):
             removed = runtime.finalize(p.name("build"), p.int("keep", 5, 1, 1000))
             self.runs.prune(runtime.layout.runs, KEEP_RUNS)
+            holder = p.opt_str("release_lease")  # the deploy's last step: saves the client a round trip
+            if holder is not None:
+                self.leases.release(runtime.app, runtime.env, holder)
         return Finalized(pruned=tuple(removed))
 
     @handles(Op.ROLLBACK)

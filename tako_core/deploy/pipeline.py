@@ -130,19 +130,33 @@ class _Deploy(Run):
 
     async def _ship(self, session: ServerSession, building: asyncio.Task[Artifact]) -> None:
         name = session.name
-        with self._phase(name, Phase.CONNECT) as done:
-            await session.connect(force_unlock=self.options.force_unlock)
-            done["detail"] = f"agent {session.agent.info.agent_version}"
-        artifact = await self._artifact_for(session, building)
-        if await session.has_release(artifact.build):
+        present: asyncio.Future[tuple[Artifact, bool]] | None = None
+        try:
+            with self._phase(name, Phase.CONNECT) as done:
+                await session.open()
+                # Whether the build is there already goes out with the lease: one round trip, not two.
+                present = asyncio.ensure_future(self._present(session, building))
+                await session.lease(force_unlock=self.options.force_unlock)
+                done["detail"] = f"agent {session.agent.info.agent_version}"
+            artifact, there = await present
+        finally:
+            if present is not None:
+                present.cancel()
+        if there:
             self.board.set(name, Phase.UPLOAD, State.SKIPPED, detail="already on the server")
             self.board.set(name, Phase.INSTALL, State.SKIPPED, detail="already installed")
             return
         with self._phase(name, Phase.UPLOAD) as done:
-            upload_path = await session.upload(artifact)
+            upload = await session.upload(artifact)
             done["detail"] = size(artifact.size)
         with self._phase(name, Phase.INSTALL):
-            await session.install(artifact.build, upload_path)
+            await session.install(artifact.build, upload)
+
+    async def _present(
+        self, session: ServerSession, building: asyncio.Task[Artifact]
+    ) -> tuple[Artifact, bool]:
+        artifact = await self._artifact_for(session, building)
+        return artifact, await session.has_release(artifact.build)
 
     # -- the release gate ----------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class ServerSession:
         self._conn: Connection | None = None
         self._agent: AgentClient | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._leased = False  # whether close() must still let go of the lease
         self.release_run: str | None = None  # the run id while the release command may be running
 
     @property
@@ -56,15 +57,29 @@ class ServerSession:
         return self._target.app, self._target.env
 
     async def connect(self, *, force_unlock: bool) -> None:
+        await self.open()
+        await self.lease(force_unlock=force_unlock)
+
+    async def open(self) -> None:
+        """The SSH connection and an agent of this client's build."""
         self._conn = await Connection.open(self.server)
         self._agent = await ensure_agent(self._conn)
+
+    async def lease(self, *, force_unlock: bool) -> None:
         await self.agent.lease_acquire(
             *self._app_env, self._holder, build="(building)", ttl=LEASE_TTL, force=force_unlock
         )
+        self._leased = True
         self._lease_task = asyncio.create_task(self._renew_lease(), name=f"lease-{self.name}")
 
     def codecs(self) -> tuple[str, ...]:
         return self.agent.info.codecs
+
+    async def _stop_renewing(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
 
     async def _renew_lease(self) -> None:
         while True:
@@ -76,10 +91,9 @@ class ServerSession:
         return await self.agent.has_release(*self._app_env, build)
 
     async def upload(self, artifact: Artifact) -> str:
-        assert self._conn is not None
+        """Send the artifact over the agent's channel; returns its name in ROOT/uploads."""
         # Named so the agent's cleanup of this build finds a half-finished upload too.
         name = upload_name(*self._app_env, artifact.build) + "".join(artifact.path.suffixes[-2:])
-        remote = f"{self.server.root}/uploads/{name}"
         step = max(artifact.size // 50, 1)
         last = -step
 
@@ -89,8 +103,8 @@ class ServerSession:
                 last = sent
                 self._sink(UploadProgress(server=self.name, sent=sent, total=total))
 
-        await self._conn.put(Path(artifact.path), remote, progress)
-        return remote
+        await self.agent.upload(name, Path(artifact.path), progress)
+        return name
 
     def _output(self, phase: Phase) -> Callable[[str], None]:
         def emit(line: str) -> None:
@@ -180,20 +194,21 @@ class ServerSession:
         return any(r.build == build and r.complete for r in await self.agent.releases(*self._app_env))
 
     async def finalize(self, build: str) -> None:
-        await self.agent.finalize(*self._app_env, build)
+        """Point `current` at the build and let go of the lease, in one exchange."""
+        await self._stop_renewing()
+        await self.agent.finalize(*self._app_env, build, release_lease=self._holder)
+        self._leased = False
 
     async def cleanup(self, build: str) -> None:
         await self.agent.cleanup(*self._app_env, build)
 
     async def close(self) -> None:
         """Release the lease and the connection; never raises (it runs on every way out)."""
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
+        await self._stop_renewing()
         if self._agent is not None:
-            with contextlib.suppress(AgentError, TransportError, OSError):
-                await self._agent.lease_release(*self._app_env, self._holder)
+            if self._leased:
+                with contextlib.suppress(AgentError, TransportError, OSError):
+                    await self._agent.lease_release(*self._app_env, self._holder)
             with contextlib.suppress(AgentError, TransportError, OSError):
                 await self._agent.close()
         if self._conn is not None:

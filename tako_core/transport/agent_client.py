@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -17,6 +18,7 @@ from tako_core.agent.contract import (
     LEASE_HELD,
     MAX_LINE,
     PROTOCOL_VERSION,
+    UPLOAD_CHUNK,
     AgentInfo,
     AppStatus,
     Cleaned,
@@ -61,6 +63,9 @@ __all__ = [
 
 
 HELLO_TIMEOUT = 15.0  # seconds; a socket that accepts but never answers is a hung agent
+# Upload chunks in flight at once: 4 MiB, enough to fill a fast link with a long round trip, while
+# the agent never holds more than this of one upload in memory.
+UPLOAD_WINDOW = 8
 
 
 class Reader(Protocol):
@@ -265,6 +270,39 @@ class AgentClient:
         params = {"app": app, "env": env, "build": build}
         return (await self._call(Op.HAS_RELEASE, params, ReleaseCheck)).complete
 
+    async def upload(self, name: str, path: Path, on_progress: Callable[[int, int], None]) -> None:
+        """Send the local file `path` as ROOT/uploads/<name>: chunks pipelined, at most UPLOAD_WINDOW
+        unanswered; on_progress(acknowledged bytes, total) after each."""
+        size = path.stat().st_size  # noqa: ASYNC240 (one stat)
+        window = asyncio.Semaphore(UPLOAD_WINDOW)
+        acked = 0
+
+        async def send(offset: int, chunk: bytes) -> None:
+            nonlocal acked
+            params: Json = {"name": name, "offset": offset, "data": b64encode(chunk).decode()}
+            if offset + len(chunk) == size:
+                params["size"] = size
+            try:
+                await self._call(Op.UPLOAD, params, Done)
+            finally:
+                window.release()
+            acked += len(chunk)
+            on_progress(acked, size)
+
+        sending: list[asyncio.Task[None]] = []
+        try:
+            with path.open("rb") as file:
+                for offset in range(0, max(size, 1), UPLOAD_CHUNK):
+                    await window.acquire()
+                    if any(t.done() and t.exception() for t in sending):
+                        break  # gather below raises it
+                    sending.append(asyncio.ensure_future(send(offset, file.read(UPLOAD_CHUNK))))
+            await asyncio.gather(*sending)
+        finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+
     async def prepare(
         self,
         app: str,
@@ -367,9 +405,12 @@ class AgentClient:
             _on(Progress, lambda e: on_progress(e.done, e.total)),
         )
 
-    async def finalize(self, app: str, env: str, build: str, keep: int = 5) -> list[str]:
-        """Point `current` at build and prune; returns the builds pruned."""
-        params = {"app": app, "env": env, "build": build, "keep": keep}
+    async def finalize(
+        self, app: str, env: str, build: str, keep: int = 5, *, release_lease: str | None = None
+    ) -> list[str]:
+        """Point `current` at build and prune, then let go of `release_lease`'s lease if given;
+        returns the builds pruned."""
+        params = {"app": app, "env": env, "build": build, "keep": keep, "release_lease": release_lease}
         return list((await self._call(Op.FINALIZE, params, Finalized)).pruned)
 
     async def status(self) -> list[AppStatus]:

@@ -1,0 +1,48 @@
+"""Artifacts sent over the agent's own channel, in chunks (Op.UPLOAD), rather than over SFTP.
+
+Each chunk is written at its offset into ROOT/uploads/<name>.part; the last one carries the total size
+and renames the file to <name> once every byte is there. The server starts a connection's requests
+in the order they arrive and a chunk is written before its handler first yields, so a `prepare` sent
+right after the last chunk finds the whole file.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+from base64 import b64decode
+from pathlib import Path
+
+from tako_core.agent.contract import BAD_REQUEST, FAILED, UPLOAD_CHUNK, ProtocolError
+
+
+def part_path(uploads: Path, name: str) -> Path:
+    """Where the chunks of upload `name` go: a bare, non-hidden file name in the uploads directory."""
+    if not name or name.startswith(".") or "/" in name or "\0" in name or len(name) > 200:
+        raise ProtocolError(BAD_REQUEST, f"upload name {name[:80]!r} must be a plain file name")
+    return uploads / f"{name}.part"
+
+
+def write_chunk(uploads: Path, name: str, offset: int, data: str, size: int | None) -> None:
+    """Write one base64 chunk at `offset`; with `size` (the last chunk) check it and publish the file."""
+    part = part_path(uploads, name)
+    try:
+        chunk = b64decode(data, validate=True)
+    except binascii.Error:
+        raise ProtocolError(BAD_REQUEST, "upload data must be base64") from None
+    if len(chunk) > UPLOAD_CHUNK:
+        raise ProtocolError(BAD_REQUEST, f"an upload chunk holds at most {UPLOAD_CHUNK} bytes")
+    # The first chunk starts the file afresh: a .part left by a cut upload must not leak into this one.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_TRUNC if offset == 0 else 0)
+    fd = os.open(part, flags, 0o600)
+    try:
+        os.pwrite(fd, chunk, offset)
+        if size is not None:
+            written = os.fstat(fd).st_size
+            if written != size:
+                raise ProtocolError(FAILED, f"upload {name} is incomplete: {written} of {size} bytes")
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if size is not None:
+        os.replace(part, uploads / name)
