@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import UPLOAD_CHUNK, Op, upload_name
+from tako_core.agent.contract import UPLOAD_CHUNK, Op, new_run_id, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
@@ -523,7 +523,7 @@ async def test_upload_over_the_agent_channel(
     uploads = agent.root / "uploads"
     (uploads / "big.bin.part").write_bytes(b"x" * (5 * UPLOAD_CHUNK))  # left by a cut upload
     progress: list[tuple[int, int]] = []
-    await client.upload("big.bin", local, lambda done, total: progress.append((done, total)))
+    await (await client.upload("big.bin", local, lambda done, total: progress.append((done, total))))
     assert (uploads / "big.bin").read_bytes() == local.read_bytes()
     assert not (uploads / "big.bin.part").exists()
     size = local.stat().st_size
@@ -532,14 +532,14 @@ async def test_upload_over_the_agent_channel(
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     progress.clear()
-    await client.upload("empty", empty, lambda done, total: progress.append((done, total)))
+    await (await client.upload("empty", empty, lambda done, total: progress.append((done, total))))
     assert (uploads / "empty").read_bytes() == b""
     assert progress == [(0, 0)]
 
     # Uploaded, then prepared: the deploy's path.
     artifact = pack(tmp_path / "u1.tar.zst", "u1")
     await client.upload("up-prod-u1.tar.zst", artifact, lambda _done, _total: None)
-    await client.prepare(
+    await client.prepare(  # sent behind the last chunk, before its acknowledgement
         "up", "prod", "u1", "up-prod-u1.tar.zst", install=None, env_vars={}, secrets={}, on_output=print
     )
     assert (agent.root / "apps/up/prod/releases/u1/version.txt").read_text() == "u1\n"
@@ -564,3 +564,24 @@ async def test_upload_refuses_bad_chunks(
     assert error in reply["error"]["message"]
     assert not (agent.root / "escape").exists()
     assert not (agent.root / "uploads" / "short.bin").exists()
+
+
+async def test_a_watch_sent_right_behind_the_start_of_its_run(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    """The client picks the run's id, so the watch need not wait for the start's reply."""
+    await ship(agent, client, "gate", "g1")
+    run_id = new_run_id()
+    lines: list[str] = []
+    start = client.release_start(
+        "gate", "prod", "g1", "echo one; echo two", env_vars={}, secrets={}, timeout=30, run_id=run_id
+    )
+    watch = client.release_watch("gate", "prod", run_id, 0, lambda _offset, line: lines.append(line))
+    started, result = await asyncio.gather(start, watch)
+    assert started == run_id
+    assert (lines, result.exit_code) == (["one", "two"], 0)
+    for bad, error in ((run_id, "exists already"), ("../x", "invalid run name")):
+        with pytest.raises(AgentReplyError, match=error):
+            await client.release_start(
+                "gate", "prod", "g1", "true", env_vars={}, secrets={}, timeout=30, run_id=bad
+            )

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import time
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -361,6 +363,11 @@ def event(request_id: Any, message: Event) -> Json:
 
 def clip(line: str) -> str:
     return line if len(line) <= MAX_OUTPUT_LINE else line[:MAX_OUTPUT_LINE] + "…"
+
+
+def new_run_id() -> str:
+    """A fresh release run id; the client picks it, so it can send the watch right behind the start."""
+    return f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(4).hex()}"
 
 
 def upload_name(app: str, env: str, build: str) -> str:

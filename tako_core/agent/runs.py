@@ -12,13 +12,12 @@ import contextlib
 import io
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tako_core.agent import procs
 from tako_core.agent.compat import WaitTimeout
-from tako_core.agent.contract import NOT_FOUND, ProtocolError, RunResult, clip
+from tako_core.agent.contract import BAD_REQUEST, NOT_FOUND, ProtocolError, RunResult, clip, new_run_id
 from tako_core.agent.layout import check_name, write_private
 from tako_core.mask import Masker
 
@@ -98,11 +97,14 @@ class Runs:
         env: dict[str, str],
         masker: Masker,
         limit: float,
+        run_id: str | None = None,
     ) -> Run:
         directory.mkdir(parents=True, exist_ok=True)
-        run_id = f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
-        run = Run(run_id, directory)
-        run.log.touch(mode=0o600)
+        run = Run(check_name("run", run_id or new_run_id()), directory)
+        try:
+            run.log.touch(mode=0o600, exist_ok=False)
+        except FileExistsError:
+            raise ProtocolError(BAD_REQUEST, f"release run {run.run_id} exists already") from None
         run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit))
         self._runs[str(run.log)] = run
         return run

@@ -228,6 +228,7 @@ class Agent:
             env=env,
             masker=masker,
             limit=p.num("timeout", 600.0, 0.1, MAX_RELEASE_TIMEOUT),
+            run_id=p.opt_str("run_id"),  # no await before this: a watch sent right behind finds the run
         )
         log.info("%s: release run %s of %s started", runtime.key, run.run_id, build)
         return RunStarted(run_id=run.run_id)

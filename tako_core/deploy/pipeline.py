@@ -147,10 +147,17 @@ class _Deploy(Run):
             self.board.set(name, Phase.INSTALL, State.SKIPPED, detail="already installed")
             return
         with self._phase(name, Phase.UPLOAD) as done:
-            upload = await session.upload(artifact)
+            upload, acked = await session.upload(artifact)
+            # The install goes out right behind the last chunk, not a round trip after it.
+            installing = asyncio.ensure_future(session.install(artifact.build, upload))
+            try:
+                await acked
+            except BaseException:
+                installing.cancel()
+                raise
             done["detail"] = size(artifact.size)
         with self._phase(name, Phase.INSTALL):
-            await session.install(artifact.build, upload)
+            await installing
 
     async def _present(
         self, session: ServerSession, building: asyncio.Task[Artifact]

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent.contract import upload_name
+from tako_core.agent.contract import new_run_id, upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import AgentError, TransportError
@@ -90,8 +90,9 @@ class ServerSession:
     async def has_release(self, build: str) -> bool:
         return await self.agent.has_release(*self._app_env, build)
 
-    async def upload(self, artifact: Artifact) -> str:
-        """Send the artifact over the agent's channel; returns its name in ROOT/uploads."""
+    async def upload(self, artifact: Artifact) -> tuple[str, asyncio.Future[None]]:
+        """Send the artifact over the agent's channel; returns its name in ROOT/uploads once every
+        chunk is queued, and the future of the agent's last acknowledgement."""
         # Named so the agent's cleanup of this build finds a half-finished upload too.
         name = upload_name(*self._app_env, artifact.build) + "".join(artifact.path.suffixes[-2:])
         step = max(artifact.size // 50, 1)
@@ -103,8 +104,7 @@ class ServerSession:
                 last = sent
                 self._sink(UploadProgress(server=self.name, sent=sent, total=total))
 
-        await self.agent.upload(name, Path(artifact.path), progress)
-        return name
+        return name, await self.agent.upload(name, Path(artifact.path), progress)
 
     def _output(self, phase: Phase) -> Callable[[str], None]:
         def emit(line: str) -> None:
@@ -124,15 +124,9 @@ class ServerSession:
         )
 
     async def run_release(self, build: str, command: str) -> RunResult:
-        """Start the release command and follow its output to the end, across reconnects."""
-        self.release_run = await self.agent.release_start(
-            *self._app_env,
-            build,
-            command,
-            env_vars=self._target.vars,
-            secrets=self._secrets,
-            timeout=self._target.release_timeout,
-        )
+        """Start the release command and follow its output to the end, across reconnects. The watch
+        goes out right behind the start (this side picks the run's id), not a round trip after it."""
+        run_id = new_run_id()
         emit = self._output(Phase.RELEASE)
         offset = 0
 
@@ -141,9 +135,26 @@ class ServerSession:
             offset = next_offset
             emit(line)
 
+        starting = asyncio.ensure_future(
+            self.agent.release_start(
+                *self._app_env,
+                build,
+                command,
+                env_vars=self._target.vars,
+                secrets=self._secrets,
+                timeout=self._target.release_timeout,
+                run_id=run_id,
+            )
+        )
+        watching = asyncio.ensure_future(self.agent.release_watch(*self._app_env, run_id, 0, on_line))
+        try:
+            self.release_run = await starting
+        except BaseException:
+            watching.cancel()
+            raise
         for attempt in range(RECONNECT_ATTEMPTS + 1):
             try:
-                result = await self.agent.release_watch(*self._app_env, self.release_run, offset, on_line)
+                result = await watching
             except (TransportError, OSError) as err:
                 if attempt == RECONNECT_ATTEMPTS:
                     raise TransportError(
@@ -151,6 +162,9 @@ class ServerSession:
                         hint="the command keeps running on the server; check it with `tako status`",
                     ) from err
                 await self._reconnect()
+                watching = asyncio.ensure_future(
+                    self.agent.release_watch(*self._app_env, run_id, offset, on_line)
+                )
                 continue
             self.release_run = None
             return result

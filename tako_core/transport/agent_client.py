@@ -128,6 +128,20 @@ def _refusal(reply: Json) -> AgentReplyError:
     )
 
 
+async def _all_of(tasks: list[asyncio.Task[None]]) -> None:
+    """Every task's end; the first failure cancels the rest."""
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 _Pending = tuple["asyncio.Future[Json]", Callable[[Json], None] | None]
 
 
@@ -270,9 +284,13 @@ class AgentClient:
         params = {"app": app, "env": env, "build": build}
         return (await self._call(Op.HAS_RELEASE, params, ReleaseCheck)).complete
 
-    async def upload(self, name: str, path: Path, on_progress: Callable[[int, int], None]) -> None:
+    async def upload(
+        self, name: str, path: Path, on_progress: Callable[[int, int], None]
+    ) -> asyncio.Future[None]:
         """Send the local file `path` as ROOT/uploads/<name>: chunks pipelined, at most UPLOAD_WINDOW
-        unanswered; on_progress(acknowledged bytes, total) after each."""
+        unanswered; on_progress(acknowledged bytes, total) after each. Returns once the last chunk is
+        queued (a request sent after it reaches the agent after it, so an install need not wait for
+        the acknowledgements); the future it returns ends with the last acknowledgement."""
         size = path.stat().st_size  # noqa: ASYNC240 (one stat)
         window = asyncio.Semaphore(UPLOAD_WINDOW)
         acked = 0
@@ -295,13 +313,14 @@ class AgentClient:
                 for offset in range(0, max(size, 1), UPLOAD_CHUNK):
                     await window.acquire()
                     if any(t.done() and t.exception() for t in sending):
-                        break  # gather below raises it
+                        break  # _all_of raises it
                     sending.append(asyncio.ensure_future(send(offset, file.read(UPLOAD_CHUNK))))
-            await asyncio.gather(*sending)
-        finally:
-            for task in sending:
-                task.cancel()
-            await asyncio.gather(*sending, return_exceptions=True)
+            # One pass of the loop: the last chunk's task writes, or queues on the (FIFO) write lock.
+            await asyncio.sleep(0)
+        except BaseException:
+            await _cancel(sending)
+            raise
+        return asyncio.ensure_future(_all_of(sending))
 
     async def prepare(
         self,
@@ -341,8 +360,12 @@ class AgentClient:
         env_vars: dict[str, str],
         secrets: dict[str, str],
         timeout: float,  # noqa: ASYNC109 (the release command's limit, not this call's)
+        run_id: str | None = None,
     ) -> str:
+        """Start the release command as run `run_id` (contract.new_run_id; the agent picks one when
+        None); returns the run's id."""
         params = {
+            "run_id": run_id,
             "app": app,
             "env": env,
             "build": build,
