@@ -585,3 +585,38 @@ async def test_a_watch_sent_right_behind_the_start_of_its_run(
             await client.release_start(
                 "gate", "prod", "g1", "true", env_vars={}, secrets={}, timeout=30, run_id=bad
             )
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("../escape.txt", "bad_request"),
+        ("/tmp/abs.txt", "bad_request"),
+        ("a/../../x", "bad_request"),
+        ("copied.txt", "stale_base"),
+    ],
+)
+async def test_a_delta_assembly_checks_every_base_path(
+    agent: AgentProcess, client: AgentClient, tmp_path: Path, path: str, code: str
+) -> None:
+    """A base file gets the extraction's checks; one no kept release holds refuses the assembly."""
+    await ship(agent, client, "delta", "d1")  # a kept release to copy from
+    await roll(client, "delta", "d1")
+    await client.finalize("delta", "prod", "d1")
+    upload = pack(agent.root / "uploads" / "delta-prod-d2.tar.zst", "d2")
+    with pytest.raises(AgentReplyError) as refused:
+        await client.prepare(
+            "delta",
+            "prod",
+            "d2",
+            upload.name,
+            install=None,
+            env_vars={},
+            secrets={},
+            on_output=print,
+            base={path: ("0" * 64, 0o644)},
+        )
+    assert refused.value.code == code
+    assert not (agent.root / "apps/delta/prod/releases/d2").exists()
+    assert not (agent.root / "escape.txt").exists()
+    assert not list((agent.root / "apps/delta/prod/releases").glob(".tmp-*"))

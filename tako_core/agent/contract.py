@@ -42,6 +42,7 @@ LEASE_NOT_HELD = "lease_not_held"
 BUSY = "busy"
 FAILED = "failed"
 INTERNAL = "internal"
+STALE_BASE = "stale_base"  # prepare: a kept release no longer holds a file the delta left out
 
 Json = dict[str, Any]  # one decoded line
 
@@ -202,9 +203,11 @@ class LeaseGranted(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseCheck(Message):
-    """has_release: whether the release is there and complete."""
+    """has_release: whether the release is there and complete; with `files` asked, which of those
+    hashes no kept release holds (None when there is no kept release to build on)."""
 
     complete: bool
+    missing: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 import tako_core
-from tako_core.agent import extract, releases, uploads
+from tako_core.agent import delta, extract, releases, uploads
 from tako_core.agent.contract import (
     BAD_REQUEST,
     NOT_FOUND,
@@ -171,7 +171,12 @@ class Agent:
 
     @handles(Op.HAS_RELEASE)
     async def has_release(self, p: Params, emit: Emit) -> ReleaseCheck:
-        return ReleaseCheck(complete=releases.is_complete(self.runtime(p).layout, p.name("build")))
+        layout = self.runtime(p).layout
+        complete = releases.is_complete(layout, p.name("build"))
+        wanted, kept = p.strings("files"), releases.kept(layout)
+        if complete or not wanted or not kept:
+            return ReleaseCheck(complete=complete)
+        return ReleaseCheck(complete=False, missing=await asyncio.to_thread(delta.missing, wanted, kept))
 
     @handles(Op.UPLOAD)
     async def upload(self, p: Params, emit: Emit) -> Done:
@@ -210,6 +215,7 @@ class Agent:
                     env,
                     masker,
                     lambda line: emit(InstallOutput(line=clip(line))),
+                    p.opt_mapping("base"),
                 ),
             )
         return Done()

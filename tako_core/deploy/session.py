@@ -10,11 +10,12 @@ from pathlib import Path
 from tako_core.agent.contract import new_run_id, upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
+from tako_core.deploy.delta import Delta
 from tako_core.errors import AgentError, TransportError
 from tako_core.events import EventSink, OutputLine, Phase, RolloutProgress, UploadProgress
 from tako_core.mask import Masker
 from tako_core.transport import Connection, ensure_agent
-from tako_core.transport.agent_client import AgentClient, RunResult
+from tako_core.transport.agent_client import AgentClient, ReleaseCheck, RunResult
 
 LEASE_TTL = 30.0
 RECONNECT_ATTEMPTS = 5
@@ -87,15 +88,17 @@ class ServerSession:
             with contextlib.suppress(AgentError, TransportError, OSError):
                 await self.agent.lease_renew(*self._app_env, self._holder)
 
-    async def has_release(self, build: str) -> bool:
-        return await self.agent.has_release(*self._app_env, build)
+    async def check_release(self, build: str, files: list[str]) -> ReleaseCheck:
+        return await self.agent.check_release(*self._app_env, build, files)
 
-    async def upload(self, artifact: Artifact) -> tuple[str, asyncio.Future[None]]:
-        """Send the artifact over the agent's channel; returns its name in ROOT/uploads once every
-        chunk is queued, and the future of the agent's last acknowledgement."""
-        # Named so the agent's cleanup of this build finds a half-finished upload too.
+    async def upload(self, artifact: Artifact, delta: Delta | None) -> tuple[str, asyncio.Future[None]]:
+        """Send the artifact (or its delta) over the agent's channel; returns its name in ROOT/uploads
+        once every chunk is queued, and the future of the agent's last acknowledgement."""
+        # Named so the agent's cleanup of this build finds a half-finished upload too; a delta and
+        # the whole artifact sent after it (when a kept release changed) share the name.
         name = upload_name(*self._app_env, artifact.build) + "".join(artifact.path.suffixes[-2:])
-        step = max(artifact.size // 50, 1)
+        path, total = (delta.path, delta.size) if delta is not None else (artifact.path, artifact.size)
+        step = max(total // 50, 1)
         last = -step
 
         def progress(sent: int, total: int) -> None:
@@ -104,7 +107,7 @@ class ServerSession:
                 last = sent
                 self._sink(UploadProgress(server=self.name, sent=sent, total=total))
 
-        return name, await self.agent.upload(name, Path(artifact.path), progress)
+        return name, await self.agent.upload(name, Path(path), progress)
 
     def _output(self, phase: Phase) -> Callable[[str], None]:
         def emit(line: str) -> None:
@@ -112,11 +115,12 @@ class ServerSession:
 
         return emit
 
-    async def install(self, build: str, upload_path: str) -> None:
+    async def install(self, build: str, upload_path: str, delta: Delta | None) -> None:
         await self.agent.prepare(
             *self._app_env,
             build,
             upload_path,
+            base=delta.base if delta is not None else None,
             install=self._target.install,
             env_vars=self._target.vars,
             secrets=self._secrets,

@@ -57,6 +57,7 @@ __all__ = [
     "InstanceStatus",
     "LeaseHeld",
     "LeaseInfo",
+    "ReleaseCheck",
     "ReleaseInfo",
     "RunResult",
 ]
@@ -281,8 +282,14 @@ class AgentClient:
         await self._call(Op.LEASE_RELEASE, {"app": app, "env": env, "holder": holder}, Done)
 
     async def has_release(self, app: str, env: str, build: str) -> bool:
-        params = {"app": app, "env": env, "build": build}
-        return (await self._call(Op.HAS_RELEASE, params, ReleaseCheck)).complete
+        return (await self.check_release(app, env, build)).complete
+
+    async def check_release(
+        self, app: str, env: str, build: str, files: list[str] | None = None
+    ) -> ReleaseCheck:
+        """Whether the release is complete; with `files` (sha256s), which of them no kept release holds."""
+        params = {"app": app, "env": env, "build": build, "files": files or []}
+        return await self._call(Op.HAS_RELEASE, params, ReleaseCheck)
 
     async def upload(
         self, name: str, path: Path, on_progress: Callable[[int, int], None]
@@ -333,8 +340,10 @@ class AgentClient:
         env_vars: dict[str, str],
         secrets: dict[str, str],
         on_output: Callable[[str], None],
+        base: dict[str, tuple[str, int]] | None = None,
     ) -> None:
-        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there."""
+        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there; with `base`,
+        the upload is a delta and these files (path -> (sha256, mode)) come from kept releases."""
         await self._call(
             Op.PREPARE,
             {
@@ -342,6 +351,7 @@ class AgentClient:
                 "env": env,
                 "build": build,
                 "upload": upload_path,
+                "base": base,
                 "install": install,
                 "vars": env_vars,
                 "secrets": secrets,

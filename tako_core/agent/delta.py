@@ -1,0 +1,98 @@
+"""A release assembled from the files of kept releases plus a delta archive: only what changed is sent.
+
+The client asks `has_release` with the new build's file hashes; `missing` answers which of them no
+kept complete release holds, by the manifests those releases were shipped with. The client uploads
+an archive of only those files (with the manifest, every directory and link) and sends `prepare` with
+`base`: each other regular file as path -> [sha256, mode]. After the archive is unpacked as any
+other, each base file is copied from a kept release, hashed as it is copied: content that no longer
+matches (an install step changed it) refuses the assembly with STALE_BASE, and the client sends the
+whole artifact. Copies, not hardlinks: an install step of the new release may write into its files,
+which must not change an older release. A base path gets the same checks as an archive member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tako_core.agent.contract import BAD_REQUEST, FAILED, STALE_BASE, ProtocolError
+
+MANIFEST = ".tako-manifest.json"  # the artifact's first member (tako_core/build/manifest.py)
+_BLOCK = 1 << 20
+
+
+def _inside(root: str, rel: str) -> str | None:
+    """`root/rel` when `rel` is a plain relative path that stays inside `root` (links resolved)."""
+    if not rel or os.path.isabs(rel) or "\0" in rel or ".." in rel.split("/"):
+        return None
+    path = os.path.join(root, rel)
+    parent = os.path.realpath(os.path.dirname(path))
+    if os.path.commonpath([root, parent]) != root:
+        return None
+    return os.path.join(parent, os.path.basename(path))
+
+
+def available(sources: Iterable[Path]) -> dict[str, str]:
+    """sha256 -> a file shipped with that content in one of `sources` (release dirs, preferred first)."""
+    index: dict[str, str] = {}
+    for source in sources:
+        try:
+            files = json.loads((source / MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        root = os.path.realpath(source)
+        if not isinstance(files, dict):
+            continue
+        for rel, sha in files.items():
+            path = _inside(root, rel) if isinstance(rel, str) else None
+            if path is not None and isinstance(sha, str):
+                index.setdefault(sha, path)
+    return index
+
+
+def missing(wanted: list[str], sources: Iterable[Path]) -> tuple[str, ...]:
+    have = available(sources)
+    return tuple(sorted({sha for sha in wanted if sha not in have}))
+
+
+def assemble(dest: Path, base: dict[str, object], sources: Iterable[Path]) -> None:
+    """Copy every base file into `dest` (an unpacked delta archive), verifying its hash."""
+    have = available(sources)
+    root = os.path.realpath(dest)
+    for rel, spec in base.items():
+        target = _inside(root, rel)
+        if target is None:
+            raise ProtocolError(BAD_REQUEST, f"unsafe path in the base files: {rel[:200]!r}")
+        if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)):
+            raise ProtocolError(BAD_REQUEST, f"base file {rel[:200]!r} must be [sha256, mode]")
+        sha, mode = spec
+        if not isinstance(mode, int) or isinstance(mode, bool):
+            raise ProtocolError(BAD_REQUEST, f"base file {rel[:200]!r} must be [sha256, mode]")
+        source = have.get(sha)
+        try:
+            copied = source is not None and _copy(source, target, sha, mode & 0o755 | 0o600)
+        except OSError as e:
+            raise ProtocolError(FAILED, f"cannot write {rel[:200]}: {e.strerror}") from None
+        if not copied:
+            raise ProtocolError(STALE_BASE, f"no kept release holds {rel[:200]} as shipped")
+
+
+def _copy(source: str, target: str, sha: str, mode: int) -> bool:
+    """Copy a regular file, never following a link at either end; False if its content is not `sha`."""
+    digest = hashlib.sha256()
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with open(dst, "wb") as out:
+            while block := os.read(src, _BLOCK):
+                digest.update(block)
+                out.write(block)
+    finally:
+        os.close(src)
+    return digest.hexdigest() == sha
