@@ -36,7 +36,7 @@ from fleetlib import ROOT, bench_fleet
 
 from tako_core.build import artifact as build_module
 from tako_core.config import add_server
-from tako_core.deploy import DeployOptions, deploy, pipeline, session
+from tako_core.deploy import DeployOptions, delta, deploy, pipeline, session
 from tako_core.events import Event
 from tako_core.transport import agent_client, agent_setup, connection
 from tako_tui.commands.options import load_target
@@ -52,7 +52,7 @@ WRAPPED: list[tuple[Any, str]] = [
     (agent_setup, "inspect_agent"),
     (agent_client.AgentClient, "connect"),
     (agent_client.AgentClient, "lease_acquire"),
-    (agent_client.AgentClient, "has_release"),
+    (agent_client.AgentClient, "check_release"),
     (agent_client.AgentClient, "upload"),
     (agent_client.AgentClient, "prepare"),
     (agent_client.AgentClient, "release_start"),
@@ -64,6 +64,8 @@ WRAPPED: list[tuple[Any, str]] = [
     (session.ServerSession, "open"),
     (session.ServerSession, "lease"),
     (session.ServerSession, "close"),
+    (delta.Deltas, "hashes"),
+    (delta.Deltas, "delta"),
     (pipeline, "build_artifact"),
     (session, "ensure_agent"),
     (agent_setup, "install_agent"),
@@ -117,6 +119,7 @@ async def main() -> None:
     parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--first", action="store_true", help="no warm-up: the deploy installs the agents")
     parser.add_argument("--rtt", type=float, default=0.0, help="round-trip time of the measured deploy, ms")
+    parser.add_argument("--size", type=int, default=5_000_000, help="bytes of source in the app")
     parser.add_argument("--cprofile", help="write a cProfile of the measured deploy here")
     parser.add_argument(
         "--py-spy",
@@ -126,7 +129,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     with bench_fleet(args.servers) as fleet, contextlib.ExitStack() as stack:
-        app = make_app(fleet.workdir / "app", fleet.servers).parent
+        app = make_app(fleet.workdir / "app", fleet.servers, size=args.size).parent
         if not args.first:
             set_version(app, "warm")
             await run_tako(app / "tako.toml", fleet.env, fleet.workdir / "scratch")

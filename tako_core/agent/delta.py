@@ -24,32 +24,51 @@ MANIFEST = ".tako-manifest.json"  # the artifact's first member (tako_core/build
 _BLOCK = 1 << 20
 
 
-def _inside(root: str, rel: str) -> str | None:
-    """`root/rel` when `rel` is a plain relative path that stays inside `root` (links resolved)."""
-    if not rel or os.path.isabs(rel) or "\0" in rel or ".." in rel.split("/"):
-        return None
-    path = os.path.join(root, rel)
-    parent = os.path.realpath(os.path.dirname(path))
-    if os.path.commonpath([root, parent]) != root:
-        return None
-    return os.path.join(parent, os.path.basename(path))
+def _plain(rel: object) -> bool:
+    """A relative path that names no parent: what an archive member may be called."""
+    return (
+        isinstance(rel, str)
+        and bool(rel)
+        and not os.path.isabs(rel)
+        and "\0" not in rel
+        and ".." not in rel.split("/")
+    )
 
 
-def available(sources: Iterable[Path]) -> dict[str, str]:
-    """sha256 -> a file shipped with that content in one of `sources` (release dirs, preferred first)."""
-    index: dict[str, str] = {}
+class _Tree:
+    """Paths inside one directory, with links resolved: a path through a link leading out is refused."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = os.path.realpath(root)
+        self._parents: dict[str, str] = {}  # a release has few directories and many files
+
+    def inside(self, rel: object) -> str | None:
+        if not _plain(rel):
+            return None
+        assert isinstance(rel, str)
+        head, name = os.path.split(rel)
+        if head not in self._parents:
+            self._parents[head] = os.path.realpath(os.path.join(self.root, head))
+        parent = self._parents[head]
+        if os.path.commonpath([self.root, parent]) != self.root:
+            return None
+        return os.path.join(parent, name)
+
+
+def available(sources: Iterable[Path]) -> dict[str, tuple[_Tree, str]]:
+    """sha256 -> a release (preferred first) and the path of a file shipped there with that content."""
+    index: dict[str, tuple[_Tree, str]] = {}
     for source in sources:
         try:
             files = json.loads((source / MANIFEST).read_text())["files"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        root = os.path.realpath(source)
         if not isinstance(files, dict):
             continue
+        tree = _Tree(source)
         for rel, sha in files.items():
-            path = _inside(root, rel) if isinstance(rel, str) else None
-            if path is not None and isinstance(sha, str):
-                index.setdefault(sha, path)
+            if _plain(rel) and isinstance(sha, str):
+                index.setdefault(sha, (tree, rel))
     return index
 
 
@@ -61,9 +80,9 @@ def missing(wanted: list[str], sources: Iterable[Path]) -> tuple[str, ...]:
 def assemble(dest: Path, base: dict[str, object], sources: Iterable[Path]) -> None:
     """Copy every base file into `dest` (an unpacked delta archive), verifying its hash."""
     have = available(sources)
-    root = os.path.realpath(dest)
+    tree = _Tree(dest)
     for rel, spec in base.items():
-        target = _inside(root, rel)
+        target = tree.inside(rel)
         if target is None:
             raise ProtocolError(BAD_REQUEST, f"unsafe path in the base files: {rel[:200]!r}")
         if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)):
@@ -71,7 +90,8 @@ def assemble(dest: Path, base: dict[str, object], sources: Iterable[Path]) -> No
         sha, mode = spec
         if not isinstance(mode, int) or isinstance(mode, bool):
             raise ProtocolError(BAD_REQUEST, f"base file {rel[:200]!r} must be [sha256, mode]")
-        source = have.get(sha)
+        found = have.get(sha)
+        source = found[0].inside(found[1]) if found is not None else None
         try:
             copied = source is not None and _copy(source, target, sha, mode & 0o755 | 0o600)
         except OSError as e:
