@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -15,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import UPLOAD_CHUNK, Op, new_run_id, upload_name
+from tako_core.agent.contract import UPLOAD_CHUNK, Op, decode, encode, new_run_id, request, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 from tests.procs import alive
-from tests.test_agent_contract import raw_reply
 
 SECRET = "s3cret-value-xyz"
 
@@ -545,25 +546,51 @@ async def test_upload_over_the_agent_channel(
     assert (agent.root / "apps/up/prod/releases/u1/version.txt").read_text() == "u1\n"
 
 
+def _chunk_reply(agent: AgentProcess, params: dict[str, object], payload: bytes) -> list[dict[str, object]]:
+    """Every reply line to one upload request (its line, then `payload`), until the agent hangs up
+    or 2 s pass."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        sock.connect(str(agent.socket))
+        sock.sendall(encode(request(1, Op.UPLOAD, params)) + payload)
+        replies = []
+        with sock.makefile("rb") as lines, contextlib.suppress(TimeoutError):
+            while line := lines.readline():
+                replies.append(decode(line))
+        return replies
+
+
 @pytest.mark.parametrize(
-    ("name", "data", "size", "error"),
+    ("name", "payload", "size", "error"),
     [
-        ("../escape", "", None, "must be a plain file name"),
-        ("a/b", "", None, "must be a plain file name"),
-        (".hidden", "", None, "must be a plain file name"),
-        ("ok.bin", "not base64!", None, "must be base64"),
-        ("short.bin", "aGVsbG8=", 10, "incomplete: 5 of 10 bytes"),
+        ("../escape", b"", None, "must be a plain file name"),
+        ("a/b", b"", None, "must be a plain file name"),
+        (".hidden", b"", None, "must be a plain file name"),
+        ("short.bin", b"hello", 10, "incomplete: 5 of 10 bytes"),
     ],
 )
 async def test_upload_refuses_bad_chunks(
-    agent: AgentProcess, client: AgentClient, name: str, data: str, size: int | None, error: str
+    agent: AgentProcess, client: AgentClient, name: str, payload: bytes, size: int | None, error: str
 ) -> None:
-    params = {"name": name, "offset": 0, "data": data, **({"size": size} if size is not None else {})}
-    reply = raw_reply(agent, Op.UPLOAD, params)
+    params = {"name": name, "offset": 0, "raw": len(payload), **({"size": size} if size is not None else {})}
+    [reply] = _chunk_reply(agent, params, payload)
     assert reply["ok"] is False
-    assert error in reply["error"]["message"]
+    assert error in str(reply["error"])
     assert not (agent.root / "escape").exists()
     assert not (agent.root / "uploads" / "short.bin").exists()
+
+
+async def test_a_chunk_of_unusable_length_ends_the_conversation(agent: AgentProcess) -> None:
+    """Its bytes would be read as requests: the agent answers once and hangs up."""
+    smuggled = encode(request(2, Op.HELLO, {}))
+    for raw in (UPLOAD_CHUNK + 1, -1, "5"):
+        replies = _chunk_reply(agent, {"name": "x.bin", "offset": 0, "raw": raw}, smuggled)
+        assert [r["ok"] for r in replies] == [False]
+        assert "raw must be 0 to" in str(replies[0]["error"])
+    # Without `raw` nothing follows the line: an error, and the next request is served.
+    replies = _chunk_reply(agent, {"name": "x.bin", "offset": 0}, smuggled)
+    assert [r["ok"] for r in replies] == [False, True]
+    assert "parameter 'raw'" in str(replies[0]["error"])
 
 
 async def test_a_watch_sent_right_behind_the_start_of_its_run(

@@ -28,7 +28,7 @@ PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # bytes per line, newline included; longer lines are refused, never buffered
 # Output lines inside events are cut to this many characters so an event always fits in MAX_LINE.
 MAX_OUTPUT_LINE = 16 * 1024
-# Bytes per upload chunk: base64 makes 4/3 of it, so a chunk's request line stays under MAX_LINE.
+# Bytes per upload chunk, sent raw right after its request line (`raw`: their count).
 UPLOAD_CHUNK = 512 * 1024
 
 # Error codes (the closed set the agent answers with).

@@ -183,9 +183,8 @@ class Agent:
         # No await before the write: chunks land in the order sent (see agent/uploads.py).
         size = p.int("size", -1, -1, 1 << 50)  # the last chunk says the total
         offset = p.int("offset", 0, 0, 1 << 50)
-        uploads.write_chunk(
-            self.layout.uploads, p.str("name"), offset, p.str("data"), size if size >= 0 else None
-        )
+        last = size if size >= 0 else None
+        uploads.write_chunk(self.layout.uploads, p.str("name"), offset, p.raw(), last)
         return Done()
 
     def _env(self, runtime: AppRuntime, build: str, p: Params) -> tuple[dict[str, str], Masker]:

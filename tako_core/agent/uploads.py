@@ -1,6 +1,7 @@
 """Artifacts sent over the agent's own channel, in chunks (Op.UPLOAD), rather than over SFTP.
 
-Each chunk is written at its offset into ROOT/uploads/<name>.part; the last one carries the total size
+Each chunk is a request line with `raw: n`, then n bytes (no base64: the wire carries the artifact's
+own size). Each is written at its offset into ROOT/uploads/<name>.part; the last one carries the total size
 and renames the file to <name> once every byte is there. The server starts a connection's requests
 in the order they arrive and a chunk is written before its handler first yields, so a `prepare` sent
 right after the last chunk finds the whole file.
@@ -8,12 +9,10 @@ right after the last chunk finds the whole file.
 
 from __future__ import annotations
 
-import binascii
 import os
-from base64 import b64decode
 from pathlib import Path
 
-from tako_core.agent.contract import BAD_REQUEST, FAILED, UPLOAD_CHUNK, ProtocolError
+from tako_core.agent.contract import BAD_REQUEST, FAILED, ProtocolError
 
 
 def part_path(uploads: Path, name: str) -> Path:
@@ -23,15 +22,9 @@ def part_path(uploads: Path, name: str) -> Path:
     return uploads / f"{name}.part"
 
 
-def write_chunk(uploads: Path, name: str, offset: int, data: str, size: int | None) -> None:
-    """Write one base64 chunk at `offset`; with `size` (the last chunk) check it and publish the file."""
+def write_chunk(uploads: Path, name: str, offset: int, chunk: bytes, size: int | None) -> None:
+    """Write one chunk at `offset`; with `size` (the last chunk) check it and publish the file."""
     part = part_path(uploads, name)
-    try:
-        chunk = b64decode(data, validate=True)
-    except binascii.Error:
-        raise ProtocolError(BAD_REQUEST, "upload data must be base64") from None
-    if len(chunk) > UPLOAD_CHUNK:
-        raise ProtocolError(BAD_REQUEST, f"an upload chunk holds at most {UPLOAD_CHUNK} bytes")
     # The first chunk starts the file afresh: a .part left by a cut upload must not leak into this one.
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_TRUNC if offset == 0 else 0)
     fd = os.open(part, flags, 0o600)

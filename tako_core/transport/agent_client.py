@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -239,9 +238,16 @@ class AgentClient:
                 future.set_exception(AgentDisconnected(reason, hint="reconnect and retry"))
 
     async def _call(
-        self, op: Op, params: Json, reply: type[M], on_event: Callable[[Json], None] | None = None
+        self,
+        op: Op,
+        params: Json,
+        reply: type[M],
+        on_event: Callable[[Json], None] | None = None,
+        *,
+        payload: bytes = b"",
     ) -> M:
-        """Send one request; its result read as a `reply`, its events passed to `on_event`."""
+        """Send one request (its line, then `payload`); its result read as a `reply`, its events
+        passed to `on_event`."""
         if self._closed_reason is not None:
             raise AgentDisconnected(self._closed_reason, hint="reconnect and retry")
         request_id = self._next_id
@@ -251,7 +257,7 @@ class AgentClient:
         try:
             async with self._write_lock:
                 try:
-                    self._writer.write(encode(request(request_id, op, params)))
+                    self._writer.write(encode(request(request_id, op, params)) + payload)
                     await self._writer.drain()
                 except (OSError, EOFError) as e:
                     raise AgentDisconnected(f"cannot send to the agent: {e}", hint="reconnect") from None
@@ -294,7 +300,7 @@ class AgentClient:
     async def upload(
         self, name: str, path: Path, on_progress: Callable[[int, int], None]
     ) -> asyncio.Future[None]:
-        """Send the local file `path` as ROOT/uploads/<name>: chunks pipelined, at most UPLOAD_WINDOW
+        """Send the local file `path` as ROOT/uploads/<name>: raw chunks pipelined, at most UPLOAD_WINDOW
         unanswered; on_progress(acknowledged bytes, total) after each. Returns once the last chunk is
         queued (a request sent after it reaches the agent after it, so an install need not wait for
         the acknowledgements); the future it returns ends with the last acknowledgement."""
@@ -304,11 +310,11 @@ class AgentClient:
 
         async def send(offset: int, chunk: bytes) -> None:
             nonlocal acked
-            params: Json = {"name": name, "offset": offset, "data": b64encode(chunk).decode()}
+            params: Json = {"name": name, "offset": offset, "raw": len(chunk)}
             if offset + len(chunk) == size:
                 params["size"] = size
             try:
-                await self._call(Op.UPLOAD, params, Done)
+                await self._call(Op.UPLOAD, params, Done, payload=chunk)
             finally:
                 window.release()
             acked += len(chunk)
