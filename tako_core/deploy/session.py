@@ -67,10 +67,11 @@ class ServerSession:
         self._agent = await ensure_agent(self._conn)
 
     async def lease(self, *, force_unlock: bool) -> None:
+        # Before the call: cancelled while it is under way, the lease may still have been granted.
+        self._leased = True
         await self.agent.lease_acquire(
             *self._app_env, self._holder, build="(building)", ttl=LEASE_TTL, force=force_unlock
         )
-        self._leased = True
         self._lease_task = asyncio.create_task(self._renew_lease(), name=f"lease-{self.name}")
 
     def codecs(self) -> tuple[str, ...]:
