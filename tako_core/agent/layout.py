@@ -97,6 +97,16 @@ class AppLayout:
         return self.base / "runs"
 
     @property
+    def installs(self) -> Path:
+        """Install outputs shared by the releases with the same dependency inputs (agent/installs.py)."""
+        return self.base / "installs"
+
+    @property
+    def cache(self) -> Path:
+        """Package managers' caches (pip, uv, npm, bun, yarn), kept across releases."""
+        return self.base / "cache"
+
+    @property
     def state(self) -> Path:
         return self.base / "state.json"
 
