@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -38,6 +39,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "releases",
         "status",
         "Per server: the current build, its instances and their health, and any deploy under way.",
+    ),
+    "logs": (
+        "logs",
+        "logs_command",
+        "The instances' output from every server of the env, in time order, secrets masked; or with"
+        " --release, the output of a past deploy's release command.",
+    ),
+    "run": (
+        "run",
+        "run_command",
+        "Run COMMAND once, in the current release, with the environment an instance gets.",
+    ),
+    "console": (
+        "console",
+        "console_command",
+        "The console: every env and server of the app, live; logs, releases, secrets, deploy (`?` for keys).",
     ),
     "demo": (
         "demo",
@@ -83,10 +100,24 @@ class TakoGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
 
 
-@click.group(cls=TakoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=TakoGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="tako")
-def main() -> None:
-    """Deploy apps to your own Linux servers: one artifact, a release command run once, zero downtime."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Deploy apps to your own Linux servers: one artifact, a release command run once, zero downtime.
+
+    Without a command: the console on a terminal in an app's folder (one with tako.toml), this help
+    otherwise."""
+    if ctx.invoked_subcommand is None:
+        from tako_tui.commands.frontend import on_terminal  # only without a command: start-up stays light
+
+        console = main.get_command(ctx, "console")
+        if on_terminal() and Path("tako.toml").is_file() and console is not None:
+            ctx.invoke(console, config_path=Path("tako.toml"))
+        else:
+            click.echo(ctx.get_help())
 
 
 def invoke(args: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ from tako_tui.cli import main
 ENV_COMMANDS = {
     "config show",
     "deploy",
+    "logs",
+    "run",
     "status",
     "releases",
     "releases ls",
@@ -21,6 +23,7 @@ ENV_COMMANDS = {
     "secrets ls",
     "secrets rm",
     "secrets edit",
+    "secrets key new",
     "secrets key export",
     "secrets key import",
 }

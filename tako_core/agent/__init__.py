@@ -18,6 +18,8 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     rollout        the instances of one app/env and their rolling update, kept in state.json for restarts
     instances      one instance: the app's `start` process on a loopback port, restarted when it dies
     health         probing an instance's health path over loopback HTTP
+    logs           instance output of one app/env: stamped lines in a rotated file, read back by cursor
+    oneoff         one-off commands (`tako run`): once, in the running release, with the instances' env
     router         the HTTP router's public side (Router, Upstream): listening, a task per client, idle sweeps
     route_table    pure logic: Host -> route -> upstream (round robin), atomic switches, in-flight, drains
     upstream_pool  connections to one upstream: idle keep-alive ones reused, new ones opened with a deadline

@@ -114,10 +114,16 @@ class AppLayout:
     def instance_log(self) -> Path:
         return self.base / "instances.log"
 
+    def deployed(self, build: str) -> Path:
+        """How `build` was last rolled out (start, vars, secrets): what a rollback to it restores."""
+        return self.base / "deployed" / f"{check_name('build', build)}.json"
+
     def create(self) -> None:
-        for path in (self.releases, self.data, self.runs):
+        for path in (self.releases, self.data):
             path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.runs, 0o700)
+        for private in (self.runs, self.base / "deployed"):  # release logs; secrets
+            private.mkdir(parents=True, exist_ok=True)
+            os.chmod(private, 0o700)
 
     def current_build(self) -> str | None:
         """The build `current` points at, or None."""

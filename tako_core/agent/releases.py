@@ -79,6 +79,7 @@ def cleanup(layout: AppLayout, uploads: Path, build: str) -> bool:
     """Remove releases/<build> and any upload of it (the caller checked it is neither current nor running)."""
     for upload in uploads.glob(f"{upload_name(layout.base.parent.name, layout.base.name, build)}.*"):
         upload.unlink(missing_ok=True)
+    layout.deployed(build).unlink(missing_ok=True)
     target = layout.release(build)
     if not target.exists():
         return False
@@ -121,6 +122,7 @@ def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
     for build in builds(layout)[max(keep, 0) :]:
         if build not in protected:
             shutil.rmtree(layout.release(build), ignore_errors=True)
+            layout.deployed(build).unlink(missing_ok=True)
             removed.append(build)
     installs.prune(layout)
     return removed

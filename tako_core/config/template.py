@@ -58,6 +58,9 @@ def detect(folder: Path) -> Project:
         return _node(folder)
     if (folder / "requirements.txt").exists() or (folder / "pyproject.toml").exists():
         return _python(folder)
+    for entry in ("app.py", "main.py"):  # a lone script: Python, with nothing to install
+        if (folder / entry).is_file():
+            return Project("python", None, None, f"python3 {entry}", "python3 migrate.py")
     return Project(None, None, None, "./server --port $PORT", "./migrate")
 
 
