@@ -11,6 +11,7 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     params         typed access to a request's parameters, validated (a BAD_REQUEST otherwise)
     leases         one deploy per app/env at a time, kept in run/leases.json across restarts
     releases       release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
+    installs       the install step: outputs reused by a content key (command + lockfiles), package caches
     extract        unpacking an uploaded tar.zst or tar.gz safely
     runs           release commands, detached from any client, their logs resumable by byte offset
     procs          child processes: their environment, their own process group, their output, killing them

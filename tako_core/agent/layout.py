@@ -115,6 +115,16 @@ class AppLayout:
         return self.base / "runs"
 
     @property
+    def installs(self) -> Path:
+        """Install outputs shared by the releases with the same dependency inputs (agent/installs.py)."""
+        return self.base / "installs"
+
+    @property
+    def cache(self) -> Path:
+        """Package managers' caches (pip, uv, npm, bun, yarn), kept across releases."""
+        return self.base / "cache"
+
+    @property
     def state(self) -> Path:
         return self.base / "state.json"
 
@@ -137,9 +147,9 @@ class AppLayout:
         return ensure_account(self.base.parent.name, self.base.name) if self.app_users else None
 
     def create(self) -> Account | None:
-        """The app/env's directories; with its own user: releases readable by it (group), data its
-        alone, state, runs and deploy records (they hold secrets) the agent's alone."""
-        for path in (self.releases, self.data):
+        """The app/env's directories; with its own user: releases and installs readable by it (group),
+        data and package caches its alone, state, runs and deploy records (secrets) the agent's alone."""
+        for path in (self.releases, self.installs, self.data, self.cache):
             path.mkdir(parents=True, exist_ok=True)
         for private in (self.runs, self.base / "deployed"):
             private.mkdir(parents=True, exist_ok=True)
@@ -148,10 +158,12 @@ class AppLayout:
         if account is not None:
             for path in (self.base.parent, self.base):
                 os.chmod(path, 0o711)
-            os.chown(self.releases, 0, account.gid)
-            os.chmod(self.releases, 0o750)
-            os.chown(self.data, account.uid, account.gid)
-            os.chmod(self.data, 0o700)
+            for shared in (self.releases, self.installs):  # a release links into installs/
+                os.chown(shared, 0, account.gid)
+                os.chmod(shared, 0o750)
+            for own in (self.data, self.cache):
+                os.chown(own, account.uid, account.gid)
+                os.chmod(own, 0o700)
         return account
 
     def current_build(self) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import shutil
 import tempfile
@@ -11,17 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent import procs
-from tako_core.agent.accounts import Account, chown_tree
-from tako_core.agent.compat import WaitTimeout
+from tako_core.agent import installs
+from tako_core.agent.accounts import chown_tree
 from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
 from tako_core.agent.layout import AppLayout
 from tako_core.mask import Masker
 
 COMPLETE = ".complete"  # written last: a release without it is partial
-INSTALL_TIMEOUT = 1800.0
-TAIL_LINES = 20
 
 
 def is_complete(layout: AppLayout, build: str) -> bool:
@@ -43,6 +39,7 @@ async def prepare(
     build: str,
     upload: Path,
     install: str | None,
+    install_inputs: list[str],
     env: dict[str, str],
     masker: Masker,
     on_line: Callable[[str], None],
@@ -72,50 +69,13 @@ async def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if install and install.strip():
-        await run_install(target, install, env, masker, on_line, account)
+        await installs.install(layout, target, install, install_inputs, env, masker, on_line, account)
     _mark_complete(target)
     upload.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink; the upload did its job)
 
 
 def _mark_complete(target: Path) -> None:
     (target / COMPLETE).write_text(f"{time.time()}\n")
-
-
-async def run_install(
-    cwd: Path,
-    command: str,
-    env: dict[str, str],
-    masker: Masker,
-    on_line: Callable[[str], None],
-    account: Account | None = None,
-) -> None:
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    proc = await procs.spawn(command, cwd, env, account=account)
-    assert proc.stdout is not None
-
-    async def pump() -> None:
-        assert proc.stdout is not None
-        async for line in procs.lines(proc.stdout):
-            masked = masker(line)
-            tail.append(masked)
-            on_line(masked)
-
-    try:
-        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), INSTALL_TIMEOUT)
-    except WaitTimeout:
-        await procs.kill_group(proc.pid, 5.0)
-        raise ProtocolError(FAILED, f"install timed out after {INSTALL_TIMEOUT:.0f} s") from None
-    except asyncio.CancelledError:
-        await procs.kill_group(proc.pid, 5.0)
-        raise
-    if proc.returncode != 0:
-        raise ProtocolError(
-            FAILED,
-            f"install exited with {proc.returncode}" + "".join(f"\n  {line}" for line in tail),
-            hint="fix the install command; the release was not marked complete",
-            exit_code=proc.returncode,
-            tail=list(tail),
-        )
 
 
 def cleanup(layout: AppLayout, uploads: Path, build: str) -> bool:
@@ -167,4 +127,5 @@ def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
             shutil.rmtree(layout.release(build), ignore_errors=True)
             layout.deployed(build).unlink(missing_ok=True)
             removed.append(build)
+    installs.prune(layout)
     return removed

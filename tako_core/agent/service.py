@@ -204,6 +204,7 @@ class Agent:
                     build,
                     upload,
                     p.opt_str("install"),
+                    p.strings("install_inputs"),
                     env,
                     masker,
                     lambda line: emit(InstallOutput(line=clip(line))),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -281,11 +281,13 @@ class AgentClient:
         upload_path: str,
         *,
         install: str | None,
+        install_inputs: Sequence[str] = (),
         env_vars: dict[str, str],
         secrets: dict[str, str],
         on_output: Callable[[str], None],
     ) -> None:
-        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there."""
+        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there (its outputs
+        reused from an earlier release with the same command and `install_inputs`, see agent/installs)."""
         await self._call(
             Op.PREPARE,
             {
@@ -294,6 +296,7 @@ class AgentClient:
                 "build": build,
                 "upload": upload_path,
                 "install": install,
+                "install_inputs": list(install_inputs),
                 "vars": env_vars,
                 "secrets": secrets,
             },
