@@ -20,7 +20,7 @@ import pytest
 from tako_core.agent.contract import UPLOAD_CHUNK, Op, decode, encode, new_run_id, request, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
-from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
+from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, LogEntry, RunResult
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 from tests.procs import alive
 
@@ -153,7 +153,10 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert status.lease is None
     state = agent.root / "apps/shop/prod/state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
-    logs = await client.logs("shop", "prod", 50)
+    entries: list[LogEntry] = []
+    await client.logs("shop", "prod", entries.append, lines=50)
+    logs = [e.line for e in entries]
+    assert {e.source for e in entries} == {"b1#0"}
     assert any("sample app b1 starting" in line for line in logs)
     assert all(SECRET not in line for line in logs)
     assert any("secret is ***" in line for line in logs)
@@ -598,7 +601,7 @@ async def test_a_watch_sent_right_behind_the_start_of_its_run(
 ) -> None:
     """The client picks the run's id, so the watch need not wait for the start's reply."""
     await ship(agent, client, "gate", "g1")
-    run_id = new_run_id()
+    run_id = new_run_id("g1")
     lines: list[str] = []
     start = client.release_start(
         "gate", "prod", "g1", "echo one; echo two", env_vars={}, secrets={}, timeout=30, run_id=run_id
@@ -607,7 +610,8 @@ async def test_a_watch_sent_right_behind_the_start_of_its_run(
     started, result = await asyncio.gather(start, watch)
     assert started == run_id
     assert (lines, result.exit_code) == (["one", "two"], 0)
-    for bad, error in ((run_id, "exists already"), ("../x", "invalid run name")):
+    bad_ids = ((run_id, "exists already"), ("../x", "invalid run name"), (new_run_id("g2"), "does not name"))
+    for bad, error in bad_ids:
         with pytest.raises(AgentReplyError, match=error):
             await client.release_start(
                 "gate", "prod", "g1", "true", env_vars={}, secrets={}, timeout=30, run_id=bad

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 from pathlib import Path
 
 from tests.deploykit import app_dir, get, sample_app, tako
@@ -23,6 +24,16 @@ def _tree(directory: Path) -> dict[str, str]:
         and p.name not in (".complete", ".tako-manifest.json")
         and ".git" not in p.relative_to(directory).parts
     }
+
+
+def _owners_and_modes(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Relative path -> (uid, gid, mode) of everything in a release (links themselves), but the marker."""
+    found = {}
+    for p in [directory, *directory.rglob("*")]:
+        if p.name != ".complete":
+            st = p.lstat()
+            found[p.relative_to(directory).as_posix()] = (st.st_uid, st.st_gid, st.st_mode)
+    return found
 
 
 def _deploy(cfg: Path, servers: list[FleetServer], version: str) -> list[dict[str, object]]:
@@ -55,7 +66,15 @@ def test_a_redeploy_sends_only_the_changed_files(fleet: Fleet, tako_home: Path, 
 
     events = _deploy(_with_assets(tmp_path, servers, "v2"), servers, "v2")
     build = next(e["build"] for e in events if e["event"] == "ArtifactBuilt")
+    first_build = next(e["build"] for e in first if e["event"] == "ArtifactBuilt")
     for s in servers:
+        # Assembled from a kept release + the delta, yet owned and moded as the unpacked one (the
+        # app's own user, with the agent's umask 077 not narrowing the copies).
+        assembled = _owners_and_modes(app_dir(s) / "releases" / str(build))
+        unpacked = _owners_and_modes(app_dir(s) / "releases" / str(first_build))
+        assert assembled == unpacked
+        app_user = pwd.getpwnam("tako-web-production").pw_uid
+        assert {uid for uid, _gid, _mode in assembled.values()} == {app_user}
         sent = [e for e in events if e["event"] == "UploadProgress" and e["server"] == s.name]
         assert sent
         assert all(int(str(e["total"])) < full // 20 for e in sent), sent

@@ -1,4 +1,5 @@
-"""The agent's command line: `serve --root R --http-host H --http-port P [--detach]` and `version`.
+"""The agent's command line: `serve --root R --http-host H --http-port P [--client-user U] [--detach]`
+and `version`.
 
 This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
 and stderr.
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, type=Path, help="the agent's root directory")
     serve.add_argument("--http-host", default="0.0.0.0", help="address the HTTP router binds")
     serve.add_argument("--http-port", type=int, default=80, help="port the HTTP router binds")
+    serve.add_argument(
+        "--client-user", help="the SSH user that drives this agent when it runs as root (via sudo)"
+    )
     serve.add_argument("--detach", action="store_true", help="daemonize; exit 0 once the socket answers")
     commands.add_parser("version", help="print '<agent version> <protocol version>'")
     return parser
@@ -39,16 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
         return 0
-    layout = Layout(args.root.absolute())
+    # An agent running as root runs each app/env as its own user, unless TAKO_APP_USERS=0 (a server
+    # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
+    app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"
+    layout = Layout(args.root.absolute(), app_users=app_users)
     if args.detach:
-        return _detach(layout, args.http_host, args.http_port)
-    return _serve(layout, args.http_host, args.http_port, None)
+        return _detach(layout, args.http_host, args.http_port, args.client_user)
+    return _serve(layout, args.http_host, args.http_port, args.client_user, None)
 
 
-def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
+def _serve(layout: Layout, host: str, port: int, client_user: str | None, ready_fd: int | None) -> int:
     # Imported here so `version` works even where serving could not (e.g. a missing module).
     from tako_core.agent.daemon import serve, setup_logging
 
+    os.umask(0o077)  # state, logs and the socket are the agent's own unless opened up on purpose
     setup_logging(layout)
 
     def ready() -> None:
@@ -57,7 +65,7 @@ def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
             os.close(ready_fd)
 
     try:
-        asyncio.run(serve(layout, host, port, ready))
+        asyncio.run(serve(layout, host, port, ready, client_user))
     except Exception as e:
         message = f"tako-agent: {type(e).__name__}: {e}\n"
         if ready_fd is not None:
@@ -68,7 +76,7 @@ def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
     return 0
 
 
-def _detach(layout: Layout, host: str, port: int) -> int:
+def _detach(layout: Layout, host: str, port: int, client_user: str | None) -> int:
     """Double-fork into a session of its own; the parent waits for the daemon's word on a pipe."""
     read_fd, write_fd = os.pipe()
     child = os.fork()
@@ -81,7 +89,7 @@ def _detach(layout: Layout, host: str, port: int) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os._exit(_serve(layout, host, port, write_fd))
+        os._exit(_serve(layout, host, port, client_user, write_fd))
     os.close(write_fd)
     os.waitpid(child, 0)
     answer = b""

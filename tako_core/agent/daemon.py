@@ -24,6 +24,7 @@ class AgentAlreadyRunning(Exception):
 def setup_logging(layout: Layout) -> None:
     layout.log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(layout.log_file)
+    os.chmod(layout.log_file, 0o600)  # made so by the umask; older agents left it 0644
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("tako")
     root.addHandler(handler)
@@ -42,10 +43,15 @@ def lock_root(layout: Layout) -> int:
 
 
 async def serve(
-    layout: Layout, http_host: str, http_port: int, ready: Callable[[], None] | None = None
+    layout: Layout,
+    http_host: str,
+    http_port: int,
+    ready: Callable[[], None] | None = None,
+    client_user: str | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests."""
-    layout.create()
+    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests.
+    `client_user` is the SSH user that drives an agent running as root (see Layout.create)."""
+    layout.create(client_user)
     lock = lock_root(layout)
     try:
         router = Router(http_host, http_port)
@@ -55,6 +61,7 @@ async def serve(
         try:
             await agent.restore()
             await server.start(layout.socket)
+            layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
             log.info(
                 "agent %d serving on %s, router on %s:%d", os.getpid(), layout.socket, http_host, router.port

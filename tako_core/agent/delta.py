@@ -109,6 +109,7 @@ def _copy(source: str, target: str, sha: str, mode: int) -> bool:
         return False
     try:
         dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        os.fchmod(dst, mode)  # as extraction sets it, whatever the agent's umask (077)
         with open(dst, "wb") as out:
             while block := os.read(src, _BLOCK):
                 digest.update(block)

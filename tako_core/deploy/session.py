@@ -123,6 +123,7 @@ class ServerSession:
             upload_path,
             base=delta.base if delta is not None else None,
             install=self._target.install,
+            install_inputs=self._target.install_inputs,
             env_vars=self._target.vars,
             secrets=self._secrets,
             on_output=self._output(Phase.INSTALL),
@@ -131,7 +132,7 @@ class ServerSession:
     async def run_release(self, build: str, command: str) -> RunResult:
         """Start the release command and follow its output to the end, across reconnects. The watch
         goes out right behind the start (this side picks the run's id), not a round trip after it."""
-        run_id = new_run_id()
+        run_id = new_run_id(build)
         emit = self._output(Phase.RELEASE)
         offset = 0
 

@@ -31,12 +31,23 @@ Step = Callable[[str], None]
 START_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.1
 
-# One round trip for the whole install (each command over SSH costs a few): checks the server, takes
-# the zipapp from stdin, stops the agent named in the pid file (only if that pid really is a tako
-# agent: it holds the root's lock, so it must be gone before the new one starts), starts the new one
-# with systemd when it runs and we may write units, else detached. Says which on stdout.
+# Who we are on the server: root, a user with passwordless sudo, or a user on their own; plus
+# what a user on their own may do (write the root? bind the port?).
+_WHO = """
+if [ "$(id -u)" = 0 ]; then how=root; elif sudo -n true 2>/dev/null; then how=sudo; else how=user; fi
+writable=no
+if [ $how = user ] && mkdir -p {root} 2>/dev/null && [ -w {root} ]; then writable=yes; fi
+low=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)
+echo "$how $(id -un) $writable $low $HOME"
+"""
+
+# The install itself in one command (each command over SSH costs a login shell), run as root when
+# we may: checks the server, takes the zipapp from stdin, stops the agent named in the pid file
+# (only if that pid really is a tako agent: it holds the root's lock, so it must be gone before the
+# new one starts), starts the new one with systemd when it runs and we are root, else detached.
+# Says which on stdout.
 _INSTALL = """
-mkdir -p {root}/bin {root}/run {root}/log || exit 3
+mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin || exit 3
 command -v python3 >/dev/null || {{ echo "no python3 on the server" >&2; exit 3; }}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
     echo "python3 on the server is $(python3 -V 2>&1), tako needs 3.10 or newer" >&2; exit 3; }}
@@ -84,9 +95,13 @@ def systemd_unit_name(root: str) -> str:
     return f"tako-agent-{hashlib.sha256(root.encode()).hexdigest()[:8]}.service"
 
 
-def systemd_unit(server: Server, python: str = "/usr/bin/env python3") -> str:
-    """The unit that keeps the agent of `server.root` running (restarted by systemd if it dies)."""
-    command = shlex.join(_serve_args(server))
+def systemd_unit(server: Server, client_user: str | None = None, python: str = "/usr/bin/env python3") -> str:
+    """The unit that keeps the agent of `server.root` running (restarted by systemd if it dies).
+
+    Hardening: only options that leave the agent able to switch users and run installs, so no
+    ProtectSystem= (creating an app's user writes /etc), no capability bounding set and no
+    ProtectHome= (a root may live under /home)."""
+    command = shlex.join(_serve_args(server, client_user))
     return (
         "[Unit]\n"
         f"Description=tako agent ({server.root})\n"
@@ -97,7 +112,18 @@ def systemd_unit(server: Server, python: str = "/usr/bin/env python3") -> str:
         "Restart=always\n"
         "RestartSec=1\n"
         "KillMode=mixed\n"
-        "TimeoutStopSec=60\n\n"
+        "TimeoutStopSec=60\n"
+        "LimitNOFILE=65536\n"
+        "UMask=0077\n"
+        "NoNewPrivileges=yes\n"
+        "RestrictSUIDSGID=yes\n"
+        "PrivateTmp=yes\n"
+        "ProtectKernelTunables=yes\n"
+        "ProtectKernelModules=yes\n"
+        "ProtectControlGroups=yes\n"
+        "ProtectHostname=yes\n"
+        "LockPersonality=yes\n"
+        "RestrictRealtime=yes\n\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
     )
@@ -155,22 +181,76 @@ async def ensure_agent(
     return client
 
 
+@dataclass(frozen=True)
+class Login:
+    """Who setup runs as on the server, and so how it does the root-only parts."""
+
+    how: str  # "root", "sudo" (passwordless) or "user" (on their own)
+    user: str
+    home: str
+
+    def as_root(self, script: str) -> str:
+        """`script` run as root where we may (else as the user, who then needs the root's rights)."""
+        return f"sudo -n sh -c {shlex.quote(script)}" if self.how == "sudo" else script
+
+    @property
+    def client_user(self) -> str | None:
+        """The user the agent hands its socket to when it runs as root for them."""
+        return self.user if self.how == "sudo" else None
+
+
 async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
-    """Install `zipapp` as `<root>/bin/tako-agent.pyz`, stop the old agent, start the new one."""
+    """Install `zipapp` as `<root>/bin/tako-agent.pyz`, stop the old agent, start the new one:
+    one command after the one asking who we are."""
     server = conn.server
+    login = await _login(conn)
     unit_name = systemd_unit_name(server.root)
     script = _INSTALL.format(
         root=shlex.quote(server.root),
         pyz=shlex.quote(f"{server.root}/bin/tako-agent.pyz"),
         pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
-        unit=shlex.quote(systemd_unit(server)),
+        unit=shlex.quote(systemd_unit(server, login.client_user)),
         unit_path=f"/etc/systemd/system/{unit_name}",
         unit_name=unit_name,
-        detached=shlex.join(["python3", *_serve_args(server), "--detach"]),
+        detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
     data = await asyncio.to_thread(zipapp.read_bytes)
-    mode = (await _checked(conn, script, input=data, limit=START_TIMEOUT + 15)).strip()
+    mode = (await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)).strip()
     step(f"started the agent ({mode})")
+    if mode == "detached" and login.how == "user":
+        step(
+            "warning: a detached agent does not come back after a reboot; with passwordless sudo "
+            "for this user, `tako servers setup` installs a systemd unit instead"
+        )
+
+
+async def _login(conn: Connection) -> Login:
+    """Who we are; a user without sudo gets the choices that work, before anything is changed."""
+    server = conn.server
+    how, user, writable, low, home = (await _checked(conn, _WHO.format(root=shlex.quote(server.root)))).split(
+        maxsplit=4
+    )
+    login = Login(how, user, home.strip())
+    if how != "user":
+        return login
+    own_root = f"{login.home}/tako"
+    fixes = (
+        f"either let {user} use sudo without a password (as root on the server: "
+        f"`echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/tako`), or run the agent as "
+        f"{user} under its home on a port above {int(low) - 1}: `tako servers add {server.name} "
+        f"--host {server.host} --user {user} --root {own_root} --http-port 8080 --replace`"
+    )
+    if writable != "yes":
+        raise AgentError(
+            f"{user} on {where(server)} may not write {server.root} and has no passwordless sudo",
+            hint=fixes,
+        )
+    if server.http_port < int(low):
+        raise AgentError(
+            f"port {server.http_port} on {where(server)} needs root, and {user} has no passwordless sudo",
+            hint=fixes,
+        )
+    return login
 
 
 async def _wait_for_agent(conn: Connection) -> AgentClient:
@@ -200,7 +280,7 @@ async def _checked(conn: Connection, script: str, *, input: bytes | None = None,
     return result.stdout
 
 
-def _serve_args(server: Server) -> list[str]:
+def _serve_args(server: Server, client_user: str | None) -> list[str]:
     return [
         f"{server.root}/bin/tako-agent.pyz",
         "serve",
@@ -210,4 +290,5 @@ def _serve_args(server: Server) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
+        *(["--client-user", client_user] if client_user else []),
     ]

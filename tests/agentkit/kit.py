@@ -69,7 +69,8 @@ def start_agent(
     root: Path, pyz_dir: Path, http_port: int | None = None, zipapp: Path | None = None
 ) -> AgentProcess:
     port = http_port or free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8"}
+    # Apps as the agent's own user: per-app users are the fleet's to test (tests/test_app_users.py).
+    env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8", "TAKO_APP_USERS": "0"}
     proc = subprocess.Popen(agent_command(root, port, pyz_dir, zipapp), env=env, cwd="/")
     agent = AgentProcess(root, port, proc)
     deadline = time.monotonic() + 15
