@@ -42,6 +42,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r
 
 # --- the processes under test ---------------------------------------------------------------------
 
+
 class _App(asyncio.Protocol):
     """The fastest honest upstream: answers every complete request head with a fixed response."""
 
@@ -58,7 +59,7 @@ class _App(asyncio.Protocol):
         count = buf.count(b"\r\n\r\n")
         if count and self.transport is not None:
             self.transport.write(RESPONSE * count)
-            buf = buf[buf.rfind(b"\r\n\r\n") + 4:]
+            buf = buf[buf.rfind(b"\r\n\r\n") + 4 :]
         self.buf = buf
 
 
@@ -88,6 +89,7 @@ async def _serve_router(port: int, upstream_ports: list[int], backend: str, swit
 
 # --- orchestration --------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,12 +113,26 @@ def _caddy_config(port: int, upstream_port: int) -> dict[str, object]:
     return {
         "admin": {"disabled": True},
         "logging": {"logs": {"default": {"level": "ERROR"}}},
-        "apps": {"http": {"servers": {"bench": {
-            "listen": [f"127.0.0.1:{port}"],
-            "automatic_https": {"disable": True},
-            "routes": [{"handle": [{"handler": "reverse_proxy",
-                                    "upstreams": [{"dial": f"127.0.0.1:{upstream_port}"}]}]}],
-        }}}},
+        "apps": {
+            "http": {
+                "servers": {
+                    "bench": {
+                        "listen": [f"127.0.0.1:{port}"],
+                        "automatic_https": {"disable": True},
+                        "routes": [
+                            {
+                                "handle": [
+                                    {
+                                        "handler": "reverse_proxy",
+                                        "upstreams": [{"dial": f"127.0.0.1:{upstream_port}"}],
+                                    }
+                                ]
+                            }
+                        ],
+                    }
+                }
+            }
+        },
     }
 
 
@@ -159,13 +175,18 @@ def _wrk(name: str, port: int, duration: int, connections: int, pid: int | None 
     threads = min(2, connections)
     out = subprocess.run(
         [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True, timeout=duration + 30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = "; ".join(line.strip() for line in out.splitlines()
-                       if "Socket errors" in line or "Non-2xx" in line) or "0"
+    errors = (
+        "; ".join(line.strip() for line in out.splitlines() if "Socket errors" in line or "Non-2xx" in line)
+        or "0"
+    )
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     cpu_us = (_cpu_seconds(pid) - cpu_before) / requests * 1e6 if pid else 0.0
     return Result(name, rps, p50, p99, errors, cpu_us)
@@ -179,30 +200,40 @@ def _machine() -> str:
             break
     caddy = subprocess.run([CADDY, "version"], capture_output=True, text=True).stdout.split()[0]
     load = Path("/proc/loadavg").read_text().split()[0]
-    return (f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, Caddy {caddy}, "
-            f"load average {load} when the run ended")
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}, Caddy {caddy}, "
+        f"load average {load} when the run ended"
+    )
 
 
 def _table(results: list[Result]) -> str:
     direct = results[0]
     caddy = next(r for r in results if r.name.startswith("Caddy"))
-    rows = ["| target | req/s | p50 ms | p99 ms | req/s vs direct | req/s vs Caddy | p99 vs direct "
-            "| CPU µs/req (that process) | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        "| target | req/s | p50 ms | p99 ms | req/s vs direct | req/s vs Caddy | p99 vs direct "
+        "| CPU µs/req (that process) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
-        rows.append(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                    f"{r.rps / direct.rps:.2f}x | {r.rps / caddy.rps:.2f}x | "
-                    f"{r.p99_ms / direct.p99_ms:.2f}x | {r.cpu_us:.0f} | {r.errors} |")
+        rows.append(
+            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.rps / direct.rps:.2f}x | {r.rps / caddy.rps:.2f}x | "
+            f"{r.p99_ms / direct.p99_ms:.2f}x | {r.cpu_us:.0f} | {r.errors} |"
+        )
     return "\n".join(rows)
 
 
 def _latency_table(results: list[Result]) -> str:
     direct = results[0]
-    rows = ["| target | req/s | p50 ms | p99 ms | p50 added vs direct | p99 vs direct |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| target | req/s | p50 ms | p99 ms | p50 added vs direct | p99 vs direct |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        rows.append(f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
-                    f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} µs | {r.p99_ms / direct.p99_ms:.2f}x |")
+        rows.append(
+            f"| {r.name} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+            f"{(r.p50_ms - direct.p50_ms) * 1000:+.0f} µs | {r.p99_ms / direct.p99_ms:.2f}x |"
+        )
     return "\n".join(rows)
 
 
@@ -233,14 +264,19 @@ def _host_python_httptools() -> str | None:
     """The httptools version the host's python3 imports ("" when none); None without a python3."""
     if not Path(HOST_PYTHON).exists():
         return None
-    probe = subprocess.run([HOST_PYTHON, "-c", "import httptools; print(httptools.__version__)"],
-                           capture_output=True, text=True, cwd="/")
+    probe = subprocess.run(
+        [HOST_PYTHON, "-c", "import httptools; print(httptools.__version__)"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     return probe.stdout.strip() if probe.returncode == 0 else ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target; medians reported")
     parser.add_argument("--connections", type=int, default=50)
@@ -288,8 +324,13 @@ def main() -> None:
         config = tmp / "caddy.json"
         config.write_text(json.dumps(_caddy_config(caddy_port, up)))
         env = {**os.environ, "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp), "HOME": str(tmp)}
-        targets.append(("Caddy 2.6 reverse_proxy", caddy_port,
-                        spawn([CADDY, "run", "--config", str(config)], caddy_port, env)))
+        targets.append(
+            (
+                "Caddy 2.6 reverse_proxy",
+                caddy_port,
+                spawn([CADDY, "run", "--config", str(config)], caddy_port, env),
+            )
+        )
 
         for _, port, _ in targets:  # warm up every target (connection pools, caches) before measuring
             _wrk("warm-up", port, 1, args.connections)
@@ -316,8 +357,10 @@ def main() -> None:
     latency = _latency_table([_median(rounds) for rounds in single])
     print(table, latency, sep="\n\n")
     if not args.no_write:
-        command = (f".venv/bin/python bench/router.py --duration {args.duration} "
-                   f"--rounds {args.rounds} --connections {args.connections}")
+        command = (
+            f".venv/bin/python bench/router.py --duration {args.duration} "
+            f"--rounds {args.rounds} --connections {args.connections}"
+        )
         minutes = len(loaded) * 2 * args.rounds * (args.duration + 1) // 60 + 1
         _write_section(
             f"## Router\n\n"
@@ -328,7 +371,7 @@ def main() -> None:
             f"without a path run under the venv's Python with httptools {_version('httptools')} or "
             f"h11 {_version('h11')}; the `{HOST_PYTHON}` row runs as the agent does on a server: the "
             f"host's Python, h11 beside tako_core as in the zipapp, and the distribution's httptools "
-            f"if any (picked automatically). \"switching\" swaps the route between two app processes "
+            f'if any (picked automatically). "switching" swaps the route between two app processes '
             f"every 100 ms and drains the old one, as a rollout does, while wrk runs.\n\n"
             f"### Under load: `wrk -t2 -c{args.connections} -d{args.duration}s --latency`, "
             f"after a 1 s warm-up\n\n{table}\n\n"
@@ -345,7 +388,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "upstream":
         asyncio.run(_serve_upstream(int(sys.argv[2])))
     elif len(sys.argv) > 5 and sys.argv[1] == "router":
-        asyncio.run(_serve_router(int(sys.argv[2]), [int(p) for p in sys.argv[3].split(",")], sys.argv[4],
-                                  float(sys.argv[5])))
+        asyncio.run(
+            _serve_router(
+                int(sys.argv[2]), [int(p) for p in sys.argv[3].split(",")], sys.argv[4], float(sys.argv[5])
+            )
+        )
     else:
         main()
