@@ -407,7 +407,7 @@ async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     (agent.root / "uploads/e1.tar.gz").write_bytes(evil.getvalue())
-    with pytest.raises(AgentReplyError, match="cannot unpack"):
+    with pytest.raises(AgentReplyError, match="unsafe path in the archive"):
         await client.prepare(
             "evil", "prod", "e1", "e1.tar.gz", install=None, env_vars={}, secrets={}, on_output=lambda _: None
         )
@@ -501,7 +501,7 @@ async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentP
         with pytest.raises(AgentReplyError, match="stopped by a cleanup"):
             await preparing
         assert not (agent.root / "apps/race/prod/releases/r1").exists()
-        assert not list((agent.root / "uploads").glob("race-prod-r1.*"))
+        assert not list((agent.root / "uploads").glob(f"{upload_name('race', 'prod', 'r1')}.*"))
         install_pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{install_pid}")
     finally:

@@ -100,6 +100,7 @@ def pack(dest: Path, version: str, mode: str = "ok", extra: dict[str, str] | Non
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
     return dest
 

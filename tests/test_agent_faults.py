@@ -1,0 +1,122 @@
+"""Faults the agent survives, with a real agent process: a full disk during extract, archive bombs,
+upload names of different apps, an oversized lease holder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tako_core.agent.contract import upload_name
+from tako_core.transport.agent_client import AgentClient, AgentReplyError
+from tests.agentkit.kit import START, AgentProcess, get, pack, start_agent
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    base = tmp_path_factory.mktemp("agent")
+    process = start_agent(base / "root", base / "pyz")
+    yield process
+    process.stop()
+    assert process.proc.returncode == 0
+
+
+@pytest.fixture
+async def client(agent: AgentProcess) -> AsyncIterator[AgentClient]:
+    c = await agent.client()
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def small_disk(agent: AgentProcess) -> Iterator[Path]:
+    """apps/full on its own 4 MiB tmpfs with 400 inodes (the tests run as root)."""
+    mount = agent.root / "apps" / "full"
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=400", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def prepare(client: AgentClient, agent: AgentProcess, app: str, build: str, **extra: str) -> None:
+    upload = f"{upload_name(app, 'prod', build)}.tar.zst"
+    pack(agent.root / "uploads" / upload, build, extra=extra)
+    await client.prepare(
+        app, "prod", build, upload, install=None, env_vars={}, secrets={}, on_output=lambda _: None
+    )
+
+
+def many_files(path: Path, count: int) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(count):
+            tar.addfile(tarfile.TarInfo(f"f{i}"))
+    return path
+
+
+async def test_disk_full_during_extract_is_a_clean_error_and_current_stays(
+    agent: AgentProcess, client: AgentClient, small_disk: Path
+) -> None:
+    await prepare(client, agent, "full", "f1")
+    await client.rollout(
+        "full",
+        "prod",
+        "f1",
+        start=START,
+        instances=1,
+        health_path="/health",
+        routes=["full.test"],
+        env_vars={},
+        secrets={},
+        on_progress=lambda _d, _t: None,
+    )
+    await client.finalize("full", "prod", "f1")
+    releases = small_disk / "prod" / "releases"
+
+    # 32 MiB of zeros (a few KB packed) on a 4 MiB disk: refused while streaming, before it fills.
+    with pytest.raises(AgentReplyError, match="more than this server can hold") as bomb:
+        await prepare(client, agent, "full", "f2", big="\0" * (32 << 20))
+    assert "Traceback" not in bomb.value.message
+    # More members than the disk has inodes.
+    upload = f"{upload_name('full', 'prod', 'f3')}.tar.gz"
+    many_files(agent.root / "uploads" / upload, 1000)
+    with pytest.raises(AgentReplyError, match="more than this server can hold"):
+        await client.prepare(
+            "full", "prod", "f3", upload, install=None, env_vars={}, secrets={}, on_output=lambda _: None
+        )
+
+    assert sorted(p.name for p in releases.iterdir()) == ["f1"]  # nothing half-written
+    assert os.readlink(small_disk / "prod" / "current") == "releases/f1"
+    assert await get(agent.http_port, "full.test") == (200, "f1")
+
+
+async def test_upload_names_of_different_apps_never_meet(agent: AgentProcess, client: AgentClient) -> None:
+    assert upload_name("a-b", "c", "x1") != upload_name("a", "b-c", "x1")
+    upload = agent.root / "uploads" / f"{upload_name('a-b', 'c', 'x1')}.tar.zst"
+    pack(upload, "from-a-b")
+    pack(agent.root / "uploads" / f"{upload_name('a', 'b-c', 'x1')}.tar.zst", "from-a")
+    await client.prepare(
+        "a-b",
+        "c",
+        "x1",
+        str(upload.relative_to(agent.root / "uploads")),
+        install=None,
+        env_vars={},
+        secrets={},
+        on_output=lambda _: None,
+    )
+    assert (agent.root / "apps/a-b/c/releases/x1/version.txt").read_text() == "from-a-b\n"
+
+
+async def test_an_oversized_lease_holder_is_refused(client: AgentClient) -> None:
+    with pytest.raises(AgentReplyError, match="at most 200 characters"):
+        await client.lease_acquire("big", "prod", "x" * 900_000, "b1")
+    with pytest.raises(AgentReplyError, match="printable"):
+        await client.lease_acquire("big", "prod", "alice\n\x1b[2J", "b1")
+    info = await client.lease_acquire("big", "prod", "alice@laptop (deploy 1a2b3c)", "b1")
+    assert info.holder == "alice@laptop (deploy 1a2b3c)"
