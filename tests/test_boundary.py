@@ -81,3 +81,17 @@ def test_front_ends_do_not_import_the_agent() -> None:
                 names = [f"{node.module}.{a.name}" for a in node.names]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith(banned)]
     assert offenders == []
+
+
+def test_the_agent_package_docstring_maps_every_module() -> None:
+    import tako_core.agent as agent
+
+    assert agent.__doc__ is not None
+    mapped: set[str] = set()
+    for line in agent.__doc__.splitlines():
+        if line.startswith("    ") and not line.startswith("     "):
+            names, _, _ = line.strip().partition("  ")
+            mapped.update(name.strip() for name in names.split(","))
+    package = Path(agent.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    assert mapped == modules

@@ -479,6 +479,20 @@ async def test_pipelined_requests_answered_in_order(router: Router, apps: Callab
     c.close()
 
 
+async def test_trailers_never_become_request_headers(router: Router, apps: Callable[[str], App]) -> None:
+    a = await apps("a").start()
+    router.set_route("a", ["a.test"], [a.upstream])
+    c = await client(router)
+    assert c.writer is not None
+    c.writer.write(b"POST /headers HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"3\r\nabc\r\n0\r\nX-Trailer: dropped\r\n\r\n")  # head, body and trailer in one read
+    c.expect("POST", "/headers")
+    reply = await c.response()
+    assert reply.status == 200
+    assert "x-trailer" not in json.loads(reply.body)
+    c.close()
+
+
 async def test_expect_100_continue(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
     router.set_route("a", ["a.test"], [a.upstream])

@@ -5,23 +5,30 @@ and runs on the server's own python3 (3.10+), so it imports only the stdlib, `ta
 `tako_core/mask.py`, itself and h11 (pure Python, bundled). The client's side is
 tako_core/transport/agent_client.py; `contract` is the one module both ends import.
 
-    contract    the wire contract: framing, error codes, the Op registry, every result and event
-    server      the unix socket: NDJSON requests in, tagged events and results out, multiplexed by id
-    service     what each op does: one Agent method per Op, bound with @handles
-    params      typed access to a request's parameters, validated (a BAD_REQUEST otherwise)
-    leases      one deploy per app/env at a time, kept in run/leases.json across restarts
-    releases    release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
-    extract     unpacking an uploaded tar.zst or tar.gz safely
-    runs        release commands, detached from any client, their logs resumable by byte offset
-    procs       child processes: their environment, their own process group, their output, killing them
-    rollout     the instances of one app/env and their rolling update, kept in state.json for restarts
-    instances   one instance: the app's `start` process on a loopback port, restarted when it dies
-    health      probing an instance's health path over loopback HTTP
-    router      the HTTP/1.1 router: Host-based routing to instances, switched atomically in a rollout
-    http1       HTTP/1.1 parsing for the router: one event stream over httptools or the bundled h11
-    layout      where things live under ROOT, and the names allowed in paths
-    daemon      running the agent: one per root (a file lock), its router, socket, log and pid file
-    cli         the command line: `serve [--detach]` and `version`
-    __main__    `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
-    compat      the Python 3.10 differences the agent must honour
+    contract       the wire contract: framing, error codes, the Op registry, every result and event
+    server         the unix socket: NDJSON requests in, tagged events and results out, multiplexed by id
+    service        what each op does: one Agent method per Op, bound with @handles
+    params         typed access to a request's parameters, validated (a BAD_REQUEST otherwise)
+    leases         one deploy per app/env at a time, kept in run/leases.json across restarts
+    releases       release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
+    extract        unpacking an uploaded tar.zst or tar.gz safely
+    runs           release commands, detached from any client, their logs resumable by byte offset
+    procs          child processes: their environment, their own process group, their output, killing them
+    rollout        the instances of one app/env and their rolling update, kept in state.json for restarts
+    instances      one instance: the app's `start` process on a loopback port, restarted when it dies
+    health         probing an instance's health path over loopback HTTP
+    router         the HTTP router's public side (Router, Upstream): listening, a task per client, idle sweeps
+    route_table    pure logic: Host -> route -> upstream (round robin), atomic switches, in-flight, drains
+    upstream_pool  connections to one upstream: idle keep-alive ones reused, new ones opened with a deadline
+    stream         one asyncio Protocol per socket (client or upstream): reads, writes, flow control
+    proxy          one proxied exchange: request forwarded, response relayed, bodies re-framed, tunnels
+    heads          the heads the router writes: to upstreams (hop-by-hop dropped, X-Forwarded-*), to clients
+    http1          HTTP/1.1 parsing: typed events, the framing and smuggling rules, one Parser protocol
+    http1_llhttp   the parser over httptools (llhttp), used where the host has it
+    http1_h11      the parser over the bundled pure-Python h11, used elsewhere
+    layout         where things live under ROOT, and the names allowed in paths
+    daemon         running the agent: one per root (a file lock), its router, socket, log and pid file
+    cli            the command line: `serve [--detach]` and `version`
+    __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
+    compat         the Python 3.10 differences the agent must honour
 """
