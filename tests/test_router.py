@@ -292,11 +292,16 @@ async def test_routes_by_host_case_and_port_insensitive(router: Router, apps: Ca
     c.close()
 
 
-async def test_one_routed_app_takes_any_host(router: Router, apps: Callable[[str], App]) -> None:
-    a = await apps("a").start()
+async def test_only_an_app_without_hosts_takes_any_host(router: Router, apps: Callable[[str], App]) -> None:
+    a, b = await apps("a").start(), await apps("b").start()
     router.set_route("a", ["a.test"], [a.upstream])
     c = await client(router)
-    assert (await c.request(host="10.0.0.1:80")).body == b"a"
+    # A single route with hosts is no catch-all: an attacker's Host never reaches the app.
+    assert (await c.request(host="evil.attacker.test")).status == 404
+    router.set_route("b", [], [b.upstream])  # an env without `route` asks for every other Host
+    assert (await c.request(host="10.0.0.1:80")).body == b"b"
+    assert (await c.request(host="a.test")).body == b"a"
+    router.remove_route("b")
     router.remove_route("a")
     assert (await c.request(host="a.test")).status == 404  # nothing routed
     c.close()
@@ -394,8 +399,8 @@ async def test_connection_close_either_side(router: Router, apps: Callable[[str]
 
 async def test_http10_clients(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
-    router.set_route("a", ["a.test"], [a.upstream])
-    raw = await raw_exchange(router.port, b"GET / HTTP/1.0\r\n\r\n")  # no Host: the only app
+    router.set_route("a", [], [a.upstream])
+    raw = await raw_exchange(router.port, b"GET / HTTP/1.0\r\n\r\n")  # no Host: the catch-all app
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert raw.endswith(b"\r\n\r\na")
     # A chunked upstream answer reaches an HTTP/1.0 client delimited by close.
