@@ -498,12 +498,34 @@ async def test_forwarded_headers(router: Router, apps: Callable[[str], App]) -> 
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-host"] == "a.test:8080"
     assert seen["host"] == "a.test:8080"
-    # From a loopback TLS terminator the chain is kept and extended.
-    seen = json.loads((await c.request("GET", "/headers", headers=[
-        ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https")])).body)
-    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
-    assert seen["x-forwarded-proto"] == "https"
+    # From a client that is no configured proxy (loopback or not) nothing forwarding gets through.
+    forged = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https"),
+              ("Forwarded", "for=1.2.3.4"), ("X-Real-IP", "1.2.3.4"),
+              ("X_Forwarded_For", "1.2.3.4"), ("x-real_ip", "1.2.3.4")]
+    seen = json.loads((await c.request("GET", "/headers", headers=forged)).body)
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert not {"forwarded", "x-real-ip", "x_forwarded_for", "x-real_ip"} & set(seen)
     c.close()
+
+
+async def test_forwarded_headers_of_a_trusted_proxy(backend: str, apps: Callable[[str], App]) -> None:
+    r = Router("127.0.0.1", 0, backend=backend, trusted_proxies=["127.0.0.1"])
+    await r.start()
+    try:
+        a = await apps("a").start()
+        r.set_route("a", ["a.test"], [a.upstream])
+        c = await Client(r.port).open()
+        seen = json.loads((await c.request("GET", "/headers", headers=[
+            ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https"), ("X-Real-IP", "203.0.113.9"),
+            ("X_Forwarded_For", "1.2.3.4")])).body)
+        assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"  # the chain kept and extended
+        assert seen["x-forwarded-proto"] == "https"
+        assert seen["x-real-ip"] == "203.0.113.9"
+        assert "x_forwarded_for" not in seen  # underscore spellings never pass
+        c.close()
+    finally:
+        await r.stop()
 
 
 # --- refusals -------------------------------------------------------------------------------------
