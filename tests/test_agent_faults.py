@@ -3,6 +3,7 @@ upload names of different apps, an oversized lease holder."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import tarfile
@@ -120,3 +121,46 @@ async def test_an_oversized_lease_holder_is_refused(client: AgentClient) -> None
         await client.lease_acquire("big", "prod", "alice\n\x1b[2J", "b1")
     info = await client.lease_acquire("big", "prod", "alice@laptop (deploy 1a2b3c)", "b1")
     assert info.holder == "alice@laptop (deploy 1a2b3c)"
+
+
+async def test_stalled_posts_never_silence_the_control_socket(tmp_path: Path) -> None:
+    """With the fd limit at 96, 100 stalled POSTs from one client once left the agent deaf."""
+    agent = start_agent(
+        tmp_path / "root", tmp_path / "pyz", extra=["--trusted-proxy", "127.0.0.9"], max_fds=96
+    )
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        client = await agent.client()
+        await prepare(client, agent, "slow", "s1")
+        await client.rollout(
+            "slow",
+            "prod",
+            "s1",
+            start=START,
+            instances=1,
+            health_path="/health",
+            routes=["slow.test"],
+            env_vars={},
+            secrets={},
+            on_progress=lambda _d, _t: None,
+        )
+        await client.close()
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", agent.http_port)
+            except OSError:
+                continue
+            opened.append(writer)
+            writer.write(b"POST / HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 100\r\n\r\n")
+        await asyncio.sleep(1.0)
+        # The router kept a reserve: descriptors are left for the control socket and its replies.
+        assert len(os.listdir(f"/proc/{agent.proc.pid}/fd")) <= 96 - 16
+        fresh = await asyncio.wait_for(agent.client(), 10)  # a new control connection, answered
+        try:
+            assert [s.app for s in await asyncio.wait_for(fresh.status(), 10)] == ["slow"]
+        finally:
+            await fresh.close()
+    finally:
+        for writer in opened:
+            writer.close()
+        agent.stop()

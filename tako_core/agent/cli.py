@@ -14,10 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tako_core
 from tako_core.agent.contract import PROTOCOL_VERSION
 from tako_core.agent.layout import Layout
+
+if TYPE_CHECKING:
+    from tako_core.agent.daemon import Listen
 
 DETACH_TIMEOUT = 20.0
 
@@ -29,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, type=Path, help="the agent's root directory")
     serve.add_argument("--http-host", default="0.0.0.0", help="address the HTTP router binds")
     serve.add_argument("--http-port", type=int, default=80, help="port the HTTP router binds")
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a proxy whose forwarding headers the router keeps (repeatable)",
+    )
     serve.add_argument("--detach", action="store_true", help="daemonize; exit 0 once the socket answers")
     commands.add_parser("version", help="print '<agent version> <protocol version>'")
     return parser
@@ -40,12 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
         return 0
     layout = Layout(args.root.absolute())
+    from tako_core.agent.daemon import Listen
+
+    listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy))
     if args.detach:
-        return _detach(layout, args.http_host, args.http_port)
-    return _serve(layout, args.http_host, args.http_port, None)
+        return _detach(layout, listen)
+    return _serve(layout, listen, None)
 
 
-def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
+def _serve(layout: Layout, listen: Listen, ready_fd: int | None) -> int:
     # Imported here so `version` works even where serving could not (e.g. a missing module).
     from tako_core.agent.daemon import serve, setup_logging
 
@@ -57,7 +71,7 @@ def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
             os.close(ready_fd)
 
     try:
-        asyncio.run(serve(layout, host, port, ready))
+        asyncio.run(serve(layout, listen, ready))
     except Exception as e:
         message = f"tako-agent: {type(e).__name__}: {e}\n"
         if ready_fd is not None:
@@ -68,7 +82,7 @@ def _serve(layout: Layout, host: str, port: int, ready_fd: int | None) -> int:
     return 0
 
 
-def _detach(layout: Layout, host: str, port: int) -> int:
+def _detach(layout: Layout, listen: Listen) -> int:
     """Double-fork into a session of its own; the parent waits for the daemon's word on a pipe."""
     read_fd, write_fd = os.pipe()
     child = os.fork()
@@ -81,7 +95,7 @@ def _detach(layout: Layout, host: str, port: int) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os._exit(_serve(layout, host, port, write_fd))
+        os._exit(_serve(layout, listen, write_fd))
     os.close(write_fd)
     os.waitpid(child, 0)
     answer = b""

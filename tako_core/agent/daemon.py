@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tako_core.agent.layout import Layout, write_private
 from tako_core.agent.router import Router
@@ -41,14 +42,21 @@ def lock_root(layout: Layout) -> int:
     return fd
 
 
-async def serve(
-    layout: Layout, http_host: str, http_port: int, ready: Callable[[], None] | None = None
-) -> None:
+@dataclass(frozen=True)
+class Listen:
+    """Where the router listens, and whose forwarding headers it keeps."""
+
+    host: str
+    port: int
+    trusted_proxies: tuple[str, ...] = ()
+
+
+async def serve(layout: Layout, listen: Listen, ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests."""
     layout.create()
     lock = lock_root(layout)
     try:
-        router = Router(http_host, http_port)
+        router = Router(listen.host, listen.port, trusted_proxies=listen.trusted_proxies)
         await router.start()
         agent = Agent(layout, router)
         server = AgentServer(agent)
@@ -57,7 +65,11 @@ async def serve(
             await server.start(layout.socket)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
             log.info(
-                "agent %d serving on %s, router on %s:%d", os.getpid(), layout.socket, http_host, router.port
+                "agent %d serving on %s, router on %s:%d",
+                os.getpid(),
+                layout.socket,
+                listen.host,
+                router.port,
             )
             if ready:
                 ready()

@@ -221,6 +221,7 @@ def _serve_args(server: Server) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
+        *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
     ]
 
 
