@@ -4,7 +4,9 @@ upload names of different apps, an oversized lease holder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import tarfile
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tako_core.agent.contract import upload_name
+from tako_core.errors import TransportError
 from tako_core.transport.agent_client import AgentClient, AgentReplyError
 from tests.agentkit.kit import START, AgentProcess, get, pack, start_agent
 
@@ -164,3 +167,66 @@ async def test_stalled_posts_never_silence_the_control_socket(tmp_path: Path) ->
         for writer in opened:
             writer.close()
         agent.stop()
+
+
+async def test_an_agent_killed_mid_rollout_comes_back_serving_the_old_build(tmp_path: Path) -> None:
+    agent = start_agent(tmp_path / "root", tmp_path / "pyz")
+    pids: set[int] = set()
+
+    async def roll(client: AgentClient, build: str) -> None:
+        await client.rollout(
+            "kill",
+            "prod",
+            build,
+            start=START,
+            instances=1,
+            health_path="/health",
+            routes=["kill.test"],
+            env_vars={},
+            secrets={},
+            on_progress=lambda _d, _t: None,
+            health_timeout=30,
+        )
+
+    try:
+        client = await agent.client()
+        await prepare(client, agent, "kill", "k1")
+        await roll(client, "k1")
+        await client.finalize("kill", "prod", "k1")
+        upload = f"{upload_name('kill', 'prod', 'k2')}.tar.zst"
+        pack(agent.root / "uploads" / upload, "k2", mode="unhealthy")  # its rollout waits on health
+        await client.prepare(
+            "kill", "prod", "k2", upload, install=None, env_vars={}, secrets={}, on_output=lambda _: None
+        )
+        rolling = asyncio.ensure_future(roll(client, "k2"))
+        await asyncio.sleep(1.0)
+        pids.update(i.pid for s in await (await agent.client()).status() for i in s.instances if i.pid)
+        agent.proc.kill()  # SIGKILL: no shutdown, no state written
+        agent.proc.wait()
+        with pytest.raises((AgentReplyError, ConnectionError, OSError, TransportError)):
+            await rolling
+    finally:
+        agent.stop()
+        for pid in pids:  # a SIGKILLed agent cannot take its instances along
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    restarted = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
+    try:
+        answer: tuple[int, str] | None = None
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                answer = await get(restarted.http_port, "kill.test")
+                if answer == (200, "k1"):
+                    break
+            await asyncio.sleep(0.1)
+        assert answer == (200, "k1")
+        assert os.readlink(restarted.root / "apps/kill/prod/current") == "releases/k1"
+        client = await restarted.client()
+        await prepare(client, restarted, "kill", "k3")
+        await roll(client, "k3")
+        await client.finalize("kill", "prod", "k3")
+        assert await get(restarted.http_port, "kill.test") == (200, "k3")
+        await client.close()
+    finally:
+        restarted.stop()
