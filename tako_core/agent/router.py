@@ -17,8 +17,8 @@ Choices worth knowing:
   (so does the upstream connection it held).
 - Connections are capped overall (from RLIMIT_NOFILE, raised to its hard limit at start, less a
   reserve for the agent's control socket, instances and logs: each client connection may hold an
-  upstream one too) and per client address (configured proxies are exempt); past a cap a new
-  connection gets 503 and is closed.
+  upstream one, and a burst of accepts briefly holds more) and per client address (configured
+  proxies are exempt); past a cap a new connection gets 503 and is closed.
 - While a message is incomplete the router asks Linux for an immediate ACK (TCP_QUICKACK): peers that
   write a head and a body apart with Nagle on would otherwise wait ~40 ms for the delayed ACK.
 - Request smuggling: Content-Length with Transfer-Encoding, conflicting lengths, or a
@@ -143,10 +143,13 @@ class Router:
     async def start(self) -> None:
         limit = raise_fd_limit()
         if self._max_connections is None:
-            self._max_connections = max((limit - min(FD_RESERVE, limit // 2)) // 2, 1)
+            # A third each: client connections, the upstream ones they hold, and a burst of accepts
+            # (asyncio accepts up to `backlog` at once; those past the cap are closed right after).
+            self._max_connections = max((limit - min(FD_RESERVE, limit // 2)) // 3, 1)
+        backlog = min(1024, self._max_connections)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=1024
+            lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=backlog
         )
         self._sweeper = loop.create_task(self._sweep_idle())
 
