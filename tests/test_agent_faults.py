@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +18,8 @@ from tako_core.agent.contract import upload_name
 from tako_core.errors import TransportError
 from tako_core.transport.agent_client import AgentClient, AgentReplyError
 from tests.agentkit.kit import START, AgentProcess, get, pack, start_agent
-
-
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    base = tmp_path_factory.mktemp("agent")
-    process = start_agent(base / "root", base / "pyz")
-    yield process
-    process.stop()
-    assert process.proc.returncode == 0
-
-
-@pytest.fixture
-async def client(agent: AgentProcess) -> AsyncIterator[AgentClient]:
-    c = await agent.client()
-    yield c
-    await c.close()
+from tests.test_agent import agent as agent
+from tests.test_agent import client as client
 
 
 @pytest.fixture
@@ -56,6 +42,22 @@ async def prepare(client: AgentClient, agent: AgentProcess, app: str, build: str
     )
 
 
+async def roll(client: AgentClient, app: str, build: str) -> None:
+    await client.rollout(
+        app,
+        "prod",
+        build,
+        start=START,
+        instances=1,
+        health_path="/health",
+        routes=[f"{app}.test"],
+        env_vars={},
+        secrets={},
+        on_progress=lambda _d, _t: None,
+        health_timeout=30,
+    )
+
+
 def many_files(path: Path, count: int) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for i in range(count):
@@ -67,18 +69,7 @@ async def test_disk_full_during_extract_is_a_clean_error_and_current_stays(
     agent: AgentProcess, client: AgentClient, small_disk: Path
 ) -> None:
     await prepare(client, agent, "full", "f1")
-    await client.rollout(
-        "full",
-        "prod",
-        "f1",
-        start=START,
-        instances=1,
-        health_path="/health",
-        routes=["full.test"],
-        env_vars={},
-        secrets={},
-        on_progress=lambda _d, _t: None,
-    )
+    await roll(client, "full", "f1")
     await client.finalize("full", "prod", "f1")
     releases = small_disk / "prod" / "releases"
 
@@ -135,18 +126,7 @@ async def test_stalled_posts_never_silence_the_control_socket(tmp_path: Path) ->
     try:
         client = await agent.client()
         await prepare(client, agent, "slow", "s1")
-        await client.rollout(
-            "slow",
-            "prod",
-            "s1",
-            start=START,
-            instances=1,
-            health_path="/health",
-            routes=["slow.test"],
-            env_vars={},
-            secrets={},
-            on_progress=lambda _d, _t: None,
-        )
+        await roll(client, "slow", "s1")
         await client.close()
         for _ in range(100):
             try:
@@ -173,32 +153,17 @@ async def test_an_agent_killed_mid_rollout_comes_back_serving_the_old_build(tmp_
     agent = start_agent(tmp_path / "root", tmp_path / "pyz")
     pids: set[int] = set()
 
-    async def roll(client: AgentClient, build: str) -> None:
-        await client.rollout(
-            "kill",
-            "prod",
-            build,
-            start=START,
-            instances=1,
-            health_path="/health",
-            routes=["kill.test"],
-            env_vars={},
-            secrets={},
-            on_progress=lambda _d, _t: None,
-            health_timeout=30,
-        )
-
     try:
         client = await agent.client()
         await prepare(client, agent, "kill", "k1")
-        await roll(client, "k1")
+        await roll(client, "kill", "k1")
         await client.finalize("kill", "prod", "k1")
         upload = f"{upload_name('kill', 'prod', 'k2')}.tar.zst"
         pack(agent.root / "uploads" / upload, "k2", mode="unhealthy")  # its rollout waits on health
         await client.prepare(
             "kill", "prod", "k2", upload, install=None, env_vars={}, secrets={}, on_output=lambda _: None
         )
-        rolling = asyncio.ensure_future(roll(client, "k2"))
+        rolling = asyncio.ensure_future(roll(client, "kill", "k2"))
         await asyncio.sleep(1.0)
         pids.update(i.pid for s in await (await agent.client()).status() for i in s.instances if i.pid)
         agent.proc.kill()  # SIGKILL: no shutdown, no state written
@@ -224,7 +189,7 @@ async def test_an_agent_killed_mid_rollout_comes_back_serving_the_old_build(tmp_
         assert os.readlink(restarted.root / "apps/kill/prod/current") == "releases/k1"
         client = await restarted.client()
         await prepare(client, restarted, "kill", "k3")
-        await roll(client, "k3")
+        await roll(client, "kill", "k3")
         await client.finalize("kill", "prod", "k3")
         assert await get(restarted.http_port, "kill.test") == (200, "k3")
         await client.close()
