@@ -1,4 +1,4 @@
-"""Screenshots of the console (deploy, secrets, releases screens) from real runs, as SVG and PNG.
+"""Screenshots of the consoles (deploy, secrets, releases, `tako console`) from real runs, as SVG, PNG.
 
     .venv/bin/python scripts/screenshots.py
 
@@ -26,12 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from textual.widgets import DataTable, Log  # noqa: E402
+
 from tako_core.config import load_config  # noqa: E402
 from tako_core.demo import APP, ENV, Demo  # noqa: E402
 from tako_core.deploy.inspect import inspect  # noqa: E402
 from tako_core.events import WAITING_FOR_RELEASE, ArtifactBuilt, Event, Phase, State  # noqa: E402
 from tako_core.secrets import SecretsStore, key_env_var, new_exported_key  # noqa: E402
-from tako_tui.app import DeployConsole, ReleasesConsole, SecretsConsole  # noqa: E402
+from tako_tui.app import Console, DeployConsole, ReleasesConsole, SecretsConsole  # noqa: E402
+from tako_tui.commands.console import console_env  # noqa: E402
 from tako_tui.commands.releases import rollback_job  # noqa: E402
 from tako_tui.screens.deploy import DeployScreen  # noqa: E402
 from tests.tui_scenarios import settle, until  # noqa: E402
@@ -181,6 +184,34 @@ async def take_releases(size: tuple[int, int] = (100, 28)) -> Path:
             return Path(app.save_screenshot(filename="releases.svg", path=str(OUT)))
 
 
+async def take_console(size: tuple[int, int] = (100, 28)) -> list[Path]:
+    """`tako console` after a real deploy of the demo: its status view, then its logs view live while
+    a few requests reach every server."""
+    with Demo(3) as demo:
+        target = demo.start()
+        finished = await demo.deploy(lambda event: None, Declined())
+        if not finished.ok:
+            raise SystemExit(f"console: the demo deploy failed: {finished.error}")
+        assert demo.workspace is not None
+        project = demo.workspace / "app"
+        app = Console(APP, [console_env(target)], lambda: SecretsStore.open(project, APP))
+        async with app.run_test(size=size) as pilot:
+            table = app.status_screen.query_one("#status", DataTable)
+            await until(pilot, lambda: table.row_count == 3 and bool(app.status_screen.views), REACH_RELEASE)
+            await pilot.pause()
+            shots = [Path(app.save_screenshot(filename="console.svg", path=str(OUT)))]
+            await pilot.press("l")
+            for _ in range(3):
+                await asyncio.to_thread(demo.answers)
+            log = app.screen.query_one("#logs", Log)
+            await until(
+                pilot, lambda: sum("GET / 200" in str(line) for line in log.lines) >= 9, REACH_RELEASE
+            )
+            await pilot.pause()
+            shots.append(Path(app.save_screenshot(filename="console-logs.svg", path=str(OUT))))
+            return shots
+
+
 @contextmanager
 def exported_keys(envs: tuple[str, ...]) -> Iterator[None]:
     """Fresh keys in TAKO_SECRETS_KEY_<ENV>, as CI passes them (no keyring), for the run only."""
@@ -262,7 +293,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     converter = rsvg_convert()
     svgs = [asyncio.run(take(shot)) for shot in SHOTS]
-    svgs += [asyncio.run(take_secrets()), asyncio.run(take_releases())]
+    svgs += [asyncio.run(take_secrets()), asyncio.run(take_releases()), *asyncio.run(take_console())]
     for svg in svgs:
         png = to_png(svg, converter)
         print(f"{svg.relative_to(ROOT)}  {png.relative_to(ROOT)}")

@@ -77,6 +77,7 @@ class DeployStarted(_Event):
     servers: tuple[str, ...]
     leader: str
     release: str | None  # the command, or None when the gate is skipped
+    rollback_to: str | None = None  # set when this run rolls back to a kept build instead of deploying
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

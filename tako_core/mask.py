@@ -1,10 +1,12 @@
-"""Masking secret values in output: in single strings and in byte streams cut into lines.
+"""Masking secret values in output: in single strings, in byte streams cut into lines, and in byte
+streams passed on as they come (a terminal's).
 
 Stdlib only: both the client and the agent (inside its zipapp) use it.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable
 
@@ -31,6 +33,8 @@ class Masker:
         # The stream form, for cutting lines: only what can occur within one line.
         encoded = [s.encode() for s in secrets if "\n" not in s]
         self._bytes = re.compile(b"|".join(map(re.escape, encoded))) if encoded else None
+        self._encoded = encoded
+        self._starts = {s[0] for s in encoded}
         self.longest = max(map(len, encoded), default=0)  # in bytes
 
     def __bool__(self) -> bool:
@@ -51,6 +55,16 @@ class Masker:
                 if match.start() < at < match.end():
                     return match.end()
         return at
+
+    def unfinished(self, data: bytes) -> int:
+        """The length of the longest end of `data` that begins a secret without completing it:
+        what to hold back until the next bytes tell whether the secret follows."""
+        for start in range(max(len(data) - self.longest + 1, 0), len(data)):
+            if data[start] in self._starts:
+                tail = data[start:]
+                if any(s.startswith(tail) for s in self._encoded):
+                    return len(tail)
+        return 0
 
 
 class LineSplitter:
@@ -87,3 +101,26 @@ class LineSplitter:
 
     def _line(self, raw: bytes) -> str:
         return self._mask(raw.rstrip(b"\r").decode("utf-8", "replace"))
+
+
+class ChunkMasker:
+    """Masks a byte stream passed on in chunks as they arrive (a terminal's output, where a prompt
+    never ends its line): each chunk comes out at once, but for an end that begins a secret, held
+    until the next chunk completes it or shows it is not one."""
+
+    def __init__(self, masker: Masker) -> None:
+        self._mask = masker
+        self._pending = b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, chunk: bytes) -> str:
+        data = self._pending + chunk
+        # No secret straddles the cut: one that began before the held end would be held too.
+        cut = self._mask.safe_cut(data, len(data) - self._mask.unfinished(data))
+        self._pending = data[cut:]
+        return self._mask(self._decoder.decode(data[:cut]))
+
+    def close(self) -> str:
+        """The rest of the stream, once it ended."""
+        rest, self._pending = self._pending, b""
+        return self._mask(self._decoder.decode(rest, final=True))

@@ -46,3 +46,17 @@ def ago(stamp: float, now: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.0f}{unit} ago"
     return f"{seconds:.0f}s ago"
+
+
+_SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_span(text: str) -> float | None:
+    """ "90", "90s", "10m", "2h", "1d" as seconds; None when it is none of these."""
+    text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SPANS else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return value * _SPANS[unit] if value >= 0 else None

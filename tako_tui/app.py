@@ -22,7 +22,8 @@ import asyncio
 import gc
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
+from tako_core.deploy.inspect import ServerView
 from tako_core.events import DeployFinished, Job
 from tako_core.secrets import SecretsStore
 
@@ -37,8 +39,10 @@ from .bridge import EventBridge
 from .screens.confirm import ConfirmScreen
 from .screens.deploy import DeployScreen
 from .screens.help import HelpScreen
+from .screens.logs import Follow, LogsScreen
 from .screens.releases import Load, ReleasesScreen
 from .screens.secrets import SecretsScreen
+from .screens.status import StatusScreen
 
 T = TypeVar("T")
 
@@ -276,6 +280,91 @@ class ReleasesConsole(JobConsole):
 
     def _roll_back(self, build: str) -> None:
         self.start(self._rollback(build))
+
+
+@dataclass(frozen=True)
+class ConsoleEnv:
+    """What `tako console` can do with one env; the CLI builds it over the core."""
+
+    name: str
+    servers: list[str]
+    instances: int  # per server
+    load: Load  # the servers' status and kept releases
+    follow: Follow  # the instances' output, live
+    deploy: Callable[[], Job]  # a deploy, already confirmed on the console
+    rollback: Callable[[str], Job]  # a rollback to a build, already confirmed
+
+
+class Console(JobConsole):
+    """`tako console`: the status of every env first; from there its logs, releases (rollback),
+    secrets, and a deploy, which runs on the deploy screen and comes back here when it is over."""
+
+    CSS_PATH = [
+        *JobConsole.CSS_PATH,
+        STYLES / "releases.tcss",
+        STYLES / "secrets.tcss",
+        STYLES / "status.tcss",
+    ]
+
+    def __init__(
+        self,
+        app_name: str,
+        envs: list[ConsoleEnv],
+        secrets: Callable[[], SecretsStore],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(title=f"tako · {app_name}", job_title=app_name, clock=clock)
+        self._app_name = app_name
+        self._envs = {e.name: e for e in envs}
+        self._secrets = secrets
+        self._clock = clock
+        self.status_screen = StatusScreen(app_name, list(self._envs), self._load, self._act, now=clock)
+
+    def get_default_screen(self) -> StatusScreen:
+        return self.status_screen
+
+    def _load(self, env: str) -> Awaitable[list[ServerView]]:
+        return self._envs[env].load()
+
+    def _act(self, what: str, env_name: str) -> None:
+        env, title = self._envs[env_name], f"{self._app_name} → {env_name}"
+        if what == "logs":
+            self.push_screen(LogsScreen(title, env.servers, env.follow, several=env.instances > 1))
+        elif what == "releases":
+
+            def roll_back(build: str) -> None:
+                self._run(f"{title} rollback", env.rollback(build))
+
+            self.push_screen(ReleasesScreen(env.load, roll_back, title=title, now=self._clock))
+        elif what == "secrets":
+            self.push_screen(SecretsScreen(self._secrets(), list(self._envs), env_name))
+        elif what == "deploy":
+            question = f"Deploy {self._app_name} to {env_name} ({', '.join(env.servers)})?"
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._run(title, env.deploy())
+
+            self.push_screen(ConfirmScreen(question, title="Deploy", yes="Deploy", no="Cancel"), answered)
+
+    def _run(self, title: str, job: Job) -> None:
+        """A job on a fresh deploy screen: one at a time, each with its own verdict."""
+        if self.running:
+            self.notify("A deploy is running: wait for it to end.", severity="warning")
+            return
+        self.deploy_screen = DeployScreen(title, self._clock)
+        self.bridge = EventBridge(self.deploy_screen)
+        self.worker = None
+        self.start(job)
+
+    async def action_quit(self) -> None:
+        if self.screen is self.deploy_screen and not self.running:
+            while len(self.screen_stack) > 1:  # back home (the status), to see what it changed
+                self.pop_screen()
+            self.status_screen.action_refresh()
+        else:
+            await super().action_quit()
 
 
 class SecretsConsole(TakoApp[None]):

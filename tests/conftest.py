@@ -23,6 +23,7 @@ import pytest
 
 from tako_core.config import add_server
 from tako_core.demo.processes import end_processes_under
+from tests.container import Container, missing_tools, start_container, stop_container
 from tests.delayproxy import DelayProxy, Link, via_proxy
 from tests.fleet import Fleet, FleetServer, HostPool, Kind, default_kind
 from tests.tmux import Tmux
@@ -125,3 +126,20 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
         subprocess.run(
             ["tmux", "-L", mux.socket, "kill-server"], capture_output=True, check=False, timeout=10
         )
+
+
+@pytest.fixture(scope="session")
+def container() -> Iterator[Container]:
+    """A booted systemd (Debian in systemd-nspawn) for the session, powered off at its end; see
+    tests/container.py. Missing tools skip the test, except in CI where they fail it."""
+    missing = missing_tools()
+    if missing:
+        message = f"{', '.join(missing)} missing: apt-get install mmdebstrap systemd-container"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    booted, workdir = start_container()
+    try:
+        yield booted
+    finally:
+        stop_container(booted, workdir)

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import getpass
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -24,13 +25,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import asyncssh
 
+from tako_core.agent.accounts import account_name
 from tako_core.config import Server, add_server
 from tako_core.demo.processes import end_processes_under
 from tako_core.transport.inprocess import LocalSSHHost, known_hosts_line, write_host_key
@@ -369,6 +371,7 @@ class Fleet:
         self.tako_home = tako_home
         # Short paths: ROOT/run/tako.sock must stay under the 108-byte unix socket limit.
         self._dir = Path(tempfile.mkdtemp(prefix="tkf"))
+        self._dir.chmod(0o711)  # apps run as their own users (an agent as root): they must reach their root
         self.known_hosts = self._dir / "known_hosts"
         self.servers: list[FleetServer] = []
 
@@ -410,7 +413,17 @@ class Fleet:
     def close(self) -> None:
         """Stop every agent (and anything else) that runs under one of this fleet's roots."""
         end_processes_under(self._dir, term_wait=3.0)
+        remove_app_users(self._dir.glob("*/apps/*/*"))
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def remove_app_users(env_dirs: Iterable[Path]) -> None:
+    """Remove the Unix user (and its group) an agent running as root made for each app/env dir."""
+    for env_dir in env_dirs:
+        name = account_name(env_dir.parent.name, env_dir.name)
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            subprocess.run(["userdel", name], check=False, capture_output=True, timeout=30)
 
 
 def write_app(

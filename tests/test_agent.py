@@ -18,7 +18,7 @@ import pytest
 from tako_core.agent.contract import MAX_OUTPUT_LINE, Op, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
-from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, RunResult
+from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, LogEntry, RunResult
 from tests.agentkit.kit import START, AgentProcess, Load, get, pack, start_agent
 from tests.procs import alive
 
@@ -147,7 +147,10 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert len(status.instances) == 1
     state = agent.root / "apps/shop/prod/state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
-    logs = await client.logs("shop", "prod", 50)
+    entries: list[LogEntry] = []
+    await client.logs("shop", "prod", entries.append, lines=50)
+    logs = [e.line for e in entries]
+    assert {e.source for e in entries} == {"b1#0"}
     assert any("sample app b1 starting" in line for line in logs)
     assert all(SECRET not in line for line in logs)
     assert any("secret is ***" in line for line in logs)

@@ -132,6 +132,8 @@ def test_nested_messages_ignore_unknown_fields_and_fill_defaults() -> None:
         "current": "b1",
         "running": "b1",
         "routes": ["shop.test"],
+        "user": "tako-shop-prod",
+        "shares_agent_user": False,
         "instances": [{**instance, "memory": 1 << 20}],
         "lease": lease,
         "paused": False,
@@ -147,6 +149,8 @@ def test_nested_messages_ignore_unknown_fields_and_fill_defaults() -> None:
                 routes=("shop.test",),
                 instances=(InstanceStatus(**instance),),
                 lease=LeaseInfo(holder="ann", build="b1", started_at=1.5, ttl=30.0),
+                user="tako-shop-prod",
+                shares_agent_user=False,
             ),
         )
     )

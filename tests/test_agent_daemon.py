@@ -20,7 +20,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
 
 
 def system_python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(cwd)}
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(cwd), "TAKO_APP_USERS": "0"}
     return subprocess.run(
         [SYSTEM_PYTHON, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=False
     )

@@ -299,6 +299,24 @@ async def test_build_id_clean_dirty_and_untracked(tmp_path: Path) -> None:
     assert re.fullmatch(rf"{commit}-[0-9a-f]{{8}}", (await build(project, tmp_path / "c")).build)
 
 
+async def test_a_dirty_build_says_why(tmp_path: Path) -> None:
+    """An untracked .tako/ (tako's own files) makes every build id dirty: the artifact says so, and
+    that committing .tako/ is the cure."""
+    project = tmp_path / "p"
+    commit = make_repo(project, {"app.py": "v1\n"})
+    assert (await build(project, tmp_path / "c")).dirty is None
+    (project / ".tako").mkdir()
+    (project / ".tako" / "secrets.json").write_text("{}")
+    (project / "app.py").write_text("v2\n")
+    artifact = await build(project, tmp_path / "c")
+    assert artifact.build.startswith(commit + "-")
+    assert artifact.dirty is not None
+    assert artifact.dirty.startswith(f"build {commit} has changes not committed to git: ")
+    assert "app.py" in artifact.dirty
+    assert ".tako/" in artifact.dirty
+    assert "commit .tako/" in artifact.dirty
+
+
 async def test_build_id_without_git_or_without_commit(tmp_path: Path) -> None:
     project = tmp_path / "p"
     write(project, {"app.py": "x"})

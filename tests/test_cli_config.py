@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tako_core.config import load_config, load_inventory
+from tako_core.secrets import SecretsStore, new_exported_key
 from tako_tui.cli import main
 
 TAKO = Path(sys.executable).parent / "tako"
@@ -57,7 +58,9 @@ def test_show_json_release_and_leader(servers: Path, tmp_path: Path, case: str) 
     )
     result = tako("config", "show", "--env", "production", "--json", "-c", str(path))
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    shown = json.loads(result.stdout)
+    del shown["secrets_key"]  # whether this machine has a keyring: see test_show_lists_secret_names
+    assert shown == {
         "app": "shop",
         "env": "production",
         "servers": ["web-2", "web-1"],
@@ -65,6 +68,7 @@ def test_show_json_release_and_leader(servers: Path, tmp_path: Path, case: str) 
         "release": expected,
         "release_timeout": 600,
         "vars": {"A": "1", "B": "2"},
+        "secrets": [],
     }
 
 
@@ -100,7 +104,35 @@ def test_show_text(servers: Path, tmp_path: Path) -> None:
     assert "servers          web-1 (leader), web-2" in lines
     assert "release          ./migrate" in lines
     assert "release_timeout  600s" in lines
-    assert lines[-2:] == ["vars", "  A=1"]
+    assert lines[-3:-1] == ["vars", "  A=1"]
+    assert lines[-1].startswith("secrets          - (key ")
+
+
+def test_show_lists_secret_names_and_whether_the_key_is_here(
+    servers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names, never the values; the key available (from the env var) or not, and why not."""
+    path = tmp_path / "tako.toml"
+    path.write_text('name = "shop"\n[envs.production]\nservers = ["web-1"]\n')
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    monkeypatch.setenv("TAKO_SECRETS_KEY_PRODUCTION", new_exported_key())
+    store = SecretsStore.open(tmp_path, "shop")
+    store.set("production", "DB_URL", "postgres://very-secret")
+    store.set("production", "API_TOKEN", "tok-very-secret")
+    store.save()
+    here = run_tako(tmp_path, "config", "show")
+    assert here.returncode == 0, here.stderr
+    assert here.stdout.splitlines()[-1] == "secrets          API_TOKEN, DB_URL (key available)"
+    assert "very-secret" not in here.stdout
+    shown = json.loads(run_tako(tmp_path, "config", "show", "--json").stdout)
+    assert (shown["secrets"], shown["secrets_key"]) == (["API_TOKEN", "DB_URL"], True)
+
+    monkeypatch.delenv("TAKO_SECRETS_KEY_PRODUCTION")
+    away = run_tako(tmp_path, "config", "show")
+    assert away.returncode == 0, away.stderr
+    assert "secrets          API_TOKEN, DB_URL (key not available: " in away.stdout
+    assert "TAKO_SECRETS_KEY_PRODUCTION is not set" in away.stdout
+    assert json.loads(run_tako(tmp_path, "config", "show", "--json").stdout)["secrets_key"] is False
 
 
 def test_show_needs_env_when_there_are_several(servers: Path, tmp_path: Path) -> None:
@@ -177,6 +209,8 @@ def test_missing_config(tako_home: Path, tmp_path: Path) -> None:
     [
         ({"requirements.txt": "flask\n"}, "python", "pip install -r requirements.txt"),
         ({"pyproject.toml": "[project]\nname = 'x'\n", "manage.py": ""}, "python", "manage.py migrate"),
+        # `pip install .` builds the app's own code: its install is reused only while that is unchanged.
+        ({"pyproject.toml": "[project]\nname = 'x'\n"}, "python", 'install_inputs = ["**/*.py"]'),
         (
             {"package.json": '{"scripts": {"build": "vite build", "start": "node ."}}'},
             "node",
@@ -184,6 +218,8 @@ def test_missing_config(tako_home: Path, tmp_path: Path) -> None:
         ),
         ({"package.json": "not json"}, "node", 'start = "node server.js"'),
         ({"package.json": "{}", "bun.lockb": ""}, "bun", "bun install --production"),
+        ({"app.py": "print('hi')\n"}, "python", 'start = "python3 app.py"'),
+        ({"main.py": ""}, "python", 'start = "python3 main.py"'),
         ({}, None, "# preset ="),
     ],
 )
@@ -203,6 +239,7 @@ def test_init_detects_the_project(
     config = load_config(project / "tako.toml")  # what init writes always loads
     assert (config.name, config.preset) == ("my-shop-2", preset)
     assert list(config.envs) == ["production"]
+    assert "commit tako.toml and .tako/" in result.stderr
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from tako_core.demo.workspace import SECRET_VALUE
 TAKO = [sys.executable, "-m", "tako_tui.cli"]
 WORKSPACE = re.compile(r"^Workspace: (\S+)$", re.MULTILINE)
 URL = re.compile(r"^  curl (http://127\.0\.0\.\d+:\d+/)$", re.MULTILINE)
+ANSWERED = re.compile(r"^  web-\d +(http://127\.0\.0\.\d+:\d+/) +answered", re.MULTILINE)
 
 
 def demo(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -80,7 +81,9 @@ def test_the_demo_deploys_three_servers_that_answer_with_the_migrated_schema() -
     assert len({url for _, url in answered}) == 3
     assert "schema version 3, table greetings:" in run.stdout
     assert "ja  Konnichiwa" in run.stdout
-    assert URL.findall(run.stdout) == [url for _, url in answered]
+    # No invitation to curl servers that are about to be removed; it says how to keep them.
+    assert "curl" not in run.stdout
+    assert "Cleaning up (run it on a terminal, or with --hold, to keep the servers up)." in run.stderr
     assert "Traceback" not in run.stderr
     assert_nothing_left(workspace_of(run.stderr))
 
@@ -112,7 +115,7 @@ def test_two_demos_at_once_get_their_own_ports_and_both_clean_up() -> None:
     outputs = [proc.communicate(timeout=90) for proc in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
-    urls = [url for out, _ in outputs for url in URL.findall(out)]
+    urls = [url for out, _ in outputs for url in ANSWERED.findall(out)]
     assert len(urls) == 4
     assert len(set(urls)) == 4
     for _, err in outputs:

@@ -10,7 +10,7 @@ import pytest
 
 from tako_core.config import Server, add_server, inventory_path, load_inventory, remove_server, tako_home
 from tako_core.errors import BadInput, ConfigError
-from tako_core.transport.agent_setup import _serve_args
+from tako_core.transport.agent_setup import _serve_args, systemd_unit
 
 COMMENTED = """\
 # my servers
@@ -259,8 +259,11 @@ def test_trusted_proxies_are_addresses_and_reach_the_agent(tmp_path: Path) -> No
     path.write_text('[servers.a]\nhost = "h"\ntrusted_proxies = ["127.0.0.1", "::1"]\n')
     server = load_inventory(tmp_path).servers["a"]
     assert server.trusted_proxies == ("127.0.0.1", "::1")
-    args = _serve_args(server)
+    # Both starts pass them: detached (these arguments) and the systemd unit (through sudo too).
+    args = _serve_args(server, None)
     assert args[-4:] == ["--trusted-proxy", "127.0.0.1", "--trusted-proxy", "::1"]
+    unit = systemd_unit(server, "deploy")
+    assert "--trusted-proxy 127.0.0.1 --trusted-proxy ::1 --client-user deploy\n" in unit
     add_server(Server(name="b", host="h", trusted_proxies=("10.0.0.2",)), tmp_path)
     assert 'trusted_proxies = ["10.0.0.2"]' in path.read_text()
     assert load_inventory(tmp_path).servers["b"].trusted_proxies == ("10.0.0.2",)

@@ -147,3 +147,54 @@ async def test_a_production_rollback_asks_through_the_prompter_first(
     confirmed = DeployOptions(holder="me", confirmed=True)  # --yes: nobody is asked
     await rollback(target, "b71e004", secrets={}, sink=print, prompter=person, options=confirmed)
     assert len(person.questions) == 1
+
+
+def test_rollback_restores_the_release_as_it_was_deployed(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """Its start command and vars as of its deploy, not the current ones; the summary says rollback."""
+    servers = fleet(2)
+    builds = []
+    for version, say, start in (
+        ("v1", "one", "python3 app.py"),
+        ("v2", "two", "SAMPLE_SAY=started python3 app.py"),
+    ):
+        cfg = sample_app(
+            tmp_path, servers, version=version, start=start, extra=f'[vars]\nSAMPLE_SAY = "{say}"\n'
+        )
+        run = tako("deploy", "--json", "--yes", cwd=cfg.parent)
+        assert run.code == 0, run.stderr
+        builds.append(next(e["build"] for e in run.events() if e["event"] == "ArtifactBuilt"))
+    v1, v2 = builds
+    assert [get(s) for s in servers] == [f"v2 {v2} started"] * 2
+
+    back = tako("releases", "rollback", v1, "--no-tui", "--yes", cwd=cfg.parent)
+    assert back.code == 0, back.stderr
+    assert [get(s) for s in servers] == [f"v1 {v1} one"] * 2
+    assert f"roll web on production back to {v1}: 2 server(s)" in back.stderr
+    assert f"rollback to {v1} succeeded" in back.stderr
+
+    forth = tako("releases", "rollback", v2, "--no-tui", "--yes", cwd=cfg.parent)
+    assert forth.code == 0, forth.stderr
+    assert [get(s) for s in servers] == [f"v2 {v2} started"] * 2
+
+
+async def test_the_time_a_question_waits_is_not_the_runs(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """The run's clock (the console's elapsed timer, the summary's duration) stops while it asks."""
+    servers = fleet(1)
+    target = load_target(sample_app(tmp_path, servers), None)
+
+    class Slow(Answering):
+        async def confirm(self, question: str) -> bool:
+            await asyncio.sleep(1.5)  # a person reading the question
+            return await super().confirm(question)
+
+    events: list[Event] = []
+    asked = DeployOptions(holder="me")
+    finished = await rollback(
+        target, "b71e004", secrets={}, sink=events.append, prompter=Slow(False), options=asked
+    )
+    assert finished.exit_code == 130
+    assert finished.seconds < 0.5

@@ -21,6 +21,7 @@ IO_TIMEOUT = 5.0
 
 # --- a real upstream: an asyncio HTTP/1.1 server (h11) that says who it is -----------------------
 
+
 @dataclass
 class App:
     name: str
@@ -74,7 +75,7 @@ class App:
                 if payload and request.method != b"HEAD":
                     if target == "/chunked":  # several chunks, framed by h11 as chunked
                         for i in range(0, len(payload), 1000):
-                            writer.write(conn.send(h11.Data(data=payload[i:i + 1000])))
+                            writer.write(conn.send(h11.Data(data=payload[i : i + 1000])))
                     else:
                         writer.write(conn.send(h11.Data(data=payload)))
                 writer.write(conn.send(h11.EndOfMessage()))
@@ -88,8 +89,9 @@ class App:
         finally:
             writer.close()
 
-    def _answer(self, request: h11.Request, target: str,
-                body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _answer(
+        self, request: h11.Request, target: str, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         me = [("X-Upstream", self.name)]
         if target == "/headers":
             seen = {k.decode(): v.decode() for k, v in request.headers}
@@ -108,10 +110,16 @@ class App:
         payload = self.name.encode()
         return 200, [*me, ("Content-Length", str(len(payload)))], payload
 
-    async def _upgrade(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> None:
-        writer.write(conn.send(h11.InformationalResponse(
-            status_code=101, headers=[("Connection", "upgrade"), ("Upgrade", "echo")])))
+    async def _upgrade(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(
+            conn.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=[("Connection", "upgrade"), ("Upgrade", "echo")]
+                )
+            )
+        )
         leftover = conn.trailing_data[0]
         if leftover:
             writer.write(leftover.upper())
@@ -129,8 +137,9 @@ RAW_ANSWERS = {
 }
 
 
-async def _receive_request(conn: h11.Connection,
-                           reader: asyncio.StreamReader) -> tuple[h11.Request | None, bytes]:
+async def _receive_request(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[h11.Request | None, bytes]:
     request: h11.Request | None = None
     body = b""
     while True:
@@ -148,6 +157,7 @@ async def _receive_request(conn: h11.Connection,
 
 
 # --- a real client: keep-alive connection, responses parsed by h11 --------------------------------
+
 
 @dataclass
 class Reply:
@@ -172,9 +182,15 @@ class Client:
         if self.writer is not None:
             self.writer.close()
 
-    async def request(self, method: str = "GET", target: str = "/", host: str = "a.test",
-                      headers: Sequence[tuple[str, str]] = (), body: bytes | None = None,
-                      chunks: Sequence[bytes] | None = None) -> Reply:
+    async def request(
+        self,
+        method: str = "GET",
+        target: str = "/",
+        host: str = "a.test",
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
+        chunks: Sequence[bytes] | None = None,
+    ) -> Reply:
         assert self.writer is not None
         hdrs = [("Host", host), *headers]
         if body is not None:
@@ -241,6 +257,7 @@ def free_port() -> int:
 
 # --- fixtures -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(params=["httptools", "h11"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -275,6 +292,7 @@ async def client(router: Router) -> Client:
 
 
 # --- routing --------------------------------------------------------------------------------------
+
 
 async def test_routes_by_host_case_and_port_insensitive(router: Router, apps: Callable[[str], App]) -> None:
     a, b, w = await apps("a").start(), await apps("b").start(), await apps("w").start()
@@ -353,6 +371,7 @@ async def test_stale_pooled_connection_is_replayed_for_get(
 
 # --- bodies and framing ---------------------------------------------------------------------------
 
+
 async def test_chunked_both_ways_and_large_bodies(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
     router.set_route("a", ["a.test"], [a.upstream])
@@ -404,8 +423,10 @@ async def test_http10_clients(router: Router, apps: Callable[[str], App]) -> Non
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert raw.endswith(b"\r\n\r\na")
     # A chunked upstream answer reaches an HTTP/1.0 client delimited by close.
-    raw = await raw_exchange(router.port, b"GET /chunked HTTP/1.0\r\nHost: a.test\r\n"
-                             b"Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello")
+    raw = await raw_exchange(
+        router.port,
+        b"GET /chunked HTTP/1.0\r\nHost: a.test\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello",
+    )
     assert b"transfer-encoding" not in raw.lower()
     assert raw.endswith(b"\r\n\r\nhello")
     # Keep-alive asked by a 1.0 client is honoured when the length is known.
@@ -445,11 +466,13 @@ async def test_pipelined_requests_answered_in_order(router: Router, apps: Callab
     router.set_route("a", ["a.test"], [a.upstream])
     c = await client(router)
     assert c.writer is not None
-    c.writer.write(b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n"
-                   b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nfirst"
-                   b"HEAD / HTTP/1.1\r\nHost: a.test\r\n\r\n"
-                   b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                   b"3\r\nsec\r\n3\r\nond\r\n0\r\n\r\n")
+    c.writer.write(
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nfirst"
+        b"HEAD / HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nsec\r\n3\r\nond\r\n0\r\n\r\n"
+    )
     c.expect("GET", "/headers")
     assert b"x-forwarded-for" in (await c.response()).body
     c.expect("POST", "/echo")
@@ -530,15 +553,23 @@ async def test_forwarded_headers_of_a_trusted_proxy(backend: str, apps: Callable
 
 # --- refusals -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n", 400),
-    (b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
-    (b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
-    (b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: " + b"x" * 70000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
-    (b"NOT HTTP AT ALL\r\n\r\n", 400),
-], ids=["cl-and-te", "two-lengths", "gzip-te", "huge-head", "no-host", "garbage"])
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (
+            b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            400,
+        ),
+        (b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: " + b"x" * 70000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+    ],
+    ids=["cl-and-te", "two-lengths", "gzip-te", "huge-head", "no-host", "garbage"],
+)
 async def test_ambiguous_or_malformed_requests_are_refused(
     router: Router, apps: Callable[[str], App], request_bytes: bytes, status: int
 ) -> None:
@@ -552,12 +583,14 @@ async def test_ambiguous_or_malformed_requests_are_refused(
 
 # --- upgrades -------------------------------------------------------------------------------------
 
+
 async def test_upgrade_becomes_a_tunnel(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
     router.set_route("a", ["a.test"], [a.upstream])
     reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
-    writer.write(b"GET /upgrade HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-                 b"early")
+    writer.write(
+        b"GET /upgrade HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly"
+    )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
     assert head.startswith(b"HTTP/1.1 101 ")
     assert await asyncio.wait_for(reader.readexactly(5), IO_TIMEOUT) == b"EARLY"
@@ -573,8 +606,9 @@ async def test_upgrade_becomes_a_tunnel(router: Router, apps: Callable[[str], Ap
 async def test_upgrade_declined_by_the_app_is_relayed(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
     router.set_route("a", ["a.test"], [a.upstream])
-    raw = await raw_exchange(router.port, b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: upgrade\r\n"
-                                          b"Upgrade: h2c\r\n\r\n")
+    raw = await raw_exchange(
+        router.port, b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+    )
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert b"Connection: close" in raw  # after an upgrade attempt the router does not parse on
     assert raw.endswith(b"\r\n\r\na")
@@ -582,6 +616,7 @@ async def test_upgrade_declined_by_the_app_is_relayed(router: Router, apps: Call
 
 
 # --- broken upstreams -----------------------------------------------------------------------------
+
 
 async def test_upstream_dying_mid_response_closes_the_client(
     router: Router, apps: Callable[[str], App]
@@ -640,6 +675,7 @@ async def test_garbage_from_upstream_is_502(router: Router, apps: Callable[[str]
 
 
 # --- switching and draining -----------------------------------------------------------------------
+
 
 async def test_keep_alive_connection_survives_a_switch(router: Router, apps: Callable[[str], App]) -> None:
     old, new = await apps("old").start(), await apps("new").start()
@@ -730,8 +766,21 @@ SEEDS = [
     b"POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n",
 ]
-TOKENS = [b"\r\n", b"\n", b":", b" ", b"\x00", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n",
-          b"ffffffffffffffffff\r\n", b"-1", b"HTTP/1.1", b"\r\n\r\n", b"Host: b\r\n", b"\xff"]
+TOKENS = [
+    b"\r\n",
+    b"\n",
+    b":",
+    b" ",
+    b"\x00",
+    b"Content-Length: 3\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"-1",
+    b"HTTP/1.1",
+    b"\r\n\r\n",
+    b"Host: b\r\n",
+    b"\xff",
+]
 
 
 def _mutations(count: int) -> list[bytes]:
@@ -743,7 +792,7 @@ def _mutations(count: int) -> list[bytes]:
             at = rng.randrange(len(data) + 1)
             action = rng.randrange(4)
             if action == 0:
-                del data[at:at + rng.randint(1, 8)]
+                del data[at : at + rng.randint(1, 8)]
             elif action == 1:
                 data[at:at] = rng.choice(TOKENS)
             elif action == 2 and at < len(data):

@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -345,10 +346,24 @@ def test_a_machine_without_a_keyring_starts_an_env_with_key_new(tmp_path: Path) 
             [str(TAKO), *args], cwd=project, env=env, input=stdin, capture_output=True, text=True, check=False
         )
 
-    key = run("secrets", "key", "new")
-    assert key.returncode == 0, key.stderr
-    env["TAKO_SECRETS_KEY_PRODUCTION"] = key.stdout.strip()
-    assert run("secrets", "set", "API_TOKEN", stdin="tok-123456\n").returncode == 0
+    refused = run("secrets", "set", "API_TOKEN", stdin="tok-123456\n")
+    assert refused.returncode != 0
+    next_step = 'eval "$(tako secrets key new -e production)"'
+    assert next_step in refused.stderr  # the exact next step
+    assert "apt install gnome-keyring" in refused.stderr  # what to install for a keyring
+
+    # The next step as a person takes it: eval'd by a shell, then set in the same shell.
+    tako = shlex.quote(str(TAKO))
+    shell = f"{next_step.replace('tako', tako, 1)} && printf 'tok-123456\\n' | {tako} secrets set API_TOKEN"
+    shell += " && echo $TAKO_SECRETS_KEY_PRODUCTION"
+    took = subprocess.run(
+        ["sh", "-c", shell], cwd=project, env=env, capture_output=True, text=True, check=False
+    )
+    assert took.returncode == 0, took.stderr
+    env["TAKO_SECRETS_KEY_PRODUCTION"] = took.stdout.strip()
+    assert run("secrets", "key", "new").stdout.startswith(
+        "export TAKO_SECRETS_KEY_PRODUCTION="
+    )  # the only env
     got = run("secrets", "get", "API_TOKEN")
     assert got.returncode == 0, got.stderr
     assert got.stdout == "tok-123456\n"

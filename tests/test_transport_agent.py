@@ -131,7 +131,11 @@ def test_systemd_unit_runs_the_agent_of_its_root() -> None:
         "ExecStart=/usr/bin/env python3 /srv/tako/bin/tako-agent.pyz serve --root /srv/tako "
         "--http-host 10.0.0.5 --http-port 8080\n" in unit
     )
-    assert "Restart=always" in unit
+    hardening = ("Restart=always", "LimitNOFILE=65536", "UMask=0077", "NoNewPrivileges=yes", "PrivateTmp=yes")
+    for line in hardening:
+        assert f"\n{line}\n" in unit
+    assert "ProtectSystem" not in unit  # the agent creates each app's user: useradd writes /etc
+    assert "--client-user deploy\n" in systemd_unit(server, "deploy")
     assert systemd_unit_name("/opt/tako") == "tako-agent.service"
     assert systemd_unit_name("/srv/tako").startswith("tako-agent-")
     assert systemd_unit_name("/srv/tako") != systemd_unit_name("/srv/other")

@@ -50,6 +50,8 @@ def server(
         routes=("shop.example.com",),
         instances=instances(current, up),
         lease=lease,
+        user="tako-shop-production",
+        shares_agent_user=False,
     )
     return ServerView(server=name, agent_version="0.1.0", status=status, releases=releases)
 

@@ -7,6 +7,7 @@ the leader runs it: three panels, one leader, two followers waiting, the output 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -59,6 +60,10 @@ def test_tako_deploy_shows_the_leader_running_and_the_followers_waiting(
     while not status.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert status.read_text().strip() == "0"
+    # The console is gone; its verdict stays on the terminal: result, build, where the app answers.
+    url = f"http://web.test:{leader.http_port}/"
+    after = tmux.wait_for("the verdict line", lambda s: url in s)
+    assert re.search(rf"^tako: deployed [0-9a-f]{{12}} in \S+ · {re.escape(url)}$", after, re.MULTILINE)
 
 
 def test_tako_secrets_edit_round_trips_a_value_through_the_keyring(tmp_path: Path, tmux: Tmux) -> None:
@@ -89,7 +94,11 @@ def test_tako_secrets_edit_round_trips_a_value_through_the_keyring(tmp_path: Pat
     keys("a")
     tmux.wait_for("the form", lambda s: "New secret in production" in s)
     tmux.run("send-keys", "-t", "t", "-l", "API_TOKEN")
+    # On a loaded machine the name, Tab and value can reach the app in one read, and the value lands
+    # in the name field: let the name show before moving on, as a person would see it.
+    tmux.wait_for("the name typed", lambda s: "API_TOKEN" in s)
     keys("Tab")
+    time.sleep(0.5)
     tmux.run("send-keys", "-t", "t", "-l", "tok-abc-987")
     keys("Enter")
     tmux.wait_for("the new name", lambda s: "API_TOKEN" in s and "unsaved" in s)

@@ -11,12 +11,15 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     params         typed access to a request's parameters, validated (a BAD_REQUEST otherwise)
     leases         one deploy per app/env at a time, kept in run/leases.json across restarts
     releases       release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
+    installs       the install step: outputs reused by a content key (command + lockfiles), package caches
     extract        unpacking an uploaded tar.zst or tar.gz safely
     runs           release commands, detached from any client, their logs resumable by byte offset
     procs          child processes: their environment, their own process group, their output, killing them
     rollout        the instances of one app/env and their rolling update, kept in state.json for restarts
     instances      one instance: the app's `start` process on a loopback port, restarted when it dies
     health         probing an instance's health path over loopback HTTP
+    logs           instance output of one app/env: stamped lines in a rotated file, read back by cursor
+    oneoff         one-off commands (`tako run`): once, in the running release, with the instances' env
     router         the HTTP router's public side (Router, Upstream): listening, a task per client, idle sweeps
     route_table    pure logic: Host -> route -> upstream (round robin), atomic switches, in-flight, drains
     upstream_pool  connections to one upstream: idle keep-alive ones reused, new ones opened with a deadline
@@ -27,8 +30,9 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     http1_llhttp   the parser over httptools (llhttp), used where the host has it
     http1_h11      the parser over the bundled pure-Python h11, used elsewhere
     layout         where things live under ROOT, and the names allowed in paths
+    accounts       one Unix user per app/env (an agent running as root): its name, creating it
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file
-    cli            the command line: `serve [--detach]` and `version`
+    cli            the command line: `serve [--trusted-proxy A] [--client-user U] [--detach]`, `version`
     __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
     compat         the Python 3.10 differences the agent must honour
 """

@@ -1,4 +1,5 @@
-"""The agent's command line: `serve --root R --http-host H --http-port P [--detach]` and `version`.
+"""The agent's command line: `serve --root R --http-host H --http-port P [--trusted-proxy A]...
+[--client-user U] [--detach]` and `version`.
 
 This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
 and stderr.
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="a proxy whose forwarding headers the router keeps (repeatable)",
     )
+    serve.add_argument(
+        "--client-user", help="the SSH user that drives this agent when it runs as root (via sudo)"
+    )
     serve.add_argument("--detach", action="store_true", help="daemonize; exit 0 once the socket answers")
     commands.add_parser("version", help="print '<agent version> <protocol version>'")
     return parser
@@ -50,19 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
         return 0
-    layout = Layout(args.root.absolute())
+    # An agent running as root runs each app/env as its own user, unless TAKO_APP_USERS=0 (a server
+    # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
+    app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"
+    layout = Layout(args.root.absolute(), app_users=app_users)
     from tako_core.agent.daemon import Listen
 
     listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy))
     if args.detach:
-        return _detach(layout, listen)
-    return _serve(layout, listen, None)
+        return _detach(layout, listen, args.client_user)
+    return _serve(layout, listen, args.client_user, None)
 
 
-def _serve(layout: Layout, listen: Listen, ready_fd: int | None) -> int:
+def _serve(layout: Layout, listen: Listen, client_user: str | None, ready_fd: int | None) -> int:
     # Imported here so `version` works even where serving could not (e.g. a missing module).
     from tako_core.agent.daemon import serve, setup_logging
 
+    os.umask(0o077)  # state, logs and the socket are the agent's own unless opened up on purpose
     setup_logging(layout)
 
     def ready() -> None:
@@ -71,7 +79,7 @@ def _serve(layout: Layout, listen: Listen, ready_fd: int | None) -> int:
             os.close(ready_fd)
 
     try:
-        asyncio.run(serve(layout, listen, ready))
+        asyncio.run(serve(layout, listen, ready, client_user))
     except Exception as e:
         message = f"tako-agent: {type(e).__name__}: {e}\n"
         if ready_fd is not None:
@@ -82,7 +90,7 @@ def _serve(layout: Layout, listen: Listen, ready_fd: int | None) -> int:
     return 0
 
 
-def _detach(layout: Layout, listen: Listen) -> int:
+def _detach(layout: Layout, listen: Listen, client_user: str | None) -> int:
     """Double-fork into a session of its own; the parent waits for the daemon's word on a pipe."""
     read_fd, write_fd = os.pipe()
     child = os.fork()
@@ -95,7 +103,7 @@ def _detach(layout: Layout, listen: Listen) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os._exit(_serve(layout, listen, write_fd))
+        os._exit(_serve(layout, listen, client_user, write_fd))
     os.close(write_fd)
     os.waitpid(child, 0)
     answer = b""

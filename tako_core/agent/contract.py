@@ -102,6 +102,10 @@ class Op(Enum):
     RELEASES = "releases"
     ROLLBACK = "rollback", DETACHED
     LOGS = "logs"
+    RELEASE_RUNS = "release_runs"
+    EXEC = "exec"
+    EXEC_INPUT = "exec_input"
+    EXEC_RESIZE = "exec_resize"
 
 
 M = TypeVar("M", bound="Message")
@@ -243,6 +247,7 @@ class InstanceStatus(Message):
     running: bool
     restarts: int
     inflight: int
+    started_at: float | None = None  # epoch seconds its current process started
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,6 +259,8 @@ class AppStatus(Message):
     routes: tuple[str, ...]
     instances: tuple[InstanceStatus, ...]
     lease: LeaseInfo | None
+    user: str  # the Unix user its install, release command and instances run as
+    shares_agent_user: bool  # no user of its own: every app runs as the agent's user
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,10 +286,36 @@ class Releases(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LogLines(Message):
-    """logs: the newest instance output lines."""
+class LogsEnd(Message):
+    """logs (without follow): the cursor after the last line sent, to follow on from."""
 
-    lines: tuple[str, ...]
+    cursor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseRunInfo(Message):
+    """One kept release command run: of which build (None for runs from before this was kept), when
+    (epoch seconds), and how it ended (None while it runs or when it was lost)."""
+
+    run_id: str
+    build: str | None
+    started_at: float
+    exit_code: int | None
+    running: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseRuns(Message):
+    """release_runs: newest first."""
+
+    runs: tuple[ReleaseRunInfo, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecResult(Message):
+    """exec: how the one-off command ended (128 + N when killed by signal N)."""
+
+    exit_code: int
 
 
 # --- events -----------------------------------------------------------------------------------------
@@ -308,6 +341,35 @@ class RunOutput(Event):
     NAME = "line"
     offset: int
     line: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogEntry(Event):
+    """logs: one line of instance output: when (epoch seconds), from which `build#instance`, and
+    the cursor after it (resume a follow there)."""
+
+    NAME = "log"
+    time: float
+    source: str
+    line: str
+    cursor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecStarted(Event):
+    """exec: the command runs; `exec_id` names it to exec_input and exec_resize."""
+
+    NAME = "exec_started"
+    exec_id: str
+    build: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecOutput(Event):
+    """exec: output, masked: whole lines (newline included) without a terminal, chunks with one."""
+
+    NAME = "exec_output"
+    data: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,6 +25,7 @@ class AgentAlreadyRunning(Exception):
 def setup_logging(layout: Layout) -> None:
     layout.log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(layout.log_file)
+    os.chmod(layout.log_file, 0o600)  # made so by the umask; older agents left it 0644
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("tako")
     root.addHandler(handler)
@@ -51,9 +52,15 @@ class Listen:
     trusted_proxies: tuple[str, ...] = ()
 
 
-async def serve(layout: Layout, listen: Listen, ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests."""
-    layout.create()
+async def serve(
+    layout: Layout,
+    listen: Listen,
+    ready: Callable[[], None] | None = None,
+    client_user: str | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests.
+    `client_user` is the SSH user that drives an agent running as root (see Layout.create)."""
+    layout.create(client_user)
     lock = lock_root(layout)
     try:
         router = Router(listen.host, listen.port, trusted_proxies=listen.trusted_proxies)
@@ -63,6 +70,7 @@ async def serve(layout: Layout, listen: Listen, ready: Callable[[], None] | None
         try:
             await agent.restore()
             await server.start(layout.socket)
+            layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
             log.info(
                 "agent %d serving on %s, router on %s:%d",

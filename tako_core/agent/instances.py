@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tako_core.agent import procs
+from tako_core.agent.accounts import Account
 from tako_core.agent.contract import clip
+from tako_core.agent.logs import OutputLog
 from tako_core.agent.router import Upstream
 from tako_core.mask import Masker
 
@@ -30,44 +31,7 @@ class InstanceSpec:
     command: str
     env: dict[str, str]  # without PORT
     masker: Masker
-
-
-class OutputLog:
-    """Instance output of one app/env: a file (rotated at a size cap) the `logs` op reads back."""
-
-    MAX_BYTES = 8 << 20
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._size = 0
-
-    def write(self, line: str) -> None:
-        data = (line + "\n").encode()
-        try:
-            if self._fd is not None and self._size + len(data) > self.MAX_BYTES:
-                self.close()
-                os.replace(self.path, self.path.with_suffix(".log.1"))
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._size = os.fstat(self._fd).st_size
-            self._size += os.write(self._fd, data)
-        except OSError as e:  # a full disk must not take the instance down with it
-            log.warning("cannot write %s: %s", self.path, e)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def tail(self, count: int) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(max(f.seek(0, os.SEEK_END) - (1 << 20), 0))
-                data = f.read()
-        except OSError:
-            return []
-        return data.decode(errors="replace").splitlines()[-count:] if count > 0 else []
+    account: Account | None = None  # the app's own user; None: the agent's
 
 
 class Instance:
@@ -80,6 +44,7 @@ class Instance:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.restarts = 0
         self.exit_code: int | None = None  # of the latest process, once it exited
+        self.started_at: float | None = None  # wall clock of the latest process's start
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -100,16 +65,17 @@ class Instance:
     async def _spawn(self) -> None:
         env = dict(self.spec.env, PORT=str(self.port))
         self.exit_code = None
-        self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env)
+        self.started_at = time.time()
+        self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env, account=self.spec.account)
         assert self._proc.stdout is not None
         self._pump = asyncio.ensure_future(self._read(self._proc.stdout))
 
     async def _read(self, stdout: asyncio.StreamReader) -> None:
-        prefix = f"[{self.spec.build}#{self.index}] "
+        source = f"{self.spec.build}#{self.index}"
         async for line in procs.lines(stdout, self.spec.masker):
             masked = clip(line)
             self.tail.append(masked)
-            self.output.write(prefix + masked)
+            self.output.write(source, masked)
 
     async def _supervise(self) -> None:
         backoff = 1.0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tako_core.agent.accounts import Account, account_name, ensure_account
 from tako_core.agent.contract import BAD_REQUEST, ProtocolError
 
 # App, env and build names become path components: no separators, no dot-dot, no hidden names.
@@ -26,6 +28,7 @@ def check_name(kind: str, value: object) -> str:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    app_users: bool = False  # each app/env runs as its own user (an agent running as root)
 
     @property
     def bin(self) -> Path:
@@ -64,18 +67,40 @@ class Layout:
         return self.root / "apps"
 
     def app(self, app: str, env: str) -> AppLayout:
-        return AppLayout(self.apps / check_name("app", app) / check_name("env", env))
+        return AppLayout(self.apps / check_name("app", app) / check_name("env", env), self.app_users)
 
-    def create(self) -> None:
+    def create(self, client_user: str | None = None) -> None:
+        """The root's directories; `client_user` (the SSH user driving a root agent) may reach the
+        socket in run/ (which it cannot list) and write uploads/ and its per-app directories,
+        nothing else."""
         for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps):
             path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.log_file.parent, 0o700)
+        if self.app_users:  # apps reach their own release, never list the others
+            os.chmod(self.root, 0o711)
+            os.chmod(self.apps, 0o711)
         # The socket directory and anything holding state are the agent user's alone.
-        os.chmod(self.run, 0o700)
+        os.chmod(self.run, 0o711 if client_user else 0o700)
+        os.chmod(self.uploads, 0o700)
+        if client_user:
+            # Also what an earlier client (root, before a deploy user took over) left there: the
+            # client makes uploads/<app>/<env>/ itself and must be able to write into it.
+            uid, gid = _ids(client_user)
+            for top, dirs, files in os.walk(self.uploads):
+                os.chown(top, uid, gid)
+                for name in dirs + files:
+                    os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
+
+    def hand_socket(self, client_user: str | None) -> None:
+        """The socket (born 0600) belongs to `client_user` when the agent runs for another user."""
+        if client_user:
+            os.chown(self.socket, *_ids(client_user))
 
 
 @dataclass(frozen=True)
 class AppLayout:
     base: Path
+    app_users: bool = False
 
     @property
     def releases(self) -> Path:
@@ -97,6 +122,16 @@ class AppLayout:
         return self.base / "runs"
 
     @property
+    def installs(self) -> Path:
+        """Install outputs shared by the releases with the same dependency inputs (agent/installs.py)."""
+        return self.base / "installs"
+
+    @property
+    def cache(self) -> Path:
+        """Package managers' caches (pip, uv, npm, bun, yarn), kept across releases."""
+        return self.base / "cache"
+
+    @property
     def state(self) -> Path:
         return self.base / "state.json"
 
@@ -104,10 +139,39 @@ class AppLayout:
     def instance_log(self) -> Path:
         return self.base / "instances.log"
 
-    def create(self) -> None:
-        for path in (self.releases, self.data, self.runs):
+    def deployed(self, build: str) -> Path:
+        """How `build` was last rolled out (start, vars, secrets): what a rollback to it restores."""
+        return self.base / "deployed" / f"{check_name('build', build)}.json"
+
+    def user_name(self) -> str:
+        """The user this app/env runs as (named without creating it)."""
+        if self.app_users:
+            return account_name(self.base.parent.name, self.base.name)
+        return pwd.getpwuid(os.geteuid()).pw_name
+
+    def account(self) -> Account | None:
+        """The user this app/env runs as; None: the agent's own."""
+        return ensure_account(self.base.parent.name, self.base.name) if self.app_users else None
+
+    def create(self) -> Account | None:
+        """The app/env's directories; with its own user: releases and installs readable by it (group),
+        data and package caches its alone, state, runs and deploy records (secrets) the agent's alone."""
+        for path in (self.releases, self.installs, self.data, self.cache):
             path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.runs, 0o700)
+        for private in (self.runs, self.base / "deployed"):
+            private.mkdir(parents=True, exist_ok=True)
+            os.chmod(private, 0o700)
+        account = self.account()
+        if account is not None:
+            for path in (self.base.parent, self.base):
+                os.chmod(path, 0o711)
+            for shared in (self.releases, self.installs):  # a release links into installs/
+                os.chown(shared, 0, account.gid)
+                os.chmod(shared, 0o750)
+            for own in (self.data, self.cache):
+                os.chown(own, account.uid, account.gid)
+                os.chmod(own, 0o700)
+        return account
 
     def current_build(self) -> str | None:
         """The build `current` points at, or None."""
@@ -116,6 +180,11 @@ class AppLayout:
         except OSError:
             return None
         return Path(target).name or None
+
+
+def _ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def write_private(path: Path, data: bytes) -> None:

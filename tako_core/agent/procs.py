@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
+import struct
+import termios
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from tako_core.agent.accounts import Account
 from tako_core.agent.contract import MAX_OUTPUT_LINE
 from tako_core.mask import LineSplitter, Masker
 
@@ -39,19 +43,55 @@ def child_env(
     return result
 
 
-async def spawn(command: str, cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """`sh -c command` in a new session, stdout and stderr merged into one pipe."""
+async def spawn(
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    *,
+    terminal: int | None = None,
+    account: Account | None = None,
+) -> asyncio.subprocess.Process:
+    """`sh -c command` in a new session, stdout and stderr merged into one pipe; or, given a PTY's
+    `terminal` (its follower fd), with that as its controlling terminal and stdin, stdout, stderr.
+    As `account`'s user when given (HOME its data dir: the agent's own home is not its to read).
+
+    Every process of an app (install, release, instances, one-off runs) starts here."""
+    if account is not None:
+        env = {**env, "HOME": env.get("TAKO_DATA_DIR", "/")}
+    pipes = (asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT)
+    stdin, stdout, stderr = pipes if terminal is None else (terminal, terminal, terminal)
     return await asyncio.create_subprocess_exec(
         "/bin/sh",
         "-c",
         command,
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
         start_new_session=True,
+        preexec_fn=None if terminal is None else _take_terminal,
+        user=account.uid if account else None,
+        group=account.gid if account else None,
+        extra_groups=[] if account else None,
     )
+
+
+def _take_terminal() -> None:
+    """In the child, after setsid: make its stdin (the PTY) the session's controlling terminal, so
+    Ctrl-C typed into it signals the command's foreground process group."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def open_terminal(rows: int, cols: int) -> tuple[int, int]:
+    """A new PTY of the given size: (leader fd, follower fd)."""
+    leader, follower = os.openpty()
+    resize(leader, rows, cols)
+    return leader, follower
+
+
+def resize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 async def lines(stream: asyncio.StreamReader, masker: Masker) -> AsyncIterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import shutil
 import tempfile
@@ -11,16 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent import procs
-from tako_core.agent.compat import WaitTimeout
+from tako_core.agent import installs
+from tako_core.agent.accounts import chown_tree
 from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
 from tako_core.agent.layout import AppLayout
 from tako_core.mask import Masker
 
 COMPLETE = ".complete"  # written last: a release without it is partial
-INSTALL_TIMEOUT = 1800.0
-TAIL_LINES = 20
 
 
 def is_complete(layout: AppLayout, build: str) -> bool:
@@ -42,12 +39,13 @@ async def prepare(
     build: str,
     upload: Path,
     install: str | None,
+    install_inputs: list[str],
     env: dict[str, str],
     masker: Masker,
     on_line: Callable[[str], None],
 ) -> None:
     """Unpack into a temp dir, rename into releases/<build>, run install there, mark complete."""
-    layout.create()
+    account = layout.create()
     target = layout.release(build)
     if is_complete(layout, build):
         return
@@ -62,6 +60,8 @@ async def prepare(
             await asyncio.wait([extracting])  # a thread cannot be stopped: let it end before the rmtree
             raise
         (tmp / COMPLETE).unlink(missing_ok=True)  # only the agent writes the marker
+        if account is not None:
+            await asyncio.to_thread(chown_tree, str(tmp), account)
         if target.exists():
             await asyncio.to_thread(shutil.rmtree, target)  # a partial earlier attempt
         os.rename(tmp, target)
@@ -69,7 +69,7 @@ async def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if install and install.strip():
-        await run_install(target, install, env, masker, on_line)
+        await installs.install(layout, target, install, install_inputs, env, masker, on_line, account)
     _mark_complete(target)
     upload.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink; the upload did its job)
 
@@ -78,41 +78,11 @@ def _mark_complete(target: Path) -> None:
     (target / COMPLETE).write_text(f"{time.time()}\n")
 
 
-async def run_install(
-    cwd: Path, command: str, env: dict[str, str], masker: Masker, on_line: Callable[[str], None]
-) -> None:
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    proc = await procs.spawn(command, cwd, env)
-    assert proc.stdout is not None
-
-    async def pump() -> None:
-        assert proc.stdout is not None
-        async for line in procs.lines(proc.stdout, masker):
-            tail.append(line)
-            on_line(line)
-
-    try:
-        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), INSTALL_TIMEOUT)
-    except WaitTimeout:
-        await procs.kill_group(proc.pid, 5.0)
-        raise ProtocolError(FAILED, f"install timed out after {INSTALL_TIMEOUT:.0f} s") from None
-    except asyncio.CancelledError:
-        await procs.kill_group(proc.pid, 5.0)
-        raise
-    if proc.returncode != 0:
-        raise ProtocolError(
-            FAILED,
-            f"install exited with {proc.returncode}" + "".join(f"\n  {line}" for line in tail),
-            hint="fix the install command; the release was not marked complete",
-            exit_code=proc.returncode,
-            tail=list(tail),
-        )
-
-
 def cleanup(layout: AppLayout, uploads: Path, build: str) -> bool:
     """Remove releases/<build> and any upload of it (the caller checked it is neither current nor running)."""
     for upload in uploads.glob(f"{upload_name(layout.base.parent.name, layout.base.name, build)}.*"):
         upload.unlink(missing_ok=True)
+    layout.deployed(build).unlink(missing_ok=True)
     target = layout.release(build)
     if not target.exists():
         return False
@@ -155,5 +125,7 @@ def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
     for build in builds(layout)[max(keep, 0) :]:
         if build not in protected:
             shutil.rmtree(layout.release(build), ignore_errors=True)
+            layout.deployed(build).unlink(missing_ok=True)
             removed.append(build)
+    installs.prune(layout)
     return removed

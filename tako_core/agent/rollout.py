@@ -15,13 +15,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tako_core.agent import health, procs, releases
 from tako_core.agent.contract import BUSY, FAILED, NOT_FOUND, ProtocolError
-from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec, OutputLog
+from tako_core.agent.instances import STOP_GRACE, Instance, InstanceSpec
 from tako_core.agent.layout import AppLayout, write_private
+from tako_core.agent.logs import OutputLog
 from tako_core.agent.procs import child_env
 from tako_core.agent.router import Router
 from tako_core.mask import Masker
@@ -110,20 +111,41 @@ class AppRuntime:
         assert self.state is not None
         write_private(self.layout.state, json.dumps(asdict(self.state)).encode())
 
-    def _spec(self, state: AppState) -> InstanceSpec:
-        env = child_env(
+    def as_deployed(self, build: str) -> AppState:
+        """The state to roll back to `build` with: its start command, vars, secrets and health path as
+        its deploy rolled it out; the env's routes and instance count as they are now. A release
+        rolled out before these records were kept gets the current state with only the build swapped."""
+        if self.state is None:
+            raise ProtocolError(NOT_FOUND, f"{self.key} has never been rolled out here")
+        now = replace(self.state, build=build, previous=None)
+        try:
+            then = json.loads(self.layout.deployed(build).read_text())
+        except FileNotFoundError:
+            return now
+        except ValueError as e:
+            log.error("ignoring unreadable record of %s: %s", build, type(e).__name__)
+            return now
+        keep = {"start", "vars", "secrets", "health_path"}
+        return replace(now, **{k: v for k, v in then.items() if k in keep})
+
+    def environment(self, state: AppState) -> dict[str, str]:
+        """What an instance of `state` gets (without PORT); one-off commands get the same."""
+        return child_env(
             env_vars=state.vars,
             secrets=state.secrets,
             build=state.build,
             data_dir=self.layout.data,
             env=self.env,
         )
+
+    def _spec(self, state: AppState) -> InstanceSpec:
         return InstanceSpec(
             build=state.build,
             cwd=self.layout.release(state.build),
             command=state.start,
-            env=env,
+            env=self.environment(state),
             masker=Masker(state.secrets.values()),
+            account=self.layout.account(),
         )
 
     def _route(self, routes: list[str], serving: list[Instance]) -> None:
@@ -161,6 +183,8 @@ class AppRuntime:
         state.previous = self.state.previous if self.state else None
         self.state = state
         self.save_state()
+        self.layout.create()
+        write_private(self.layout.deployed(state.build), json.dumps(asdict(state)).encode())
         await asyncio.gather(*(i.stop() for i in old), return_exceptions=True)
 
     async def _wait_healthy(self, instance: Instance, path: str, within: float) -> None:

@@ -8,6 +8,7 @@ to the log (`<run>.json`), so it outlives the watcher and the process.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import io
 import json
@@ -17,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tako_core.agent import procs
+from tako_core.agent.accounts import Account
 from tako_core.agent.compat import WaitTimeout
-from tako_core.agent.contract import NOT_FOUND, ProtocolError, RunResult, clip
+from tako_core.agent.contract import NOT_FOUND, ProtocolError, ReleaseRunInfo, RunResult, clip
 from tako_core.agent.layout import check_name, write_private
 from tako_core.mask import Masker
 
@@ -51,11 +53,17 @@ class Run:
         self._stop.set()
 
     async def execute(
-        self, command: str, cwd: Path, env: dict[str, str], masker: Masker, limit: float
+        self,
+        command: str,
+        cwd: Path,
+        env: dict[str, str],
+        masker: Masker,
+        limit: float,
+        account: Account | None,
     ) -> None:
         fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab", buffering=0) as log:
-            proc = await procs.spawn(command, cwd, env)
+            proc = await procs.spawn(command, cwd, env, account=account)
             self.pgid = proc.pid
             assert proc.stdout is not None
             pump = asyncio.ensure_future(self._pump(proc.stdout, log, masker))
@@ -93,17 +101,20 @@ class Runs:
         self,
         directory: Path,
         *,
+        build: str,
         command: str,
         cwd: Path,
         env: dict[str, str],
         masker: Masker,
         limit: float,
+        account: Account | None = None,
     ) -> Run:
         directory.mkdir(parents=True, exist_ok=True)
-        run_id = f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+        # The build is in the id (run-<time>-<build>-<random>): `tako logs --release BUILD` finds it.
+        run_id = f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{build}-{os.urandom(3).hex()}"
         run = Run(run_id, directory)
         run.log.touch(mode=0o600)
-        run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit))
+        run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit, account))
         self._runs[str(run.log)] = run
         return run
 
@@ -122,6 +133,24 @@ class Runs:
             run.result = RunResult(exit_code=None, timed_out=False, stopped=True)  # lost with its agent
         return run
 
+    def listing(self, directory: Path) -> list[ReleaseRunInfo]:
+        """The kept runs, newest first."""
+        logs = sorted(directory.glob("run-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        found = []
+        for log in logs:
+            run = self.find(directory, log.stem)
+            result = run.result
+            found.append(
+                ReleaseRunInfo(
+                    run_id=run.run_id,
+                    build=_build_of(run.run_id),
+                    started_at=_started_at(run.run_id),
+                    exit_code=result.exit_code if result else None,
+                    running=result is None,
+                )
+            )
+        return found
+
     def prune(self, directory: Path, keep: int) -> None:
         """Remove the logs and results of all but the newest `keep` runs (never a running one)."""
         logs = sorted(directory.glob("run-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -139,6 +168,19 @@ class Runs:
         tasks = [r.task for r in self._runs.values() if r.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _started_at(run_id: str) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(run_id[4:19], "%Y%m%dT%H%M%S")))
+    except ValueError:
+        return 0.0
+
+
+def _build_of(run_id: str) -> str | None:
+    """The build in a run id `run-YYYYmmddTHHMMSS-<build>-<6 hex>`; None in older ids without one."""
+    middle = run_id[len("run-YYYYmmddTHHMMSS-") : -len("-abcdef")]
+    return middle or None
 
 
 async def watch(

@@ -6,19 +6,19 @@ Each op is an `Agent` method bound to its `Op` with `@handles`; the server looks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import json
 import logging
 import pkgutil
 import platform
 import shutil
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
 import tako_core
 from tako_core.agent import extract, releases
+from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import (
     BAD_REQUEST,
     NOT_FOUND,
@@ -28,17 +28,21 @@ from tako_core.agent.contract import (
     Cleaned,
     Done,
     Event,
+    ExecOutput,
+    ExecResult,
     Finalized,
     InstallOutput,
     InstanceStatus,
     LeaseGranted,
-    LogLines,
+    LogEntry,
+    LogsEnd,
     Message,
     Op,
     Progress,
     ProtocolError,
     ReleaseCheck,
     ReleaseInfo,
+    ReleaseRuns,
     Releases,
     RunOutput,
     RunResult,
@@ -48,6 +52,7 @@ from tako_core.agent.contract import (
 )
 from tako_core.agent.layout import Layout
 from tako_core.agent.leases import Leases
+from tako_core.agent.oneoff import OneOffs
 from tako_core.agent.params import Params
 from tako_core.agent.procs import child_env
 from tako_core.agent.rollout import AppRuntime, AppState
@@ -84,7 +89,8 @@ def handles(op: Op) -> Callable[[_Method], _Method]:
 
 MAX_RELEASE_TIMEOUT = 7 * 24 * 3600.0
 KEEP_RUNS = 20  # release run logs kept per app/env
-LOGS_BUDGET = 512 * 1024  # encoded bytes of log lines in one reply
+LOGS_BATCH = 256  # log lines sent between waits for the client
+LOGS_POLL = 5.0  # a follower looks again this often even without a write (the file may have rotated)
 
 
 def _build_id() -> str | None:
@@ -106,6 +112,7 @@ class Agent:
         self.router = router
         self.leases = Leases(layout.leases_file)
         self.runs = Runs()
+        self.oneoffs = OneOffs()
         self._apps: dict[tuple[str, str], AppRuntime] = {}
 
     def handler(self, op: Op) -> Handler:
@@ -197,6 +204,7 @@ class Agent:
                     build,
                     upload,
                     p.opt_str("install"),
+                    p.strings("install_inputs"),
                     env,
                     masker,
                     lambda line: emit(InstallOutput(line=clip(line))),
@@ -210,14 +218,16 @@ class Agent:
         if not releases.is_complete(runtime.layout, build):
             raise ProtocolError(NOT_FOUND, f"release {build} is not prepared")
         env, masker = self._env(runtime, build, p)
-        runtime.layout.create()
+        account = runtime.layout.create()
         run = self.runs.start(
             runtime.layout.runs,
+            build=build,
             command=p.command("command"),
             cwd=runtime.layout.release(build),
             env=env,
             masker=masker,
             limit=p.num("timeout", 600.0, 0.1, MAX_RELEASE_TIMEOUT),
+            account=account,
         )
         log.info("%s: release run %s of %s started", runtime.key, run.run_id, build)
         return RunStarted(run_id=run.run_id)
@@ -231,6 +241,10 @@ class Agent:
             lambda offset, line: emit(RunOutput(offset=offset, line=line)),
             emit.drain,
         )
+
+    @handles(Op.RELEASE_RUNS)
+    async def release_runs(self, p: Params, emit: Emit) -> ReleaseRuns:
+        return ReleaseRuns(runs=tuple(self.runs.listing(self.runtime(p).layout.runs)))
 
     @handles(Op.RELEASE_STOP)
     async def release_stop(self, p: Params, emit: Emit) -> Done:
@@ -285,10 +299,7 @@ class Agent:
     async def rollback(self, p: Params, emit: Emit) -> Done:
         runtime, build = self.runtime(p), p.name("build")
         async with runtime.exclusive("rollback"):
-            if runtime.state is None:
-                raise ProtocolError(NOT_FOUND, f"{runtime.key} has never been rolled out here")
-            # Same start command, instances, routes and env as what runs now; only the build differs.
-            await runtime.rollout(replace(runtime.state, build=build), _progress(emit))
+            await runtime.rollout(runtime.as_deployed(build), _progress(emit))
             runtime.finalize(build, keep=1 << 30)  # point `current` back; rollback never prunes
         return Done()
 
@@ -316,10 +327,13 @@ class Agent:
                     running=i.running,
                     restarts=i.restarts,
                     inflight=self.router.inflight(i.upstream),
+                    started_at=i.started_at,
                 )
                 for i in runtime.instances
             ),
             lease=lease.info if lease else None,
+            user=runtime.layout.user_name(),
+            shares_agent_user=not runtime.layout.app_users,
         )
 
     @handles(Op.RELEASES)
@@ -338,9 +352,59 @@ class Agent:
             )
         )
 
+    @handles(Op.EXEC)
+    async def exec(self, p: Params, emit: Emit) -> ExecResult:
+        rows, cols = p.int("rows", 0, 0, 1000), p.int("cols", 0, 0, 1000)
+        return await self.oneoffs.run(
+            self.runtime(p),
+            self.leases,
+            p.command("command"),
+            size=(rows, cols) if p.bool("tty") else None,
+            force=p.bool("force"),
+            started=emit,
+            output=lambda data: emit(ExecOutput(data=data)),
+            drain=emit.drain,
+        )
+
+    @handles(Op.EXEC_INPUT)
+    async def exec_input(self, p: Params, emit: Emit) -> Done:
+        self.oneoffs.find(p.str("exec_id")).write(p.str("data").encode(errors="surrogateescape"))
+        return Done()
+
+    @handles(Op.EXEC_RESIZE)
+    async def exec_resize(self, p: Params, emit: Emit) -> Done:
+        self.oneoffs.find(p.str("exec_id")).resize(p.int("rows", 24, 1, 1000), p.int("cols", 80, 1, 1000))
+        return Done()
+
     @handles(Op.LOGS)
-    async def logs(self, p: Params, emit: Emit) -> LogLines:
-        lines = self.runtime(p).output.tail(p.int("lines", 100, 0, 10000))
-        while sum(len(json.dumps(line)) + 1 for line in lines) > LOGS_BUDGET:  # the reply fits in a line
-            lines = lines[len(lines) // 10 + 1 :]
-        return LogLines(lines=tuple(lines))
+    async def logs(self, p: Params, emit: Emit) -> LogsEnd:
+        """The newest `lines` lines (stamped `since` or later), or every line after `cursor`; with
+        `follow`, then every line as it is written, until the client goes away."""
+        output = self.runtime(p).output
+        cursor = p.opt_str("cursor")
+        if cursor is None:
+            backlog = output.tail(p.int("lines", 100, 0, 100_000), p.num("since", 0.0, 0.0, 1e12))
+            cursor = backlog[-1].cursor if backlog else output.end()
+            await _send(backlog, emit)
+        follow = p.bool("follow")
+        while True:
+            wakeup = output.wakeup
+            sent = await _send(output.after(cursor), emit)
+            cursor = sent or cursor
+            if not follow:
+                return LogsEnd(cursor=cursor)
+            if not sent:  # nothing new: sleep until the next write (or look again, for a rotation)
+                with contextlib.suppress(WaitTimeout):
+                    await asyncio.wait_for(wakeup.wait(), LOGS_POLL)
+
+
+async def _send(entries: Iterable[LogEntry], emit: Emit) -> str | None:
+    """Emit `entries`, waiting for the client between batches; the cursor after the last one sent."""
+    cursor = None
+    for count, entry in enumerate(entries, 1):
+        emit(entry)
+        cursor = entry.cursor
+        if count % LOGS_BATCH == 0:
+            await emit.drain()
+    await emit.drain()
+    return cursor

@@ -23,7 +23,7 @@ from tako_core.build.digest import SourceDigest, digest_source_set, file_digest
 from tako_core.build.errors import BuildFailed
 from tako_core.build.manifest import make_manifest
 from tako_core.build.sourceset import Entry, collect_source_set
-from tako_core.build.version import build_id, read_git_state, source_date
+from tako_core.build.version import build_id, dirty_reason, read_git_state, source_date
 from tako_core.errors import BadInput
 from tako_core.mask import Masker
 from tako_core.secrets import is_key_var
@@ -36,6 +36,7 @@ class Artifact:
     sha256: str  # of the archive file
     size: int  # of the archive file, bytes
     cached: bool  # True when an identical artifact was already in the cache
+    dirty: str | None = None  # why the build id is not the bare commit (uncommitted changes)
 
 
 async def build_artifact(
@@ -124,7 +125,7 @@ async def build_artifact(
             f"cannot write the artifact to {directory}: {exc.strerror or exc}",
             hint="free some disk space or pass another cache directory",
         ) from exc
-    return Artifact(dest, build, sha256, size, cached)
+    return Artifact(dest, build, sha256, size, cached, dirty_reason(git))
 
 
 def _project_root(project_dir: Path) -> Path:

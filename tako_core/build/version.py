@@ -34,6 +34,7 @@ class GitState:
     commit: str  # short, 12 hex
     dirty: bool
     commit_time: int
+    changes: tuple[str, ...] = ()  # what makes it dirty: the paths `git status` lists, as it lists them
 
 
 async def read_git_state(project_dir: Path) -> GitState | None:
@@ -48,7 +49,19 @@ async def read_git_state(project_dir: Path) -> GitState | None:
     )
     if status is None or when is None:
         raise BuildFailed(f"git could not read the state of {project_dir}", hint="run `git status` there")
-    return GitState(Path(top), commit.lower(), bool(status.strip()), int(when.strip()))
+    changes = tuple(line[3:] for line in status.splitlines() if line.strip())
+    return GitState(Path(top), commit.lower(), bool(changes), int(when.strip()), changes)
+
+
+def dirty_reason(git: GitState | None) -> str | None:
+    """Why the build id carries a content hash after the commit, in words; None when it does not."""
+    if git is None or not git.dirty:
+        return None
+    shown = ", ".join(git.changes[:5]) + (f" and {len(git.changes) - 5} more" if len(git.changes) > 5 else "")
+    reason = f"build {git.commit} has changes not committed to git: {shown}"
+    if any(path.startswith(".tako/") or path == ".tako" for path in git.changes):
+        reason += " (commit .tako/: it is part of the app, safe to commit, and the build ids stay clean)"
+    return reason
 
 
 def build_id(git: GitState | None, source_hash: str) -> str:

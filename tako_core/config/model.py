@@ -57,6 +57,7 @@ class AppConfig:
     vars: dict[str, str]
     env_vars: dict[str, dict[str, str]]
     envs: dict[str, EnvConfig]
+    install_inputs: tuple[str, ...] = ()  # besides the well-known lockfiles
     source: str = field(default="", repr=False, compare=False)
 
 
@@ -78,3 +79,4 @@ class ResolvedEnv:
     health_path: str
     routes: tuple[str, ...]
     instances: int
+    install_inputs: tuple[str, ...] = ()

@@ -88,6 +88,8 @@ class _Deploy(Run):
             artifact = await self._pack("zst")
             self.build = artifact.build
             self.sink(ArtifactBuilt(build=artifact.build, size=artifact.size, cached=artifact.cached))
+            if artifact.dirty:
+                self.sink(Notice(message=artifact.dirty, level="warning"))
             cached = ", cached" if artifact.cached else ""
             done["detail"] = f"{artifact.build} ({size(artifact.size)}{cached})"
         return artifact

@@ -42,7 +42,7 @@ class _Rollback(Run):
         options: DeployOptions,
     ) -> None:
         super().__init__(target, secrets, sink, prompter, options)
-        self.build = build
+        self.build = self.rollback_to = build
 
     @property
     def release(self) -> str | None:

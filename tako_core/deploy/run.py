@@ -75,6 +75,7 @@ class Run(ABC):
 
     #: "servers did not <verb>", in the verdict of a run some servers failed
     verb = "deploy"
+    rollback_to: str | None = None
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class Run(ABC):
             confirmed = await self._cancellable(self._confirmed())
         except _Interrupted:
             confirmed = False
+        self.started = time.monotonic()  # the run's time is its own, not the time a question waited
         t = self.target
         self.sink(
             DeployStarted(
@@ -144,6 +146,7 @@ class Run(ABC):
                 servers=tuple(s.name for s in t.servers),
                 leader=t.leader.name,
                 release=self.release,
+                rollback_to=self.rollback_to,
             )
         )
         if not confirmed:

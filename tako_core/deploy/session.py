@@ -104,6 +104,7 @@ class ServerSession:
             build,
             upload_path,
             install=self._target.install,
+            install_inputs=self._target.install_inputs,
             env_vars=self._target.vars,
             secrets=self._secrets,
             on_output=self._output(Phase.INSTALL),

@@ -28,6 +28,7 @@ LOCAL = "local"
 class PlainTranscript:
     def __init__(self) -> None:
         self._width = len(LOCAL)
+        self._what = "deploy"  # or "rollback to BUILD", once DeployStarted says so
 
     def _who(self, server: str | None) -> str:
         return (server or LOCAL).ljust(self._width)
@@ -37,6 +38,10 @@ class PlainTranscript:
             case DeployStarted():
                 self._width = max(len(LOCAL), *(len(s) for s in event.servers))
                 release = event.release if event.release is not None else "none"
+                if event.rollback_to is not None:
+                    self._what = f"rollback to {event.rollback_to}"
+                    n = len(event.servers)
+                    return [f"roll {event.app} on {event.env} back to {event.rollback_to}: {n} server(s)"]
                 return [
                     f"deploy {event.app} to {event.env}: {len(event.servers)} server(s), "
                     f"leader {event.leader}, release command: {release}"
@@ -84,5 +89,5 @@ class PlainTranscript:
             lines.append(f"  {self._who(r.server)}  {r.outcome.value:<{width}}  {r.message}".rstrip())
         verdict = "succeeded" if event.ok else ("interrupted" if event.interrupted else "failed")
         tail = f": {event.error}" if event.error else ""
-        lines.append(f"deploy {verdict} after {duration(event.seconds)}{tail} (exit {event.exit_code})")
+        lines.append(f"{self._what} {verdict} after {duration(event.seconds)}{tail} (exit {event.exit_code})")
         return lines

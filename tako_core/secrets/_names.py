@@ -16,9 +16,14 @@ def env_var_name(env: str) -> str:
 
 
 def ways_out(env: str) -> str:
-    """The two ways to give tako a key when the keyring cannot."""
+    """The ways to give tako a key when the keyring cannot: the exact commands."""
+    var = env_var_name(env)
     return (
-        f"set {env_var_name(env)} to the key (`tako secrets key export --env {env}` prints it on a "
-        f"machine that has it), or configure a keyring backend (e.g. {BACKEND_VAR}=module.Class, "
-        "or a keyringrc.cfg; see https://pypi.org/project/keyring)"
+        f"give tako the key in {var}: for an env without secrets yet, a new one with\n"
+        f'    eval "$(tako secrets key new -e {env})"\n'
+        f"(keep the key it exported somewhere safe, e.g. your CI's secrets); for an env that has "
+        f"secrets, the key `tako secrets key export -e {env}` prints on a machine that has it.\n"
+        "Or install a keyring: on a Linux desktop the Secret Service (`sudo apt install gnome-keyring`); "
+        f"headless, `pip install keyrings.cryptfile` and {BACKEND_VAR}=keyrings.cryptfile.cryptfile."
+        "CryptFileKeyring (any backend: https://pypi.org/project/keyring)"
     )

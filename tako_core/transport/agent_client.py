@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -22,19 +22,25 @@ from tako_core.agent.contract import (
     Cleaned,
     Done,
     Event,
+    ExecOutput,
+    ExecResult,
+    ExecStarted,
     Finalized,
     InstallOutput,
     InstanceStatus,
     Json,
     LeaseGranted,
     LeaseInfo,
-    LogLines,
+    LogEntry,
+    LogsEnd,
     Message,
     Op,
     Progress,
     ProtocolError,
     ReleaseCheck,
     ReleaseInfo,
+    ReleaseRunInfo,
+    ReleaseRuns,
     Releases,
     RunOutput,
     RunResult,
@@ -55,7 +61,9 @@ __all__ = [
     "InstanceStatus",
     "LeaseHeld",
     "LeaseInfo",
+    "LogEntry",
     "ReleaseInfo",
+    "ReleaseRunInfo",
     "RunResult",
 ]
 
@@ -273,11 +281,13 @@ class AgentClient:
         upload_path: str,
         *,
         install: str | None,
+        install_inputs: Sequence[str] = (),
         env_vars: dict[str, str],
         secrets: dict[str, str],
         on_output: Callable[[str], None],
     ) -> None:
-        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there."""
+        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there (its outputs
+        reused from an earlier release with the same command and `install_inputs`, see agent/installs)."""
         await self._call(
             Op.PREPARE,
             {
@@ -286,6 +296,7 @@ class AgentClient:
                 "build": build,
                 "upload": upload_path,
                 "install": install,
+                "install_inputs": list(install_inputs),
                 "vars": env_vars,
                 "secrets": secrets,
             },
@@ -325,6 +336,10 @@ class AgentClient:
             RunResult,
             _on(RunOutput, lambda e: on_line(e.offset, e.line)),
         )
+
+    async def release_runs(self, app: str, env: str) -> list[ReleaseRunInfo]:
+        """The release command runs the server keeps, newest first."""
+        return list((await self._call(Op.RELEASE_RUNS, {"app": app, "env": env}, ReleaseRuns)).runs)
 
     async def release_stop(self, app: str, env: str, run_id: str) -> None:
         await self._call(Op.RELEASE_STOP, {"app": app, "env": env, "run_id": run_id}, Done)
@@ -389,6 +404,51 @@ class AgentClient:
             _on(Progress, lambda e: on_progress(e.done, e.total)) if on_progress else None,
         )
 
-    async def logs(self, app: str, env: str, lines: int = 100) -> list[str]:
-        params = {"app": app, "env": env, "lines": lines}
-        return list((await self._call(Op.LOGS, params, LogLines)).lines)
+    async def exec(
+        self,
+        app: str,
+        env: str,
+        command: str,
+        *,
+        size: tuple[int, int] | None,
+        force: bool,
+        on_started: Callable[[ExecStarted], None],
+        on_output: Callable[[str], None],
+    ) -> int:
+        """Run `command` once as the instances run (their release, their env); its exit code. With a
+        terminal `size` (rows, cols) it gets a PTY; send keys with exec_input. Cancel it to end it."""
+        params = {"app": app, "env": env, "command": command, "force": force, "tty": size is not None}
+        if size is not None:
+            params.update(rows=size[0], cols=size[1])
+
+        def on_event(message: Json) -> None:
+            if message.get("event") == ExecStarted.NAME:
+                on_started(ExecStarted.from_wire(message))
+            else:
+                on_output(ExecOutput.from_wire(message).data)
+
+        return (await self._call(Op.EXEC, params, ExecResult, on_event)).exit_code
+
+    async def exec_input(self, exec_id: str, data: bytes) -> None:
+        text = data.decode(errors="surrogateescape")  # any bytes: the agent encodes them back
+        await self._call(Op.EXEC_INPUT, {"exec_id": exec_id, "data": text}, Done)
+
+    async def exec_resize(self, exec_id: str, rows: int, cols: int) -> None:
+        await self._call(Op.EXEC_RESIZE, {"exec_id": exec_id, "rows": rows, "cols": cols}, Done)
+
+    async def logs(
+        self,
+        app: str,
+        env: str,
+        on_entry: Callable[[LogEntry], None],
+        *,
+        lines: int = 100,
+        since: float = 0.0,
+        cursor: str | None = None,
+        follow: bool = False,
+    ) -> str:
+        """Instance output: the newest `lines` lines stamped `since` or later, or all after `cursor`,
+        each passed to on_entry; returns the cursor after the last. With `follow` it never returns:
+        cancel it (or close the client) to stop."""
+        params = {"app": app, "env": env, "lines": lines, "since": since, "cursor": cursor, "follow": follow}
+        return (await self._call(Op.LOGS, params, LogsEnd, _on(LogEntry, on_entry))).cursor

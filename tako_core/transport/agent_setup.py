@@ -30,9 +30,20 @@ Step = Callable[[str], None]
 START_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.1
 
-# Prepares the root and says how to start the agent: systemd when it runs and we may write units.
+# Who we are on the server: root, a user with passwordless sudo, or a user on their own; plus
+# what a user on their own may do (write the root? bind the port?).
+_WHO = """
+if [ "$(id -u)" = 0 ]; then how=root; elif sudo -n true 2>/dev/null; then how=sudo; else how=user; fi
+writable=no
+if [ $how = user ] && mkdir -p {root} 2>/dev/null && [ -w {root} ]; then writable=yes; fi
+low=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)
+echo "$how $(id -un) $writable $low $HOME"
+"""
+
+# Prepares the root (run as root when we may) and says how to start the agent: systemd when it runs
+# and we are root.
 _PREPARE = """
-mkdir -p {root}/bin {root}/run {root}/log && rm -f {stamp} || exit 3
+mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin && rm -f {stamp} || exit 3
 command -v python3 >/dev/null || {{ echo "no python3 on the server" >&2; exit 3; }}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
     echo "python3 on the server is $(python3 -V 2>&1), tako needs 3.10 or newer" >&2; exit 3; }}
@@ -78,9 +89,13 @@ def systemd_unit_name(root: str) -> str:
     return f"tako-agent-{hashlib.sha256(root.encode()).hexdigest()[:8]}.service"
 
 
-def systemd_unit(server: Server, python: str = "/usr/bin/env python3") -> str:
-    """The unit that keeps the agent of `server.root` running (restarted by systemd if it dies)."""
-    command = shlex.join(_serve_args(server))
+def systemd_unit(server: Server, client_user: str | None = None, python: str = "/usr/bin/env python3") -> str:
+    """The unit that keeps the agent of `server.root` running (restarted by systemd if it dies).
+
+    Hardening: only options that leave the agent able to switch users and run installs, so no
+    ProtectSystem= (creating an app's user writes /etc), no capability bounding set and no
+    ProtectHome= (a root may live under /home)."""
+    command = shlex.join(_serve_args(server, client_user))
     return (
         "[Unit]\n"
         f"Description=tako agent ({server.root})\n"
@@ -91,7 +106,18 @@ def systemd_unit(server: Server, python: str = "/usr/bin/env python3") -> str:
         "Restart=always\n"
         "RestartSec=1\n"
         "KillMode=mixed\n"
-        "TimeoutStopSec=60\n\n"
+        "TimeoutStopSec=60\n"
+        "LimitNOFILE=65536\n"
+        "UMask=0077\n"
+        "NoNewPrivileges=yes\n"
+        "RestrictSUIDSGID=yes\n"
+        "PrivateTmp=yes\n"
+        "ProtectKernelTunables=yes\n"
+        "ProtectKernelModules=yes\n"
+        "ProtectControlGroups=yes\n"
+        "ProtectHostname=yes\n"
+        "LockPersonality=yes\n"
+        "RestrictRealtime=yes\n\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
     )
@@ -143,7 +169,7 @@ async def ensure_agent(
             )
     step = on_step or (lambda _: None)
     step(f"agent {state.reason}: installing {zipapp.name}")
-    await install_agent(conn, zipapp, step)
+    login = await install_agent(conn, zipapp, step)
     client = await _wait_for_agent(conn)
     if client.info.agent_version != tako_core.__version__:
         await client.close()
@@ -152,36 +178,90 @@ async def ensure_agent(
             hint=f"another agent may hold {conn.server.root}; stop it and run "
             f"`tako servers setup {conn.server.name}` again",
         )
-    await _checked(
-        conn, f"printf '%s\\n' {shlex.quote(zipapp.stem)} > {shlex.quote(_stamp_path(conn.server))}"
-    )
+    stamp = f"printf '%s\\n' {shlex.quote(zipapp.stem)} > {shlex.quote(_stamp_path(conn.server))}"
+    await _checked(conn, login.as_root(stamp))
     return client
 
 
-async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
-    """Upload `zipapp` as `<root>/bin/tako-agent.pyz`, stop the old agent, start the new one."""
+@dataclass(frozen=True)
+class Login:
+    """Who setup runs as on the server, and so how it does the root-only parts."""
+
+    how: str  # "root", "sudo" (passwordless) or "user" (on their own)
+    user: str
+    home: str
+
+    def as_root(self, script: str) -> str:
+        """`script` run as root where we may (else as the user, who then needs the root's rights)."""
+        return f"sudo -n sh -c {shlex.quote(script)}" if self.how == "sudo" else script
+
+    @property
+    def client_user(self) -> str | None:
+        """The user the agent hands its socket and uploads to when it runs as root for them."""
+        return self.user if self.how == "sudo" else None
+
+
+async def install_agent(conn: Connection, zipapp: Path, step: Step) -> Login:
+    """Write `zipapp` as `<root>/bin/tako-agent.pyz`, stop the old agent, start the new one."""
     # Few round trips: each command over SSH pays for a login shell on the server.
     server = conn.server
+    login = await _login(conn)
     prepare = _PREPARE.format(root=shlex.quote(server.root), stamp=shlex.quote(_stamp_path(server)))
-    mode = (await _checked(conn, prepare)).strip()
-    await conn.put(zipapp, f"{server.root}/bin/tako-agent.pyz")
-    unit: bytes | None = None
+    mode = (await _checked(conn, login.as_root(prepare))).strip()
+    pyz = shlex.quote(f"{server.root}/bin/tako-agent.pyz")
     if mode == "systemd":
         step("starting the agent with systemd")
         name = systemd_unit_name(server.root)
         path = f"/etc/systemd/system/{name}"
+        unit = shlex.quote(systemd_unit(server, login.client_user))
         start = (
-            f"cat > {path}.tmp && mv {path}.tmp {path} && systemctl daemon-reload"
+            f"printf '%s' {unit} > {path}.tmp && mv {path}.tmp {path} && systemctl daemon-reload"
             f" && systemctl enable {name} 2>/dev/null && systemctl restart {name}"
         )
-        unit = systemd_unit(server).encode()
     else:
         step("starting the agent (detached)")
-        start = shlex.join(["python3", *_serve_args(server), "--detach"])
+        if login.how == "user":
+            step(
+                "warning: a detached agent does not come back after a reboot; with passwordless sudo "
+                "for this user, `tako servers setup` installs a systemd unit instead"
+            )
+        start = shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"])
     pid_file = shlex.quote(f"{server.root}/run/agent.pid")
-    await _checked(
-        conn, _RESTART.format(pid_file=pid_file, start=start), input=unit, limit=START_TIMEOUT + 15
+    script = f"cat > {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3\n" + _RESTART.format(
+        pid_file=pid_file, start=start
     )
+    payload = await asyncio.to_thread(zipapp.read_bytes)
+    await _checked(conn, login.as_root(script), input=payload, limit=START_TIMEOUT + 15)
+    return login
+
+
+async def _login(conn: Connection) -> Login:
+    """Who we are; a user without sudo gets the choices that work, before anything is changed."""
+    server = conn.server
+    how, user, writable, low, home = (await _checked(conn, _WHO.format(root=shlex.quote(server.root)))).split(
+        maxsplit=4
+    )
+    login = Login(how, user, home.strip())
+    if how != "user":
+        return login
+    own_root = f"{login.home}/tako"
+    fixes = (
+        f"either let {user} use sudo without a password (as root on the server: "
+        f"`echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/tako`), or run the agent as "
+        f"{user} under its home on a port above {int(low) - 1}: `tako servers add {server.name} "
+        f"--host {server.host} --user {user} --root {own_root} --http-port 8080 --replace`"
+    )
+    if writable != "yes":
+        raise AgentError(
+            f"{user} on {where(server)} may not write {server.root} and has no passwordless sudo",
+            hint=fixes,
+        )
+    if server.http_port < int(low):
+        raise AgentError(
+            f"port {server.http_port} on {where(server)} needs root, and {user} has no passwordless sudo",
+            hint=fixes,
+        )
+    return login
 
 
 async def _wait_for_agent(conn: Connection) -> AgentClient:
@@ -211,7 +291,7 @@ async def _checked(conn: Connection, script: str, *, input: bytes | None = None,
     return result.stdout
 
 
-def _serve_args(server: Server) -> list[str]:
+def _serve_args(server: Server, client_user: str | None) -> list[str]:
     return [
         f"{server.root}/bin/tako-agent.pyz",
         "serve",
@@ -222,6 +302,7 @@ def _serve_args(server: Server) -> list[str]:
         "--http-port",
         str(server.http_port),
         *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
+        *(["--client-user", client_user] if client_user else []),
     ]
 
 

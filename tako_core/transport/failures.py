@@ -79,6 +79,12 @@ def connect_error(server: Server, exc: BaseException) -> TransportError:
             f"cannot read the SSH key {server.identity} for {server.name}: {exc}",
             hint="point `identity` at a private key file (OpenSSH or PEM format, unencrypted)",
         )
+    if isinstance(exc, FileNotFoundError) and exc.filename == str(known_hosts):
+        return TransportError(
+            f"known_hosts file {known_hosts} (needed to verify {target}) does not exist",
+            hint=f"create it with the server's key after checking the fingerprint: "
+            f"`ssh-keyscan -p {server.port} {server.host} >> {known_hosts}`",
+        )
     if isinstance(exc, FileNotFoundError) and exc.filename:
         return TransportError(
             f"{exc.filename} (needed to connect to {target}) does not exist",

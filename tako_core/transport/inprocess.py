@@ -161,6 +161,9 @@ class LocalSSHHost:
             "LOGNAME": os.environ.get("USER", "root"),
             "SHELL": "/bin/sh",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
+            # A server simulated on this machine: its agent runs every app as this machine's user
+            # rather than creating users here.
+            "TAKO_APP_USERS": "0",
         }
         child = await asyncio.create_subprocess_exec(
             "/bin/sh",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from tako_core.config import ResolvedEnv, default_env, init_config, load_config, load_inventory, resolve
+from tako_core.errors import SecretsError
+from tako_core.secrets import SecretsStore
 
 from .options import config_option, env_option
 
@@ -21,6 +24,11 @@ def init(config_path: Path, name: str | None) -> None:
     kind = f"a {project.preset} project" if project.preset else "no Python or Node project found: generic"
     click.echo(f"wrote {config_path} ({kind})", err=True)
     click.echo("next: check start/install, `tako servers add`, then `tako config show`", err=True)
+    click.echo(
+        "commit tako.toml and .tako/ (once it exists: the secrets file is encrypted, safe to commit); "
+        "uncommitted files make every build id 'dirty'",
+        err=True,
+    )
 
 
 @click.group("config")
@@ -33,13 +41,34 @@ def config() -> None:
 @env_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def show(config_path: Path, env_name: str | None, as_json: bool) -> None:
-    """Print the resolved config of an environment: servers, leader, release, vars."""
+    """Print the resolved config of an environment: servers, leader, release, vars, and the names of
+    its secrets (never their values) with whether its secrets key is available here."""
     app = load_config(config_path)
     resolved = resolve(app, env_name or default_env(app), load_inventory())
-    click.echo(json.dumps(as_data(resolved), indent=2) if as_json else as_text(resolved))
+    secrets = secrets_of(resolved)
+    click.echo(json.dumps(as_data(resolved, secrets), indent=2) if as_json else as_text(resolved, secrets))
 
 
-def as_data(resolved: ResolvedEnv) -> dict[str, object]:
+@dataclass(frozen=True)
+class SecretsSummary:
+    names: list[str]
+    key_problem: str | None  # why the env's key is not available here; None when it is
+
+
+def secrets_of(resolved: ResolvedEnv) -> SecretsSummary:
+    try:
+        store = SecretsStore.open(resolved.config_path.parent, resolved.app)
+        names = store.names(resolved.env)
+    except SecretsError as err:
+        return SecretsSummary([], err.message)
+    try:
+        store.unlock(resolved.env)
+    except SecretsError as err:
+        return SecretsSummary(names, err.message)
+    return SecretsSummary(names, None)
+
+
+def as_data(resolved: ResolvedEnv, secrets: SecretsSummary) -> dict[str, object]:
     return {
         "app": resolved.app,
         "env": resolved.env,
@@ -48,10 +77,12 @@ def as_data(resolved: ResolvedEnv) -> dict[str, object]:
         "release": resolved.release,
         "release_timeout": _number(resolved.release_timeout),
         "vars": resolved.vars,
+        "secrets": secrets.names,
+        "secrets_key": secrets.key_problem is None,
     }
 
 
-def as_text(resolved: ResolvedEnv) -> str:
+def as_text(resolved: ResolvedEnv, secrets: SecretsSummary) -> str:
     followers = [server.name for server in resolved.servers[1:]]
     rows = [
         ("app", resolved.app),
@@ -71,6 +102,8 @@ def as_text(resolved: ResolvedEnv) -> str:
     lines = [f"{label:<{width}}{value}" for label, value in rows]
     lines.append("vars" + ("" if resolved.vars else f"{' ' * (width - 4)}-"))
     lines += [f"  {key}={value}" for key, value in resolved.vars.items()]
+    key = "available" if secrets.key_problem is None else f"not available: {secrets.key_problem}"
+    lines.append(f"{'secrets':<{width}}{', '.join(secrets.names) or '-'} (key {key})")
     return "\n".join(lines)
 
 

@@ -65,10 +65,6 @@ def _show_answers(answers: list[Answer]) -> bool:
         click.echo(f"  {answer.server.ljust(width)}  {answer.url}  {status}")
         if not same:
             click.echo("".join(f"      {line}\n" for line in answer.body.splitlines()))
-    click.echo("\nTry it yourself:")
-    for answer in answers:
-        click.echo(f"  curl {answer.url}")
-    click.echo()
     return all(a.status == 200 and f"schema version {MIGRATED_SCHEMA}," in a.body for a in answers)
 
 
@@ -84,7 +80,11 @@ def _show_abort(demo: Demo) -> None:
     )
 
 
-def _hold(demo: Demo) -> None:
+def _hold(demo: Demo, answers: list[Answer]) -> None:
+    """Keep the servers up, and only now invite a curl: they stay up while the person tries it."""
+    click.echo("\nTry it yourself:")
+    for answer in answers:
+        click.echo(f"  curl {answer.url}")
     _say(f"\nServing until Ctrl-C (workspace {demo.workspace}).")
     with suppress(KeyboardInterrupt):
         time.sleep(MAX_HOLD)
@@ -124,11 +124,12 @@ def demo_command(count: int, no_tui: bool, fail_release: bool, hold: bool | None
         code = run_job(demo.deploy, as_json=False, no_tui=no_tui, title=f"tako demo · {APP} → {ENV}")
         _catch_termination()  # the headless front end leaves SIGTERM at its default when done
         if code == EXIT_OK:
-            if not _show_answers(demo.answers()):
+            answers = demo.answers()
+            if not _show_answers(answers):
                 _say("error: not every server answered with the migrated schema")
                 code = EXIT_FAILED
             elif hold:
-                _hold(demo)
+                _hold(demo, answers)
         elif fail_release and code == EXIT_FAILED:
             _show_abort(demo)
         elif code == EXIT_INTERRUPTED:

@@ -14,7 +14,7 @@ from tako_core.deploy import DeployOptions, deploy
 from tako_core.events import DeployFinished, EventSink, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_tui.commands.frontend import run_job
-from tako_tui.commands.options import config_option, env_option, load_target
+from tako_tui.commands.options import app_url, config_option, env_option, load_target
 
 
 def holder() -> str:
@@ -42,4 +42,5 @@ def deploy_command(
     def job(sink: EventSink, prompter: Prompter) -> Awaitable[DeployFinished]:
         return deploy(target, secrets=secrets, sink=sink, prompter=prompter, options=options)
 
-    sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=f"{target.app} → {target.env}"))
+    title = f"{target.app} → {target.env}"
+    sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=title, url=app_url(target)))

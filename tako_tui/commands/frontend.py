@@ -40,8 +40,9 @@ class TerminalPrompter:
         return await asyncio.to_thread(confirm, question)
 
 
-def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
-    """Run `job` under the front end the flags and the terminal ask for; returns the exit code."""
+def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str, url: str | None = None) -> int:
+    """Run `job` under the front end the flags and the terminal ask for; returns the exit code. Once
+    the console has closed, its verdict stays on the terminal in a line (with `url` when it worked)."""
     finished: DeployFinished | None
     if as_json:
         finished = _run_headless(job, _json_sink)
@@ -50,7 +51,9 @@ def run_job(job: Job, *, as_json: bool, no_tui: bool, title: str) -> int:
     else:
         from tako_tui.app import DeployConsole  # Textual loads only when a screen is shown
 
-        finished = DeployConsole(job, title=title).show()
+        console = DeployConsole(job, title=title)
+        finished = console.show()
+        click.echo(console.deploy_screen.model.one_line(url), err=True)
     return finished.exit_code if finished is not None else EXIT_INTERRUPTED
 
 

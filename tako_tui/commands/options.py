@@ -37,6 +37,14 @@ def env_option(func: F) -> F:
     )(func)
 
 
+def app_url(target: ResolvedEnv) -> str | None:
+    """Where the app answers once deployed: its first route on the leader's HTTP port."""
+    if not target.routes:
+        return None
+    port = target.leader.http_port
+    return f"http://{target.routes[0]}" + ("" if port == 80 else f":{port}") + "/"
+
+
 def load_target(config_path: Path, env: str | None) -> ResolvedEnv:
     """The env a command acts on: tako.toml + the inventory; the env defaults to the only one."""
     config = load_config(config_path)

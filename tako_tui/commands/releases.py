@@ -24,7 +24,7 @@ from tako_core.secrets import load_env_secrets
 from tako_core.units import ago
 from tako_tui.commands.deploy import holder
 from tako_tui.commands.frontend import on_terminal, run_job
-from tako_tui.commands.options import config_option, env_option, load_target
+from tako_tui.commands.options import app_url, config_option, env_option, load_target
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
@@ -156,4 +156,5 @@ def releases_rollback(
     """Roll every server back to BUILD, a release it still keeps (the release command is not run)."""
     target = load_target(config_path, env_name)
     job = rollback_job(target, confirmed=yes)(build)
-    sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=f"{target.app} → {target.env} rollback"))
+    title = f"{target.app} → {target.env} rollback"
+    sys.exit(run_job(job, as_json=as_json, no_tui=no_tui, title=title, url=app_url(target)))

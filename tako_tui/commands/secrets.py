@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -159,9 +160,15 @@ def key_export(config_path: Path, env_name: str | None) -> None:
 
 
 @key.command("new")
-def key_new() -> None:
-    """Print a fresh key, for a machine without a keyring: export it as TAKO_SECRETS_KEY_<ENV>."""
-    click.echo(new_exported_key())
+@config_option
+@env_option
+def key_new(config_path: Path, env_name: str | None) -> None:
+    """Print `export TAKO_SECRETS_KEY_<ENV>=<a fresh key>`, for a machine without a keyring:
+    `eval "$(tako secrets key new -e production)"`. For an env without secrets yet."""
+    env = env_name or _pick_env(load_config(config_path), None)
+    click.echo(f"export {key_env_var(env)}={shlex.quote(new_exported_key())}")
+    if sys.stdout.isatty():
+        click.echo("eval it in your shell, and keep the key somewhere safe (your CI's secrets)", err=True)
 
 
 @key.command("import")

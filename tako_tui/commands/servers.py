@@ -124,11 +124,14 @@ async def _status_one(server: Server, say: Say) -> bool:
     build = (await asyncio.to_thread(build_zipapp, agent_cache_dir())).stem
     async with Connection.open(server) as conn:
         state = await inspect_agent(conn, build)
-    if state.client is None:
-        say(f"no agent answers: run `tako servers setup {server.name}`")
-        return False
-    info = state.client.info
-    await state.client.close()
+        if state.client is None:
+            say(f"no agent answers: run `tako servers setup {server.name}`")
+            return False
+        info = state.client.info
+        try:  # a stale agent may not speak this client's status: ask only a current one
+            apps = await state.client.status() if state.current else []
+        finally:
+            await state.client.close()
     line = (
         f"agent {info.agent_version} (protocol {info.protocol}) up, "
         f"{_describe(info.hostname, info.python)}, {size(info.free_bytes)} free"
@@ -137,6 +140,9 @@ async def _status_one(server: Server, say: Say) -> bool:
         say(f"{line}; stale: {state.reason}: run `tako servers setup {server.name}`")
         return False
     say(line)
+    for app in apps:
+        shared = " (the agent's own user: apps share it)" if app.shares_agent_user else ""
+        say(f"  {app.app}/{app.env} runs as {app.user}{shared}")
     return True
 
 

@@ -25,6 +25,15 @@ KEYS = (
     ("?", "this help"),
 )
 
+# tako console: its views, from the status of every env and server.
+VIEWS = (
+    ("l  enter", "the env's logs, live: f server filter, / search"),
+    ("r", "its releases, and rollback (asks first)"),
+    ("s", "the secrets"),
+    ("d", "deploy the selected env (asks first)"),
+    ("escape  q", "back to the status of every env"),
+)
+
 MEANING = {
     State.PENDING: "not started",
     State.RUNNING: "running",
@@ -50,9 +59,16 @@ class HelpScreen(ModalScreen[None]):
         states.add_column()
         for state, meaning in MEANING.items():
             states.add_row(Text(f"{STATE_GLYPH[state]} {state.value}", STATE_STYLE[state]), meaning)
+        views = Table.grid(padding=(0, 2))
+        views.add_column(style="bold #f5a97f", no_wrap=True)
+        views.add_column()
+        for key, what in VIEWS:
+            views.add_row(key, what)
         with Vertical(id="help"):
-            yield Static(Text("Keys", "bold"))
+            yield Static(Text("Keys (deploy screen)", "bold"))
             yield Static(keys)
+            yield Static(Text("\ntako console, from the status of every env", "bold"))
+            yield Static(views)
             yield Static(Text("\nPhase states", "bold"))
             yield Static(states)
             yield Static(Text("\nConnect · Upload · Install · Release · Rollout · Finalize", MUTED))

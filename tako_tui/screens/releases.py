@@ -37,6 +37,7 @@ class ReleasesScreen(Screen[None]):
     BINDINGS = [
         Binding("r", "rollback", "Roll back to it"),
         Binding("g", "refresh", "Refresh"),
+        Binding("escape", "back", "Back", show=False),
     ]
 
     def __init__(
@@ -67,6 +68,11 @@ class ReleasesScreen(Screen[None]):
         status.add_columns("Server", "Current", "Instances", "Deploy under way")
         self.query_one("#releases", DataTable).border_title = "Releases kept (newest first)"
         self.action_refresh()
+
+    def action_back(self) -> None:
+        """Back to the console's status (`tako releases` has nothing below this screen)."""
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
 
     # -- loading -------------------------------------------------------------------------------------
 

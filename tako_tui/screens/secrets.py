@@ -273,12 +273,12 @@ class SecretsScreen(Screen[None]):
 
     def action_quit(self) -> None:
         if not self.store.dirty:
-            self.app.exit()
+            self._leave()
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.app.exit()
+                self._leave()
 
         self.app.push_screen(
             ConfirmScreen(
@@ -290,6 +290,13 @@ class SecretsScreen(Screen[None]):
             ),
             answered,
         )
+
+    def _leave(self) -> None:
+        """Back to the screen below (in `tako console`), or out of `tako secrets edit`."""
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        else:
+            self.app.exit()
 
 
 def _shown_path(path: Path) -> str:

@@ -18,6 +18,7 @@ from .model import DeployModel
 # The overall state's look: words the model produces → (glyph, style).
 _OVERALL = {
     "deployed": ("✓", STATE_STYLE[State.DONE]),
+    "rolled back": ("✓", STATE_STYLE[State.DONE]),
     "failed": ("✗", STATE_STYLE[State.FAILED]),
     "crashed": ("✗", STATE_STYLE[State.FAILED]),
     "partly deployed": ("!", STATE_STYLE[State.FAILED]),

@@ -27,7 +27,7 @@ from tako_core.events import (
     State,
     UploadProgress,
 )
-from tako_core.units import progress, size
+from tako_core.units import duration, progress, size
 
 SHORT_DETAIL = 16  # a done phase's detail up to this long shows beside it
 
@@ -243,7 +243,8 @@ class DeployModel:
             return "crashed"
         if self.finished is not None:
             if self.finished.ok:
-                return "deployed"
+                rollback = self.started is not None and self.started.rollback_to is not None
+                return "rolled back" if rollback else "deployed"
             if self.finished.interrupted:
                 return "aborted"
             deployed = [r for r in self.finished.results if r.outcome is Outcome.DEPLOYED]
@@ -258,6 +259,20 @@ class DeployModel:
         if not active:
             return "deploying"
         return _PHASE_WORD[min(active, key=SERVER_PHASES.index)]
+
+    def one_line(self, url: str | None = None) -> str:
+        """The verdict in a line, for the terminal once the console has closed: how it ended, the build,
+        how long it took, and (when it worked) where the app answers."""
+        rollback = self.started.rollback_to if self.started is not None else None
+        build = rollback or (self.artifact.build if self.artifact is not None else None)
+        line = f"tako: {self.overall()}" + (f" {build}" if build else "")
+        if self.finished is not None:
+            line += f" in {duration(self.finished.seconds)}"
+            if self.finished.ok and url:
+                line += f" · {url}"
+            elif self.finished.error:
+                line += f": {self.finished.error}"
+        return line
 
     def elapsed(self, now: float) -> float:
         if self.finished is not None:

@@ -62,6 +62,9 @@ class Summary(Widget):
 
     def _head(self, finished: DeployFinished) -> Text:
         took = duration(finished.seconds)
+        started = self._model.started
+        if finished.ok and started is not None and started.rollback_to is not None:
+            return Text(f"✓ Rolled back to {started.rollback_to} in {took}", STATE_STYLE[State.DONE])
         if finished.ok:
             where = f" to {len(finished.results)} servers" if len(finished.results) > 1 else ""
             artifact = self._model.artifact

@@ -78,7 +78,8 @@ def start_agent(
 ) -> AgentProcess:
     """`extra`: more `serve` arguments; `max_fds`: the agent's RLIMIT_NOFILE, soft and hard."""
     port = http_port or free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8"}
+    # Apps as the agent's own user: per-app users are the fleet's to test (tests/test_app_users.py).
+    env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8", "TAKO_APP_USERS": "0"}
 
     def limit() -> None:
         if max_fds is not None:

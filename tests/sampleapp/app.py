@@ -5,7 +5,9 @@ before the release command ended.
 """
 
 import http.server
+import itertools
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,21 @@ DATA = os.environ["TAKO_DATA_DIR"]
 
 with open(os.path.join(DATA, "timeline.log"), "a") as log:
     log.write(f"{time.time():.6f} start {VERSION}\n")
+
+print(f"sample app {VERSION} starting", flush=True)
+if os.environ.get("SAMPLE_SECRET"):
+    print(f"secret is {os.environ['SAMPLE_SECRET']}", flush=True)
+
+
+def tick(every: float) -> None:
+    """A numbered line every `every` seconds: the log tests look for gaps and repeats."""
+    for n in itertools.count(1):
+        print(f"tick {n}", flush=True)
+        time.sleep(every)
+
+
+if os.environ.get("SAMPLE_TICK"):
+    threading.Thread(target=tick, args=(float(os.environ["SAMPLE_TICK"]),), daemon=True).start()
 
 if os.environ.get("SAMPLE_BOOT_SECONDS"):
     time.sleep(float(os.environ["SAMPLE_BOOT_SECONDS"]))
@@ -26,7 +43,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         healthy = os.environ.get("SAMPLE_HEALTHY", "1") == "1"
-        body = f"{VERSION} {BUILD}\n".encode()
+        say = os.environ.get("SAMPLE_SAY")  # a var of tako.toml, when a test sets one
+        body = f"{VERSION} {BUILD}{' ' + say if say else ''}\n".encode()
         self.send_response(200 if healthy else 500)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

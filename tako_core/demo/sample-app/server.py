@@ -41,8 +41,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # One short line per request on stdout: what `tako logs` and the console's logs view show.
+        print(f"{self.command} {self.path} {code}", flush=True)
+
     def log_message(self, format: str, *args: object) -> None:
-        pass  # one line per request would flood the agent's log
+        pass  # the rest of http.server's chatter (and its timestamps, which the agent adds)
 
 
 if __name__ == "__main__":
