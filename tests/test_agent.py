@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import Op, upload_name
+from tako_core.agent.contract import MAX_OUTPUT_LINE, Op, upload_name
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, LogEntry, RunResult
@@ -410,7 +410,7 @@ async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     (agent.root / "uploads/e1.tar.gz").write_bytes(evil.getvalue())
-    with pytest.raises(AgentReplyError, match="cannot unpack"):
+    with pytest.raises(AgentReplyError, match="unsafe path in the archive"):
         await client.prepare(
             "evil", "prod", "e1", "e1.tar.gz", install=None, env_vars={}, secrets={}, on_output=lambda _: None
         )
@@ -504,9 +504,41 @@ async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentP
         with pytest.raises(AgentReplyError, match="stopped by a cleanup"):
             await preparing
         assert not (agent.root / "apps/race/prod/releases/r1").exists()
-        assert not list((agent.root / "uploads").glob("race-prod-r1.*"))
+        assert not list((agent.root / "uploads").glob(f"{upload_name('race', 'prod', 'r1')}.*"))
         install_pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{install_pid}")
     finally:
         await installing.close()
         await cleaning.close()
+
+
+PEM = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIB\n-----END KEY-----"
+
+
+async def test_multi_line_secrets_and_secrets_across_a_cut_are_masked(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "pem", "p1")
+    # The secret straddles the 16 KiB cut of an overlong line, in output and in the stored run log.
+    pad = MAX_OUTPUT_LINE - len(SECRET) // 2
+    run_id = await client.release_start(
+        "pem",
+        "prod",
+        "p1",
+        f'printf "%s\\n" "$KEY"; head -c {pad} /dev/zero | tr "\\0" x; echo "$PW"',
+        env_vars={},
+        secrets={"KEY": PEM, "PW": SECRET},
+        timeout=30,
+    )
+    lines: list[str] = []
+    await client.release_watch("pem", "prod", run_id, 0, lambda _offset, line: lines.append(line))
+    text = "\n".join(lines)
+    assert "MIIEvQ" not in text
+    assert "AQEFAA" not in text
+    assert "".join(lines).count("***") >= 3
+    assert "s3cret" not in "".join(lines)
+    assert "xyz" not in "".join(lines)
+    stored = b"".join(p.read_bytes() for p in (agent.root / "apps/pem/prod/runs").rglob("*") if p.is_file())
+    assert b"MIIEvQ" not in stored
+    assert b"s3cret" not in stored
+    assert b"xyz" not in stored

@@ -98,7 +98,7 @@ class _Deploy(Run):
         t = self.target
 
         def output(line: str) -> None:
-            self.sink(OutputLine(server=None, phase=Phase.BUILD, line=self.mask(line)))
+            self.sink(OutputLine(server=None, phase=Phase.BUILD, line=line))
 
         return await build_artifact(
             t.config_path.parent,
@@ -109,6 +109,7 @@ class _Deploy(Run):
             output,
             cache_dir=self.options.cache_dir,
             codec=codec,
+            masker=self.mask,
         )
 
     async def _artifact_for(self, session: ServerSession, building: asyncio.Task[Artifact]) -> Artifact:
