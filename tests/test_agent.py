@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import UPLOAD_CHUNK, Op, decode, encode, new_run_id, request, upload_name
+from tako_core.agent.contract import (
+    MAX_OUTPUT_LINE,
+    UPLOAD_CHUNK,
+    Op,
+    decode,
+    encode,
+    new_run_id,
+    request,
+    upload_name,
+)
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, LogEntry, RunResult
@@ -416,7 +425,7 @@ async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     (agent.root / "uploads/e1.tar.gz").write_bytes(evil.getvalue())
-    with pytest.raises(AgentReplyError, match="cannot unpack"):
+    with pytest.raises(AgentReplyError, match="unsafe path in the archive"):
         await client.prepare(
             "evil", "prod", "e1", "e1.tar.gz", install=None, env_vars={}, secrets={}, on_output=lambda _: None
         )
@@ -510,7 +519,7 @@ async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentP
         with pytest.raises(AgentReplyError, match="stopped by a cleanup"):
             await preparing
         assert not (agent.root / "apps/race/prod/releases/r1").exists()
-        assert not list((agent.root / "uploads").glob("race-prod-r1.*"))
+        assert not list((agent.root / "uploads").glob(f"{upload_name('race', 'prod', 'r1')}.*"))
         install_pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{install_pid}")
     finally:
@@ -524,10 +533,11 @@ async def test_upload_over_the_agent_channel(
     """Chunks pipelined over the socket; the file appears whole, under its name, only at the end."""
     local = tmp_path / "big.bin"
     local.write_bytes(os.urandom(3 * UPLOAD_CHUNK + 17))
-    uploads = agent.root / "uploads"
+    uploads = agent.root / "uploads" / "up" / "prod"  # one directory per app and env, the agent's
+    uploads.mkdir(parents=True)
     (uploads / "big.bin.part").write_bytes(b"x" * (5 * UPLOAD_CHUNK))  # left by a cut upload
     progress: list[tuple[int, int]] = []
-    await (await client.upload("big.bin", local, lambda done, total: progress.append((done, total))))
+    await (await client.upload("up/prod/big.bin", local, lambda done, total: progress.append((done, total))))
     assert (uploads / "big.bin").read_bytes() == local.read_bytes()
     assert not (uploads / "big.bin.part").exists()
     size = local.stat().st_size
@@ -536,15 +546,16 @@ async def test_upload_over_the_agent_channel(
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     progress.clear()
-    await (await client.upload("empty", empty, lambda done, total: progress.append((done, total))))
+    await (await client.upload("up/prod/empty", empty, lambda done, total: progress.append((done, total))))
     assert (uploads / "empty").read_bytes() == b""
     assert progress == [(0, 0)]
 
     # Uploaded, then prepared: the deploy's path.
     artifact = pack(tmp_path / "u1.tar.zst", "u1")
-    await client.upload("up-prod-u1.tar.zst", artifact, lambda _done, _total: None)
+    name = upload_name("up", "prod", "u1") + ".tar.zst"
+    await client.upload(name, artifact, lambda _done, _total: None)
     await client.prepare(  # sent behind the last chunk, before its acknowledgement
-        "up", "prod", "u1", "up-prod-u1.tar.zst", install=None, env_vars={}, secrets={}, on_output=print
+        "up", "prod", "u1", name, install=None, env_vars={}, secrets={}, on_output=print
     )
     assert (agent.root / "apps/up/prod/releases/u1/version.txt").read_text() == "u1\n"
 
@@ -566,10 +577,13 @@ def _chunk_reply(agent: AgentProcess, params: dict[str, object], payload: bytes)
 @pytest.mark.parametrize(
     ("name", "payload", "size", "error"),
     [
-        ("../escape", b"", None, "must be a plain file name"),
-        ("a/b", b"", None, "must be a plain file name"),
-        (".hidden", b"", None, "must be a plain file name"),
-        ("short.bin", b"hello", 10, "incomplete: 5 of 10 bytes"),
+        ("../escape", b"", None, "must be <app>/<env>/<file name>"),
+        ("a/b", b"", None, "must be <app>/<env>/<file name>"),
+        ("a/b/.hidden", b"", None, "must be <app>/<env>/<file name>"),
+        ("a/b/c/d", b"", None, "must be <app>/<env>/<file name>"),
+        ("../b/escape", b"", None, "invalid app name"),
+        ("a/../escape", b"", None, "invalid env name"),
+        ("a/b/short.bin", b"hello", 10, "incomplete: 5 of 10 bytes"),
     ],
 )
 async def test_upload_refuses_bad_chunks(
@@ -580,7 +594,8 @@ async def test_upload_refuses_bad_chunks(
     assert reply["ok"] is False
     assert error in str(reply["error"])
     assert not (agent.root / "escape").exists()
-    assert not (agent.root / "uploads" / "short.bin").exists()
+    assert not (agent.root / "uploads" / "escape").exists()
+    assert not (agent.root / "uploads" / "a" / "b" / "short.bin").exists()
 
 
 async def test_a_chunk_of_unusable_length_ends_the_conversation(agent: AgentProcess) -> None:
@@ -624,6 +639,9 @@ async def test_a_watch_sent_right_behind_the_start_of_its_run(
         ("../escape.txt", "bad_request"),
         ("/tmp/abs.txt", "bad_request"),
         ("a/../../x", "bad_request"),
+        ("sub/./x", "bad_request"),
+        ("lnk/copied.txt", "bad_request"),  # lnk -> sub stays inside, yet a path through a link
+        ("version.txt", "bad_request"),  # in the delta archive already
         ("copied.txt", "stale_base"),
     ],
 )
@@ -634,20 +652,59 @@ async def test_a_delta_assembly_checks_every_base_path(
     await ship(agent, client, "delta", "d1")  # a kept release to copy from
     await roll(client, "delta", "d1")
     await client.finalize("delta", "prod", "d1")
-    upload = pack(agent.root / "uploads" / "delta-prod-d2.tar.zst", "d2")
+    upload = upload_name("delta", "prod", "d2") + ".tar.gz"
+    (agent.root / "uploads" / upload).parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(agent.root / "uploads" / upload, "w:gz") as tar:
+        members = (("version.txt", tarfile.REGTYPE), ("sub", tarfile.DIRTYPE), ("lnk", tarfile.SYMTYPE))
+        for name, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, 0o755, "sub" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(AgentReplyError) as refused:
         await client.prepare(
             "delta",
             "prod",
             "d2",
-            upload.name,
+            upload,
             install=None,
             env_vars={},
             secrets={},
             on_output=print,
             base={path: ("0" * 64, 0o644)},
         )
-    assert refused.value.code == code
+    assert refused.value.code == code, refused.value
     assert not (agent.root / "apps/delta/prod/releases/d2").exists()
     assert not (agent.root / "escape.txt").exists()
     assert not list((agent.root / "apps/delta/prod/releases").glob(".tmp-*"))
+
+
+PEM = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIB\n-----END KEY-----"
+
+
+async def test_multi_line_secrets_and_secrets_across_a_cut_are_masked(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "pem", "p1")
+    # The secret straddles the 16 KiB cut of an overlong line, in output and in the stored run log.
+    pad = MAX_OUTPUT_LINE - len(SECRET) // 2
+    run_id = await client.release_start(
+        "pem",
+        "prod",
+        "p1",
+        f'printf "%s\\n" "$KEY"; head -c {pad} /dev/zero | tr "\\0" x; echo "$PW"',
+        env_vars={},
+        secrets={"KEY": PEM, "PW": SECRET},
+        timeout=30,
+    )
+    lines: list[str] = []
+    await client.release_watch("pem", "prod", run_id, 0, lambda _offset, line: lines.append(line))
+    text = "\n".join(lines)
+    assert "MIIEvQ" not in text
+    assert "AQEFAA" not in text
+    assert "".join(lines).count("***") >= 3
+    assert "s3cret" not in "".join(lines)
+    assert "xyz" not in "".join(lines)
+    stored = b"".join(p.read_bytes() for p in (agent.root / "apps/pem/prod/runs").rglob("*") if p.is_file())
+    assert b"MIIEvQ" not in stored
+    assert b"s3cret" not in stored
+    assert b"xyz" not in stored

@@ -378,3 +378,21 @@ async def test_two_deploys_with_the_same_holder_still_exclude_each_other(
     assert (await asyncio.wait_for(first, 60)).exit_code == 0
     ran = [what for _, what in timeline(servers[0]) if what == "release-begin"]
     assert ran == ["release-begin"]  # the second deploy never ran the release command
+
+
+def test_the_build_never_sees_a_secrets_key_and_cannot_print_one(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tako_core.secrets import new_exported_key
+
+    servers = fleet(1)
+    key = new_exported_key()
+    monkeypatch.setenv("TAKO_SECRETS_KEY_PRODUCTION", key)
+    (tmp_path / "found.txt").write_text(key + "\n")  # a copy the build finds elsewhere
+    build = f'echo "env=${{TAKO_SECRETS_KEY_PRODUCTION:-none}}"; echo "found $(cat {tmp_path}/found.txt)"'
+    cfg = sample_app(tmp_path, servers, extra=f"build = '{build}'\n")
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 0, run.stderr
+    assert "env=none" in run.stderr
+    assert "found ***" in run.stderr
+    assert key not in run.stdout + run.stderr

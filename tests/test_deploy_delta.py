@@ -88,7 +88,7 @@ def test_a_redeploy_sends_only_the_changed_files(fleet: Fleet, tako_home: Path, 
         assert _tree(release) == _tree(tmp_path / "app")
         assert os.readlink(release / "assets" / "link") == "blob0.bin"
         assert os.stat(release / "assets" / "run.sh").st_mode & 0o111
-        assert not list((Path(s.root) / "uploads").iterdir())
+        assert not [p for p in (Path(s.root) / "uploads").rglob("*") if not p.is_dir()]
 
 
 def test_a_changed_kept_release_falls_back_to_the_whole_artifact(
@@ -109,4 +109,4 @@ def test_a_changed_kept_release_falls_back_to_the_whole_artifact(
         assert (release / "assets" / "blob2.bin").read_bytes() == (
             tmp_path / "app/assets/blob2.bin"
         ).read_bytes()
-        assert not list((Path(s.root) / "uploads").iterdir())
+        assert not [p for p in (Path(s.root) / "uploads").rglob("*") if not p.is_dir()]

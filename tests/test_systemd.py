@@ -137,6 +137,22 @@ def test_setup_through_sudo_is_the_same_as_for_root(
     assert "Permission denied" in listing.stderr
 
 
+def test_a_deploy_user_takes_over_a_root_set_up_by_root(
+    container: Container, tako_home: Path, tmp_path: Path
+) -> None:
+    """The deploy user takes over a root that root set up and deployed to: the agent (root either
+    way) writes every upload, so uploads/<app>/<env> stays its own and nothing changes hands."""
+    first = container.server("ct", "root", "/srv/tako-over")
+    _setup_and_deploy(first, tako_home, tmp_path / "1")
+    server = container.server("ct", "deploy", "/srv/tako-over", http_port=first.http_port)
+    assert _setup(server, tako_home).code == 0
+    deployed = _deploy(tmp_path / "2", server, "v2")
+    assert deployed.code == 0, deployed.stderr
+    assert _get(server).startswith("v2 ")
+    uploads = ("/srv/tako-over/uploads/web", "/srv/tako-over/uploads/web/production")
+    assert _stat(container, "%n %U %a", *uploads) == [f"{path} root 700" for path in uploads]
+
+
 def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
     container: Container, tako_home: Path, tmp_path: Path
 ) -> None:

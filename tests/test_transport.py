@@ -7,6 +7,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tako_core.errors import TransportError
@@ -189,3 +190,41 @@ async def test_agent_channel_without_an_agent_says_how_to_start_one(any_fleet: F
             await conn.agent()
         assert caught.value.hint is not None
         assert "tako servers setup s1" in caught.value.hint
+
+
+async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_is_offered(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ForwardAgent yes` in ~/.ssh/config must not hand the user's SSH agent to every server, and
+    with an identity configured the agent's keys are not offered."""
+    (s1,) = fleet(1, register=False)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ForwardAgent yes\n")
+    monkeypatch.setenv("HOME", str(home))
+    sock = tmp_path / "agent.sock"
+    agent = await asyncio.create_subprocess_exec(
+        "ssh-agent", "-D", "-a", str(sock), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        async with _open(s1) as conn:
+            result = await conn.run('echo "sock=${SSH_AUTH_SOCK:-none}"')
+        assert result.stdout == "sock=none\n"
+
+        # The agent holds the key the server accepts; the configured identity is a stranger's.
+        adding = await asyncio.create_subprocess_exec(
+            "ssh-add", "-q", str(s1.server.identity), stderr=asyncio.subprocess.DEVNULL
+        )
+        assert await adding.wait() == 0
+        stranger = tmp_path / "id_other"
+        asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
+        with pytest.raises(TransportError, match="refused the login"):
+            await Connection.open(dataclasses.replace(s1.server, identity=stranger), timeout=5)
+    finally:
+        agent.terminate()
+        await agent.wait()

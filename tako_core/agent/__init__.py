@@ -34,7 +34,7 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     layout         where things live under ROOT, and the names allowed in paths
     accounts       one Unix user per app/env (an agent running as root): its name, creating it
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file
-    cli            the command line: `serve [--client-user U] [--detach]` and `version`
+    cli            the command line: `serve [--trusted-proxy A] [--client-user U] [--detach]`, `version`
     __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
     compat         the Python 3.10 differences the agent must honour
 """

@@ -437,6 +437,7 @@ def new_run_id(build: str) -> str:
 
 
 def upload_name(app: str, env: str, build: str) -> str:
-    """The stem of an uploaded artifact in ROOT/uploads: the client uploads under it (adding the
-    codec's suffix), the agent's cleanup of a build removes what it finds under it."""
-    return f"{app}-{env}-{build}"
+    """The stem of an uploaded artifact under ROOT/uploads: the client uploads under it (adding the
+    codec's suffix), the agent's cleanup of a build removes what it finds under it. One directory
+    per app and env, so no two apps' names can meet (`a-b`+`c` and `a`+`b-c` once did)."""
+    return f"{app}/{env}/{build}"

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tako_core.agent.layout import Layout, write_private
 from tako_core.agent.router import Router
@@ -42,10 +43,18 @@ def lock_root(layout: Layout) -> int:
     return fd
 
 
+@dataclass(frozen=True)
+class Listen:
+    """Where the router listens, and whose forwarding headers it keeps."""
+
+    host: str
+    port: int
+    trusted_proxies: tuple[str, ...] = ()
+
+
 async def serve(
     layout: Layout,
-    http_host: str,
-    http_port: int,
+    listen: Listen,
     ready: Callable[[], None] | None = None,
     client_user: str | None = None,
 ) -> None:
@@ -54,7 +63,7 @@ async def serve(
     layout.create(client_user)
     lock = lock_root(layout)
     try:
-        router = Router(http_host, http_port)
+        router = Router(listen.host, listen.port, trusted_proxies=listen.trusted_proxies)
         await router.start()
         agent = Agent(layout, router)
         server = AgentServer(agent)
@@ -64,7 +73,11 @@ async def serve(
             layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
             log.info(
-                "agent %d serving on %s, router on %s:%d", os.getpid(), layout.socket, http_host, router.port
+                "agent %d serving on %s, router on %s:%d",
+                os.getpid(),
+                layout.socket,
+                listen.host,
+                router.port,
             )
             if ready:
                 ready()

@@ -193,10 +193,9 @@ async def run_install(
 
     async def pump() -> None:
         assert proc.stdout is not None
-        async for line in procs.lines(proc.stdout):
-            masked = masker(line)
-            tail.append(masked)
-            on_line(masked)
+        async for line in procs.lines(proc.stdout, masker):
+            tail.append(line)
+            on_line(line)
 
     try:
         await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), INSTALL_TIMEOUT)

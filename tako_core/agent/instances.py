@@ -72,8 +72,8 @@ class Instance:
 
     async def _read(self, stdout: asyncio.StreamReader) -> None:
         source = f"{self.spec.build}#{self.index}"
-        async for line in procs.lines(stdout):
-            masked = clip(self.spec.masker(line))
+        async for line in procs.lines(stdout, self.spec.masker):
+            masked = clip(line)
             self.tail.append(masked)
             self.output.write(source, masked)
 

@@ -25,9 +25,9 @@ def is_complete(layout: AppLayout, build: str) -> bool:
 
 
 def resolve_upload(uploads: Path, name: str) -> Path:
-    """The uploaded file `name` (a bare name or a path) inside the uploads directory, no further."""
+    """The uploaded file `name` (a path under the uploads directory, or absolute), no further out."""
     path = (uploads / name).resolve()
-    if path.parent != uploads.resolve():
+    if not path.is_relative_to(uploads.resolve()):
         raise ProtocolError(BAD_REQUEST, f"upload {name!r} is not in {uploads}")
     if not path.is_file():
         raise ProtocolError(NOT_FOUND, f"no upload {path.name} in {uploads}", hint="upload it again")
@@ -56,9 +56,9 @@ async def prepare(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build}-", dir=layout.releases))
 
     def unpack() -> None:
-        extract(upload, tmp)
+        links = extract(upload, tmp)
         if base is not None:
-            delta.assemble(tmp, base, kept(layout))
+            delta.assemble(tmp, links, base, kept(layout))
 
     extracting = asyncio.ensure_future(asyncio.to_thread(unpack))
     try:

@@ -94,8 +94,8 @@ class Run:
             self.notify()
 
     async def _pump(self, stdout: asyncio.StreamReader, log: io.FileIO, masker: Masker) -> None:
-        async for line in procs.lines(stdout):
-            log.write((clip(masker(line)) + "\n").encode())
+        async for line in procs.lines(stdout, masker):
+            log.write((clip(line) + "\n").encode())
             self.notify()
 
 

@@ -19,6 +19,7 @@ class Server:
     root: str = "/opt/tako"
     http_port: int = 80
     http_host: str = "0.0.0.0"  # address the agent's router binds
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose forwarding headers the router keeps
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class _Deploy(Run):
         t = self.target
 
         def output(line: str) -> None:
-            self.sink(OutputLine(server=None, phase=Phase.BUILD, line=self.mask(line)))
+            self.sink(OutputLine(server=None, phase=Phase.BUILD, line=line))
 
         return await build_artifact(
             t.config_path.parent,
@@ -116,6 +116,7 @@ class _Deploy(Run):
             output,
             cache_dir=self.options.cache_dir,
             codec=codec,
+            masker=self.mask,
         )
 
     async def _artifact_for(self, session: ServerSession, building: asyncio.Task[Artifact]) -> Artifact:

@@ -290,5 +290,6 @@ def _serve_args(server: Server, client_user: str | None) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
+        *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
         *(["--client-user", client_user] if client_user else []),
     ]

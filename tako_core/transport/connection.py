@@ -221,11 +221,15 @@ async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection
         "login_timeout": limit,
         "keepalive_interval": KEEPALIVE_INTERVAL,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        # asyncssh applies ~/.ssh/config silently: its `ForwardAgent yes` must not reach servers.
+        "agent_forwarding": False,
     }
     if server.user:
         options["username"] = server.user
     if server.identity is not None:
+        # Only the configured key is offered, not every key in the user's SSH agent.
         options["client_keys"] = [str(server.identity.expanduser())]
+        options["agent_path"] = None
     return await asyncssh.connect(server.host, server.port, **options)
 
 

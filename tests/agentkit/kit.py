@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,12 +68,25 @@ def agent_command(root: Path, http_port: int, pyz_dir: Path, zipapp: Path | None
 
 
 def start_agent(
-    root: Path, pyz_dir: Path, http_port: int | None = None, zipapp: Path | None = None
+    root: Path,
+    pyz_dir: Path,
+    http_port: int | None = None,
+    zipapp: Path | None = None,
+    *,
+    extra: Sequence[str] = (),
+    max_fds: int | None = None,
 ) -> AgentProcess:
+    """`extra`: more `serve` arguments; `max_fds`: the agent's RLIMIT_NOFILE, soft and hard."""
     port = http_port or free_port()
     # Apps as the agent's own user: per-app users are the fleet's to test (tests/test_app_users.py).
     env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8", "TAKO_APP_USERS": "0"}
-    proc = subprocess.Popen(agent_command(root, port, pyz_dir, zipapp), env=env, cwd="/")
+
+    def limit() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
+    command = [*agent_command(root, port, pyz_dir, zipapp), *extra]
+    proc = subprocess.Popen(command, env=env, cwd="/", preexec_fn=limit)
     agent = AgentProcess(root, port, proc)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -101,6 +116,7 @@ def pack(dest: Path, version: str, mode: str = "ok", extra: dict[str, str] | Non
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
     return dest
 
