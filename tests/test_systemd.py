@@ -69,7 +69,7 @@ def _setup(server: Server, tako_home: Path) -> Run:
 def _setup_and_deploy(server: Server, tako_home: Path, tmp_path: Path) -> None:
     setup = _setup(server, tako_home)
     assert setup.code == 0, setup.stderr
-    assert "starting the agent with systemd" in setup.stderr
+    assert "started the agent (systemd)" in setup.stderr
     deployed = _deploy(tmp_path, server)
     assert deployed.code == 0, deployed.stderr
     assert _get(server).startswith("v1 ")
@@ -172,7 +172,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
 
     home = _setup(container.server("ct", "plain", "/home/plain/tako"), tako_home)
     assert home.code == 0, home.stderr
-    assert "starting the agent (detached)" in home.stderr
+    assert "started the agent (detached)" in home.stderr
     assert "warning: a detached agent does not come back after a reboot" in home.stderr
 
     server = container.server("ct", "plain", "/home/plain/tako")

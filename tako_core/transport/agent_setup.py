@@ -1,9 +1,9 @@
 """Installing, upgrading and starting the agent on a server, over one Connection.
 
 The agent says in its hello which zipapp it runs (version + content hash, `AgentInfo.build_id`), so a
-client tells a stale agent from the hello alone. An install is one command: the zipapp on its stdin,
-then the old agent stopped and the new one started; a half-done install leaves the old build, which
-still counts as stale.
+client tells a stale agent from the hello alone. An install is one command (through `sudo -n` when we
+are not root) after the one asking who we are: the zipapp on its stdin, then the old agent stopped
+and the new one started; a half-done install leaves the old build, which still counts as stale.
 """
 
 from __future__ import annotations
