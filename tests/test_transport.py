@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -52,36 +51,6 @@ async def test_run_streams_lines_as_they_come(any_fleet: Fleet) -> None:
     ]
     first_at = next(at for kind, line, at in seen if line == "first")
     assert ended - first_at > 0.3, "the first line arrived only when the command ended"
-
-
-async def test_put_uploads_atomically_with_progress(any_fleet: Fleet, tmp_path: Path) -> None:
-    (s1,) = any_fleet(1, register=False)
-    local = tmp_path / "artifact.bin"
-    local.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    progress: list[tuple[int, int]] = []
-    remote = s1.root / "uploads" / "artifact.bin"
-    async with _open(s1) as conn:
-        await conn.put(local, str(remote), on_progress=lambda done, total: progress.append((done, total)))
-        empty = tmp_path / "empty"
-        empty.write_bytes(b"")
-        empty_progress: list[tuple[int, int]] = []
-        await conn.put(
-            empty, str(s1.root / "uploads" / "empty"), on_progress=lambda d, t: empty_progress.append((d, t))
-        )
-    assert remote.read_bytes() == local.read_bytes()
-    assert not remote.with_name("artifact.bin.part").exists()
-    size = local.stat().st_size
-    assert progress[-1] == (size, size)
-    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
-    assert len(progress) > 2
-    assert empty_progress == [(0, 0)]
-
-
-async def test_put_of_a_missing_file_is_a_transport_error(any_fleet: Fleet, tmp_path: Path) -> None:
-    (s1,) = any_fleet(1, register=False)
-    async with _open(s1) as conn:
-        with pytest.raises(TransportError, match="cannot read"):
-            await conn.put(tmp_path / "nope", str(s1.root / "x"))
 
 
 async def test_a_killed_session_is_an_error_not_a_silent_none(any_fleet: Fleet) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ import tako_core
 from tako_core.config import Server
 from tako_core.errors import AgentError
 from tako_core.transport import Connection
-from tako_core.transport.agent_setup import ensure_agent, systemd_unit, systemd_unit_name
+from tako_core.transport.agent_setup import ensure_agent, install_agent, systemd_unit, systemd_unit_name
+from tako_core.transport.agent_zipapp import BUILD_FILE, build_zipapp
 from tests.fleet import Fleet
 from tests.procs import alive
 
@@ -80,7 +82,8 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert steps[0].startswith("agent not running: installing")
 
         # Another build of tako installed it: replaced, and the old process is gone.
-        (s1.root / "bin" / "tako-agent.build").write_text("tako-agent-0.0.1-00000000\n")
+        await install_agent(conn, _other_build(tmp_path), steps.append)
+        first = s1.agent_pid()
         steps.clear()
         client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
         await client.close()
@@ -91,9 +94,10 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert not alive(first)
 
         # Stale but busy with someone's deploy: left alone, and the error names the holder.
-        client = await ensure_agent(conn, cache_dir=tmp_path)
+        await install_agent(conn, _other_build(tmp_path), steps.append)
+        second = s1.agent_pid()
+        client = await conn.agent()
         await client.lease_acquire("web", "production", "ada@laptop (pid 7)", "b1")
-        (s1.root / "bin" / "tako-agent.build").write_text("tako-agent-0.0.1-00000000\n")
         with pytest.raises(AgentError, match=r"web/production is being deployed by ada@laptop \(pid 7\)"):
             await ensure_agent(conn, cache_dir=tmp_path)
         assert s1.agent_pid() == second
@@ -122,6 +126,16 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         await client.close()
         assert steps[0].startswith("agent not running: installing")
         assert s1.agent_pid() not in (None, second)
+
+
+def _other_build(cache: Path) -> Path:
+    """The zipapp of this tako, but saying it is another build in its hello."""
+    other = cache / "other" / "tako-agent-other.pyz"
+    other.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(build_zipapp(cache)) as src, zipfile.ZipFile(other, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, b"00000000" if info.filename == BUILD_FILE else src.read(info))
+    return other
 
 
 def test_systemd_unit_runs_the_agent_of_its_root() -> None:

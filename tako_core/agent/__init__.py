@@ -12,6 +12,8 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     leases         one deploy per app/env at a time, kept in run/leases.json across restarts
     releases       release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
     installs       the install step: outputs reused by a content key (command + lockfiles), package caches
+    uploads        artifacts arriving over the socket in raw chunks (Op.UPLOAD), published when whole
+    delta          a release assembled from kept releases' files plus a delta archive of what changed
     extract        unpacking an uploaded tar.zst or tar.gz safely
     runs           release commands, detached from any client, their logs resumable by byte offset
     procs          child processes: their environment, their own process group, their output, killing them

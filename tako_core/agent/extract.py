@@ -53,19 +53,19 @@ def _refuse(what: str, name: str) -> ProtocolError:
     return ProtocolError(FAILED, f"{what} in the archive: {name[:200]!r}")
 
 
-def _prefixes(path: str) -> Iterator[str]:
+def prefixes(path: str) -> Iterator[str]:
     """ "a/b/c" -> "a", "a/b", "a/b/c"."""
     parts = path.split("/")
     for i in range(1, len(parts) + 1):
         yield "/".join(parts[:i])
 
 
-def checked_members(archive: tarfile.TarFile, dest: Path) -> Iterator[tarfile.TarInfo]:
+def checked_members(archive: tarfile.TarFile, dest: Path, links: set[str]) -> Iterator[tarfile.TarInfo]:
     """The file and symlink members of `archive` (directories are made here); ProtocolError on the
-    first bad member or once the unpacked size or member count passes the caps."""
+    first bad member or once the unpacked size or member count passes the caps. `links` collects
+    the symlink members' names."""
     max_bytes, max_members = caps(dest)
     seen: set[str] = set()
-    links: set[str] = set()
     through: set[str] = set()  # every path a link target passes on its way
     total = 0
     for count, member in enumerate(archive, 1):
@@ -77,7 +77,7 @@ def checked_members(archive: tarfile.TarFile, dest: Path) -> Iterator[tarfile.Ta
             raise _refuse("unsafe path", raw)
         if name in seen:
             raise _refuse("a name defined twice", raw)
-        if any(p in links for p in _prefixes(posixpath.dirname(name))):
+        if any(p in links for p in prefixes(posixpath.dirname(name))):
             raise _refuse("a path through a symlink", raw)
         seen.add(name)
         total += member.size if member.isfile() else 0
@@ -119,37 +119,40 @@ def _check_link(name: str, target: str, links: set[str], through: set[str]) -> N
         through.add(here)
 
 
-def _extract_stream(stream: Any, dest: Path) -> None:  # a file, GzipFile, zstd or pipe reader
+def _extract_stream(stream: Any, dest: Path, links: set[str]) -> None:  # a file, GzipFile, zstd or pipe
     with tarfile.open(fileobj=stream, mode="r|") as archive:
         extractall: Any = archive.extractall  # `filter` is unknown to typeshed's 3.10 view
         options = {}
         if hasattr(tarfile, "data_filter"):  # 3.12+ warns without a filter; ours checked already
             options["filter"] = "data" if PATCHED_DATA_FILTER else "fully_trusted"
-        extractall(dest, members=checked_members(archive, dest), **options)
+        extractall(dest, members=checked_members(archive, dest, links), **options)
 
 
-def extract(archive: Path, dest: Path) -> None:
-    """Unpack `archive` into the existing empty directory `dest`; ProtocolError on any failure."""
+def extract(archive: Path, dest: Path) -> set[str]:
+    """Unpack `archive` into the existing empty directory `dest`; ProtocolError on any failure.
+    Returns its symlinks' names: what a file added later (agent/delta.py) must not pass through."""
     with open(archive, "rb") as f:
         magic = f.read(4)
+    links: set[str] = set()
     try:
         if magic.startswith(GZIP_MAGIC):
             with gzip.open(archive, "rb") as stream:
-                _extract_stream(stream, dest)
+                _extract_stream(stream, dest, links)
         elif magic == ZSTD_MAGIC:
-            _extract_zstd(archive, dest)
+            _extract_zstd(archive, dest, links)
         else:
             raise ProtocolError(FAILED, f"{archive.name} is neither tar.zst nor tar.gz")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ProtocolError(FAILED, f"cannot unpack {archive.name}: {e}") from None
+    return links
 
 
-def _extract_zstd(archive: Path, dest: Path) -> None:
+def _extract_zstd(archive: Path, dest: Path, links: set[str]) -> None:
     if importlib.util.find_spec("zstandard") is not None:
         import zstandard
 
         with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-            _extract_stream(stream, dest)
+            _extract_stream(stream, dest, links)
         return
     binary = shutil.which("zstd")
     if binary is None:
@@ -157,7 +160,7 @@ def _extract_zstd(archive: Path, dest: Path) -> None:
     with subprocess.Popen([binary, "-dcq", str(archive)], stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         try:
-            _extract_stream(proc.stdout, dest)
+            _extract_stream(proc.stdout, dest, links)
         finally:
             proc.stdout.close()
             status = proc.wait()

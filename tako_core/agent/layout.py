@@ -71,8 +71,7 @@ class Layout:
 
     def create(self, client_user: str | None = None) -> None:
         """The root's directories; `client_user` (the SSH user driving a root agent) may reach the
-        socket in run/ (which it cannot list) and write uploads/ and its per-app directories,
-        nothing else."""
+        socket in run/ (which it cannot list), nothing else: uploads come over the socket (Op.UPLOAD)."""
         for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps):
             path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_file.parent, 0o700)
@@ -82,14 +81,6 @@ class Layout:
         # The socket directory and anything holding state are the agent user's alone.
         os.chmod(self.run, 0o711 if client_user else 0o700)
         os.chmod(self.uploads, 0o700)
-        if client_user:
-            # Also what an earlier client (root, before a deploy user took over) left there: the
-            # client makes uploads/<app>/<env>/ itself and must be able to write into it.
-            uid, gid = _ids(client_user)
-            for top, dirs, files in os.walk(self.uploads):
-                os.chown(top, uid, gid)
-                for name in dirs + files:
-                    os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
 
     def hand_socket(self, client_user: str | None) -> None:
         """The socket (born 0600) belongs to `client_user` when the agent runs for another user."""

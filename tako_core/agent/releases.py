@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent import installs
+from tako_core.agent import delta, installs
 from tako_core.agent.accounts import chown_tree
 from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
@@ -43,8 +43,10 @@ async def prepare(
     env: dict[str, str],
     masker: Masker,
     on_line: Callable[[str], None],
+    base: dict[str, object] | None = None,
 ) -> None:
-    """Unpack into a temp dir, rename into releases/<build>, run install there, mark complete."""
+    """Unpack into a temp dir (with `base`, a delta archive completed from kept releases: agent/delta.py),
+    rename into releases/<build> (owned by the app's user either way), run install there, mark complete."""
     account = layout.create()
     target = layout.release(build)
     if is_complete(layout, build):
@@ -52,7 +54,13 @@ async def prepare(
     if layout.current_build() == build:
         raise ProtocolError(FAILED, f"{build} is current but incomplete; refusing to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build}-", dir=layout.releases))
-    extracting = asyncio.ensure_future(asyncio.to_thread(extract, upload, tmp))
+
+    def unpack() -> None:
+        links = extract(upload, tmp)
+        if base is not None:
+            delta.assemble(tmp, links, base, kept(layout))
+
+    extracting = asyncio.ensure_future(asyncio.to_thread(unpack))
     try:
         try:
             await asyncio.shield(extracting)
@@ -106,6 +114,13 @@ def created_at(layout: AppLayout, build: str) -> float:
     path = layout.release(build)
     marker = path / COMPLETE
     return (marker if marker.exists() else path).stat().st_mtime
+
+
+def kept(layout: AppLayout) -> list[Path]:
+    """The complete releases' directories, the current one first, then newest first."""
+    current = layout.current_build()
+    names = sorted(builds(layout), key=lambda b: b != current)
+    return [layout.release(b) for b in names if is_complete(layout, b)]
 
 
 def builds(layout: AppLayout) -> list[str]:
