@@ -2,7 +2,7 @@
 
 Runs one warm-up `tako deploy` (agents installed, an old instance running), then one deploy of a new
 version of the ~5 MB bench app in this process with timing wrappers around the transport, agent
-client, SSH/SFTP and build calls (wall time per call, per server), and optionally under cProfile.
+client, SSH and build calls (wall time per call, per server), and optionally under cProfile.
 `--first` skips the warm-up: the measured deploy installs the agents. `--rtt MS` puts a delay proxy
 (tests/delayproxy.py) in front of every sshd for the measured deploy, and counts each call's round
 trips (its wall time / RTT; local work counts too, so compare with `--rtt 0`).
@@ -36,7 +36,7 @@ from fleetlib import ROOT, bench_fleet
 
 from tako_core.build import artifact as build_module
 from tako_core.config import add_server
-from tako_core.deploy import DeployOptions, deploy, pipeline, session
+from tako_core.deploy import DeployOptions, delta, deploy, pipeline, session
 from tako_core.events import Event
 from tako_core.transport import agent_client, agent_setup, connection
 from tako_tui.commands.options import load_target
@@ -46,14 +46,14 @@ TIMES: dict[str, list[float]] = collections.defaultdict(list)
 
 WRAPPED: list[tuple[Any, str]] = [
     (connection.Connection, "open"),
-    (connection.Connection, "put"),
     (connection.Connection, "run"),
     (connection.Connection, "agent"),
     (connection.Connection, "close"),
     (agent_setup, "inspect_agent"),
     (agent_client.AgentClient, "connect"),
     (agent_client.AgentClient, "lease_acquire"),
-    (agent_client.AgentClient, "has_release"),
+    (agent_client.AgentClient, "check_release"),
+    (agent_client.AgentClient, "upload"),
     (agent_client.AgentClient, "prepare"),
     (agent_client.AgentClient, "release_start"),
     (agent_client.AgentClient, "release_watch"),
@@ -61,18 +61,17 @@ WRAPPED: list[tuple[Any, str]] = [
     (agent_client.AgentClient, "finalize"),
     (agent_client.AgentClient, "lease_release"),
     (agent_client.AgentClient, "close"),
-    (session.ServerSession, "connect"),
+    (session.ServerSession, "open"),
+    (session.ServerSession, "lease"),
     (session.ServerSession, "close"),
+    (delta.Deltas, "hashes"),
+    (delta.Deltas, "delta"),
     (pipeline, "build_artifact"),
     (session, "ensure_agent"),
     (agent_setup, "install_agent"),
     (agent_setup, "_wait_for_agent"),
     (asyncssh.SSHClientConnection, "create_process"),
-    (asyncssh.SSHClientConnection, "start_sftp_client"),
     (asyncssh.SSHClientConnection, "open_unix_connection"),
-    (asyncssh.SFTPClient, "makedirs"),
-    (asyncssh.SFTPClient, "put"),
-    (asyncssh.SFTPClient, "posix_rename"),
 ]
 THREADED: list[tuple[Any, str]] = [(agent_setup, "build_zipapp"), (build_module, "collect_source_set")]
 
@@ -120,6 +119,7 @@ async def main() -> None:
     parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--first", action="store_true", help="no warm-up: the deploy installs the agents")
     parser.add_argument("--rtt", type=float, default=0.0, help="round-trip time of the measured deploy, ms")
+    parser.add_argument("--size", type=int, default=5_000_000, help="bytes of source in the app")
     parser.add_argument("--cprofile", help="write a cProfile of the measured deploy here")
     parser.add_argument(
         "--py-spy",
@@ -129,7 +129,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     with bench_fleet(args.servers) as fleet, contextlib.ExitStack() as stack:
-        app = make_app(fleet.workdir / "app", fleet.servers).parent
+        app = make_app(fleet.workdir / "app", fleet.servers, size=args.size).parent
         if not args.first:
             set_version(app, "warm")
             await run_tako(app / "tako.toml", fleet.env, fleet.workdir / "scratch")

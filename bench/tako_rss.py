@@ -1,5 +1,5 @@
 """Run the `tako` command in this process, then record in $BENCH_RSS_FILE its peak RSS (VmHWM, kB),
-the time.time() at which the command returned (the interpreter's own exit comes after) and the CPU
+the time.time() at which the command returned (its exit, as `tako`'s own, comes after) and the CPU
 seconds (user + system) it used.
 
 BENCH_RSS_FILE=/tmp/rss .venv/bin/python bench/tako_rss.py deploy --json --yes -c app/tako.toml
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import runpy
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,10 @@ def _peak_kb() -> int:
 
 
 if __name__ == "__main__":
-    sys.argv = ["tako", *sys.argv[1:]]
-    try:
-        runpy.run_module("tako_tui.cli", run_name="__main__", alter_sys=True)
-    finally:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = usage.ru_utime + usage.ru_stime
-        Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()} {time.time():.6f} {cpu:.3f}\n")
+    from tako_tui.cli import exit_now, invoke  # timed as part of the process's start, as in `tako`
+
+    code = invoke(sys.argv[1:])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime
+    Path(os.environ["BENCH_RSS_FILE"]).write_text(f"{_peak_kb()} {time.time():.6f} {cpu:.3f}\n")
+    exit_now(code)

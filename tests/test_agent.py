@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -15,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tako_core.agent.contract import Op, upload_name
+from tako_core.agent.contract import (
+    MAX_OUTPUT_LINE,
+    UPLOAD_CHUNK,
+    Op,
+    decode,
+    encode,
+    new_run_id,
+    request,
+    upload_name,
+)
 from tako_core.errors import TransportError
 from tako_core.transport import agent_client as client_module
 from tako_core.transport.agent_client import AgentClient, AgentReplyError, LeaseHeld, LogEntry, RunResult
@@ -137,7 +148,10 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert not result.timed_out
 
     assert await roll(client, "shop", "b1") == [(1, 1)]
-    await client.finalize("shop", "prod", "b1")
+    await client.lease_acquire("shop", "prod", "ada", "b1")
+    await client.finalize("shop", "prod", "b1", release_lease="bob")  # not bob's: kept
+    assert next(s.lease for s in await client.status() if s.app == "shop") is not None
+    await client.finalize("shop", "prod", "b1", release_lease="ada")  # the deploy's last step
     assert os.readlink(agent.root / "apps/shop/prod/current") == "releases/b1"
     assert await get(agent.http_port, "shop.test") == (200, "b1")
 
@@ -145,6 +159,7 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert status.current == "b1"
     assert status.running == "b1"
     assert len(status.instances) == 1
+    assert status.lease is None
     state = agent.root / "apps/shop/prod/state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     entries: list[LogEntry] = []
@@ -410,7 +425,7 @@ async def test_prepare_refuses_unsafe_archives_and_reports_failed_installs(
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     (agent.root / "uploads/e1.tar.gz").write_bytes(evil.getvalue())
-    with pytest.raises(AgentReplyError, match="cannot unpack"):
+    with pytest.raises(AgentReplyError, match="unsafe path in the archive"):
         await client.prepare(
             "evil", "prod", "e1", "e1.tar.gz", install=None, env_vars={}, secrets={}, on_output=lambda _: None
         )
@@ -504,9 +519,192 @@ async def test_cleanup_stops_a_prepare_still_running_for_its_build(agent: AgentP
         with pytest.raises(AgentReplyError, match="stopped by a cleanup"):
             await preparing
         assert not (agent.root / "apps/race/prod/releases/r1").exists()
-        assert not list((agent.root / "uploads").glob("race-prod-r1.*"))
+        assert not list((agent.root / "uploads").glob(f"{upload_name('race', 'prod', 'r1')}.*"))
         install_pid = int(pid_file.read_text())
         assert not os.path.exists(f"/proc/{install_pid}")
     finally:
         await installing.close()
         await cleaning.close()
+
+
+async def test_upload_over_the_agent_channel(
+    agent: AgentProcess, client: AgentClient, tmp_path: Path
+) -> None:
+    """Chunks pipelined over the socket; the file appears whole, under its name, only at the end."""
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(3 * UPLOAD_CHUNK + 17))
+    uploads = agent.root / "uploads" / "up" / "prod"  # one directory per app and env, the agent's
+    uploads.mkdir(parents=True)
+    (uploads / "big.bin.part").write_bytes(b"x" * (5 * UPLOAD_CHUNK))  # left by a cut upload
+    progress: list[tuple[int, int]] = []
+    await (await client.upload("up/prod/big.bin", local, lambda done, total: progress.append((done, total))))
+    assert (uploads / "big.bin").read_bytes() == local.read_bytes()
+    assert not (uploads / "big.bin.part").exists()
+    size = local.stat().st_size
+    assert progress == [(min(n * UPLOAD_CHUNK, size), size) for n in range(1, 5)]
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    progress.clear()
+    await (await client.upload("up/prod/empty", empty, lambda done, total: progress.append((done, total))))
+    assert (uploads / "empty").read_bytes() == b""
+    assert progress == [(0, 0)]
+
+    # Uploaded, then prepared: the deploy's path.
+    artifact = pack(tmp_path / "u1.tar.zst", "u1")
+    name = upload_name("up", "prod", "u1") + ".tar.zst"
+    await client.upload(name, artifact, lambda _done, _total: None)
+    await client.prepare(  # sent behind the last chunk, before its acknowledgement
+        "up", "prod", "u1", name, install=None, env_vars={}, secrets={}, on_output=print
+    )
+    assert (agent.root / "apps/up/prod/releases/u1/version.txt").read_text() == "u1\n"
+
+
+def _chunk_reply(agent: AgentProcess, params: dict[str, object], payload: bytes) -> list[dict[str, object]]:
+    """Every reply line to one upload request (its line, then `payload`), until the agent hangs up
+    or 2 s pass."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        sock.connect(str(agent.socket))
+        sock.sendall(encode(request(1, Op.UPLOAD, params)) + payload)
+        replies = []
+        with sock.makefile("rb") as lines, contextlib.suppress(TimeoutError):
+            while line := lines.readline():
+                replies.append(decode(line))
+        return replies
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "size", "error"),
+    [
+        ("../escape", b"", None, "must be <app>/<env>/<file name>"),
+        ("a/b", b"", None, "must be <app>/<env>/<file name>"),
+        ("a/b/.hidden", b"", None, "must be <app>/<env>/<file name>"),
+        ("a/b/c/d", b"", None, "must be <app>/<env>/<file name>"),
+        ("../b/escape", b"", None, "invalid app name"),
+        ("a/../escape", b"", None, "invalid env name"),
+        ("a/b/short.bin", b"hello", 10, "incomplete: 5 of 10 bytes"),
+    ],
+)
+async def test_upload_refuses_bad_chunks(
+    agent: AgentProcess, client: AgentClient, name: str, payload: bytes, size: int | None, error: str
+) -> None:
+    params = {"name": name, "offset": 0, "raw": len(payload), **({"size": size} if size is not None else {})}
+    [reply] = _chunk_reply(agent, params, payload)
+    assert reply["ok"] is False
+    assert error in str(reply["error"])
+    assert not (agent.root / "escape").exists()
+    assert not (agent.root / "uploads" / "escape").exists()
+    assert not (agent.root / "uploads" / "a" / "b" / "short.bin").exists()
+
+
+async def test_a_chunk_of_unusable_length_ends_the_conversation(agent: AgentProcess) -> None:
+    """Its bytes would be read as requests: the agent answers once and hangs up."""
+    smuggled = encode(request(2, Op.HELLO, {}))
+    for raw in (UPLOAD_CHUNK + 1, -1, "5"):
+        replies = _chunk_reply(agent, {"name": "x.bin", "offset": 0, "raw": raw}, smuggled)
+        assert [r["ok"] for r in replies] == [False]
+        assert "raw must be 0 to" in str(replies[0]["error"])
+    # Without `raw` nothing follows the line: an error, and the next request is served.
+    replies = _chunk_reply(agent, {"name": "x.bin", "offset": 0}, smuggled)
+    assert [r["ok"] for r in replies] == [False, True]
+    assert "parameter 'raw'" in str(replies[0]["error"])
+
+
+async def test_a_watch_sent_right_behind_the_start_of_its_run(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    """The client picks the run's id, so the watch need not wait for the start's reply."""
+    await ship(agent, client, "gate", "g1")
+    run_id = new_run_id("g1")
+    lines: list[str] = []
+    start = client.release_start(
+        "gate", "prod", "g1", "echo one; echo two", env_vars={}, secrets={}, timeout=30, run_id=run_id
+    )
+    watch = client.release_watch("gate", "prod", run_id, 0, lambda _offset, line: lines.append(line))
+    started, result = await asyncio.gather(start, watch)
+    assert started == run_id
+    assert (lines, result.exit_code) == (["one", "two"], 0)
+    bad_ids = ((run_id, "exists already"), ("../x", "invalid run name"), (new_run_id("g2"), "does not name"))
+    for bad, error in bad_ids:
+        with pytest.raises(AgentReplyError, match=error):
+            await client.release_start(
+                "gate", "prod", "g1", "true", env_vars={}, secrets={}, timeout=30, run_id=bad
+            )
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("../escape.txt", "bad_request"),
+        ("/tmp/abs.txt", "bad_request"),
+        ("a/../../x", "bad_request"),
+        ("sub/./x", "bad_request"),
+        ("lnk/copied.txt", "bad_request"),  # lnk -> sub stays inside, yet a path through a link
+        ("version.txt", "bad_request"),  # in the delta archive already
+        ("copied.txt", "stale_base"),
+    ],
+)
+async def test_a_delta_assembly_checks_every_base_path(
+    agent: AgentProcess, client: AgentClient, tmp_path: Path, path: str, code: str
+) -> None:
+    """A base file gets the extraction's checks; one no kept release holds refuses the assembly."""
+    await ship(agent, client, "delta", "d1")  # a kept release to copy from
+    await roll(client, "delta", "d1")
+    await client.finalize("delta", "prod", "d1")
+    upload = upload_name("delta", "prod", "d2") + ".tar.gz"
+    (agent.root / "uploads" / upload).parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(agent.root / "uploads" / upload, "w:gz") as tar:
+        members = (("version.txt", tarfile.REGTYPE), ("sub", tarfile.DIRTYPE), ("lnk", tarfile.SYMTYPE))
+        for name, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname = kind, 0o755, "sub" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(AgentReplyError) as refused:
+        await client.prepare(
+            "delta",
+            "prod",
+            "d2",
+            upload,
+            install=None,
+            env_vars={},
+            secrets={},
+            on_output=print,
+            base={path: ("0" * 64, 0o644)},
+        )
+    assert refused.value.code == code, refused.value
+    assert not (agent.root / "apps/delta/prod/releases/d2").exists()
+    assert not (agent.root / "escape.txt").exists()
+    assert not list((agent.root / "apps/delta/prod/releases").glob(".tmp-*"))
+
+
+PEM = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIB\n-----END KEY-----"
+
+
+async def test_multi_line_secrets_and_secrets_across_a_cut_are_masked(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await ship(agent, client, "pem", "p1")
+    # The secret straddles the 16 KiB cut of an overlong line, in output and in the stored run log.
+    pad = MAX_OUTPUT_LINE - len(SECRET) // 2
+    run_id = await client.release_start(
+        "pem",
+        "prod",
+        "p1",
+        f'printf "%s\\n" "$KEY"; head -c {pad} /dev/zero | tr "\\0" x; echo "$PW"',
+        env_vars={},
+        secrets={"KEY": PEM, "PW": SECRET},
+        timeout=30,
+    )
+    lines: list[str] = []
+    await client.release_watch("pem", "prod", run_id, 0, lambda _offset, line: lines.append(line))
+    text = "\n".join(lines)
+    assert "MIIEvQ" not in text
+    assert "AQEFAA" not in text
+    assert "".join(lines).count("***") >= 3
+    assert "s3cret" not in "".join(lines)
+    assert "xyz" not in "".join(lines)
+    stored = b"".join(p.read_bytes() for p in (agent.root / "apps/pem/prod/runs").rglob("*") if p.is_file())
+    assert b"MIIEvQ" not in stored
+    assert b"s3cret" not in stored
+    assert b"xyz" not in stored

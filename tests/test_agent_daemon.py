@@ -181,7 +181,7 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
 async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_every_instance(
     tmp_path: Path,
 ) -> None:
-    agent = start_agent(tmp_path / "root", tmp_path / "pyz")
+    agent = start_agent(tmp_path / "root", tmp_path / "pyz", extra=["--trusted-proxy", "127.0.0.9"])
     try:
         client = await agent.client()
         await roll_out(agent, client)
@@ -206,6 +206,10 @@ async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_
         await asyncio.sleep(0.5)
         await load.stop()
         assert agent.proc.poll() is None  # the same process, exec'd anew
+        # with the same command line: its router keeps the proxies it trusts
+        cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--trusted-proxy" in cmdline
+        assert cmdline[cmdline.index(b"--trusted-proxy") + 1] == b"127.0.0.9"
         assert [i.pid for i in after.instances] == [i.pid for i in before.instances]
         assert all(i.running and i.restarts == 0 for i in after.instances)
         assert len(load.samples) > served_before + 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import posixpath
 import subprocess
 import sys
 import tarfile
@@ -83,6 +84,7 @@ def test_a_normal_release_unpacks(python: str, tmp_path: Path) -> None:
         ("symlink-out", entry("evil", tarfile.SYMTYPE, link="../../etc")),
         ("symlink-absolute", entry("evil", tarfile.SYMTYPE, link="/etc/passwd")),
         ("device", entry("dev", tarfile.CHRTYPE)),
+        ("hardlink", entry("hard", tarfile.LNKTYPE, link="app.py")),
     ],
 )
 def test_a_hostile_archive_is_refused(
@@ -97,3 +99,67 @@ def test_a_hostile_archive_is_refused(
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "escape.txt").exists()
     assert not Path("/tmp/escape.txt").exists()
+
+
+def cve_2025_4517(path: Path) -> Path:
+    """The published proof of concept: a symlink chain longer than PATH_MAX makes `realpath` give
+    up (the data filter's check passes on an unpatched 3.11.7) while the kernel follows it all;
+    "escape/flag" then lands beside the release."""
+    comp = "d" * 247
+    steps = "abcdefghijklmnop"
+    members: list[tuple[tarfile.TarInfo, bytes]] = []
+    here = ""
+    for step in steps:
+        members.append((entry(posixpath.join(here, comp), tarfile.DIRTYPE, mode=0o755), b""))
+        members.append((entry(posixpath.join(here, step), tarfile.SYMTYPE, link=comp), b""))
+        here = posixpath.join(here, comp)
+    link = posixpath.join(*steps, "l" * 254)
+    members.append((entry(link, tarfile.SYMTYPE, link="/".join([".."] * len(steps))), b""))
+    members.append((entry("escape", tarfile.SYMTYPE, link=link + "/.."), b""))
+    members.append((entry("escape/flag"), b"outside\n"))
+    return archive(path, *members)
+
+
+CRAFTED = {
+    "path-through-a-symlink": [
+        (entry("sub", tarfile.DIRTYPE, mode=0o755), b""),
+        (entry("d", tarfile.SYMTYPE, link="sub"), b""),
+        (entry("d/x"), b"x"),
+    ],
+    "redefined-name": [(entry("a"), b"one"), (entry("a", tarfile.SYMTYPE, link="b"), b"")],
+    # The directory's attributes, set at the end, would follow the link that replaced it.
+    "directory-redefined-as-a-link": [
+        (entry("d", tarfile.DIRTYPE, mode=0o777), b""),
+        (entry("d", tarfile.SYMTYPE, link="."), b""),
+    ],
+    "link-through-a-link": [
+        (entry("sub", tarfile.DIRTYPE, mode=0o755), b""),
+        (entry("s", tarfile.SYMTYPE, link="sub"), b""),
+        (entry("t", tarfile.SYMTYPE, link="s/x"), b""),
+    ],
+    "link-chain": [
+        (entry("b", tarfile.SYMTYPE, link="app.py"), b""),
+        (entry("a", tarfile.SYMTYPE, link="b"), b""),
+    ],
+    # `t` looks inside until `y` (defined later) makes "y/.." the release's parent.
+    "link-made-a-link-later": [
+        (entry("sub", tarfile.DIRTYPE, mode=0o755), b""),
+        (entry("sub/t", tarfile.SYMTYPE, link="y/../../escape.txt"), b""),
+        (entry("sub/y", tarfile.SYMTYPE, link="."), b""),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", [*sorted(CRAFTED), "cve-2025-4517"])
+def test_a_crafted_archive_is_refused(python: str, tmp_path: Path, name: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    path = work / f"{name}.tar.zst"
+    if name == "cve-2025-4517":
+        cve_2025_4517(path)
+    else:
+        archive(path, *CRAFTED[name])
+    result = unpack(python, path, work / "out")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == sorted(["out", path.name])  # nothing beside the release

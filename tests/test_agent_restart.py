@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import zipfile
 from pathlib import Path
 
 from tako_core.errors import AgentError
 from tako_core.transport import Connection
 from tako_core.transport.agent_client import AgentClient
 from tako_core.transport.agent_setup import install_agent
-from tako_core.transport.agent_zipapp import BUILD_FILE, sources
-from tests.agentkit.kit import Load
+from tests.agentkit.kit import Load, other_build
 from tests.deploykit import TAKO, sample_app, tako
 from tests.fleet import Fleet, FleetServer
 
@@ -36,18 +34,6 @@ async def instance_pids(server: FleetServer) -> list[int | None]:
         await client.close()
     assert all(i.running and i.restarts == 0 for i in status.instances)
     return [i.pid for i in status.instances]
-
-
-def other_build(directory: Path) -> Path:
-    """A zipapp of another build of the agent: this tree's sources, one comment apart."""
-    files = sources()
-    files["tako_core/agent/service.py"] += b"# another build\n"
-    files[BUILD_FILE] = b"other"
-    pyz = directory / "tako-agent-other.pyz"
-    with zipfile.ZipFile(pyz, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return pyz
 
 
 async def under_load(servers: list[FleetServer], *args: str, cwd: Path) -> list[Load]:

@@ -25,9 +25,7 @@ def _owner(pid: int) -> str:
     return pwd.getpwuid(Path(f"/proc/{pid}").stat().st_uid).pw_name
 
 
-def test_each_app_runs_as_its_own_user_and_reaches_nothing_of_another(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+def test_each_app_runs_as_its_own_user_and_reaches_nothing_of_another(fleet: Fleet, tmp_path: Path) -> None:
     (s1,) = fleet(1)
     alpha = sample_app(tmp_path / "alpha", [s1], name="alpha")
     assert tako("deploy", "--no-tui", "--yes", cwd=alpha.parent).code == 0
@@ -66,3 +64,23 @@ def test_each_app_runs_as_its_own_user_and_reaches_nothing_of_another(
     assert status.code == 0, status.stderr
     assert "s1    alpha/production runs as tako-alpha-production\n" in status.stderr
     assert "s1    beta/production runs as tako-beta-production\n" in status.stderr
+
+
+def test_a_reused_install_belongs_to_the_apps_user(fleet: Fleet, tmp_path: Path) -> None:
+    """The install runs as the app's user, in installs/<key>/ and with a package cache it may write;
+    the next release reuses its outputs, which the app's user reaches through the release's link."""
+    (s1,) = fleet(1)
+    install = "mkdir .deps && id -un > .deps/owner && mkdir -p $PIP_CACHE_DIR && touch $PIP_CACHE_DIR/w"
+    extra = f'install = "{install}"\n'
+    for version in ("v1", "v2"):
+        cfg = sample_app(
+            tmp_path, [s1], name="gamma", version=version, release="cat .deps/owner", extra=extra
+        )
+        (cfg.parent / "requirements.txt").write_text("six\n")
+        run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+        assert run.code == 0, run.stderr
+        assert "s1    | tako-gamma-production" in run.stderr
+    assert "reusing the install" in run.stderr
+    assert get(s1, "gamma.test").startswith("v2 ")
+    env_dir = s1.root / "apps" / "gamma" / "production"
+    assert (env_dir / "cache" / "pip" / "w").stat().st_uid == pwd.getpwnam("tako-gamma-production").pw_uid

@@ -13,6 +13,7 @@ import zstandard
 
 from tako_core.build import Artifact, BuildFailed, build_artifact
 from tako_core.build.command import MAX_LINE
+from tako_core.mask import Masker
 from tests.procs import alive
 
 
@@ -170,3 +171,21 @@ async def test_build_env_has_caller_env_and_no_surprises(
     )
     # ENV is the deploy's env name even when [vars] tries to set it; cwd is the project directory.
     assert lines == ["yes staging 1", os.fspath(root.resolve())]
+
+
+async def test_the_build_never_sees_a_secrets_key_and_its_output_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = project(tmp_path)
+    key = "tk1-secretkeymaterial-0123456789"
+    monkeypatch.setenv("TAKO_SECRETS_KEY_PROD", key)
+    lines: list[str] = []
+    masker = Masker(["pw-across-the-cut"])
+    command = (
+        'echo "key=${TAKO_SECRETS_KEY_PROD:-none}"; '
+        f'head -c {MAX_LINE - 5} /dev/zero | tr "\\0" x; echo pw-across-the-cut'
+    )
+    await build_artifact(root, "web", "prod", command, {}, lines.append, tmp_path / "c", masker=masker)
+    assert lines[0] == "key=none"
+    assert "across" not in "".join(lines)
+    assert "***" in "".join(lines)

@@ -209,6 +209,8 @@ def test_missing_config(tako_home: Path, tmp_path: Path) -> None:
     [
         ({"requirements.txt": "flask\n"}, "python", "pip install -r requirements.txt"),
         ({"pyproject.toml": "[project]\nname = 'x'\n", "manage.py": ""}, "python", "manage.py migrate"),
+        # `pip install .` builds the app's own code: its install is reused only while that is unchanged.
+        ({"pyproject.toml": "[project]\nname = 'x'\n"}, "python", 'install_inputs = ["**/*.py"]'),
         (
             {"package.json": '{"scripts": {"build": "vite build", "start": "node ."}}'},
             "node",

@@ -15,6 +15,7 @@ name = "shop"
 preset = "python"
 build = "make assets"
 install = "pip install -r requirements.txt"
+install_inputs = ["constraints.txt", "vendor/*.whl"]
 start = "gunicorn -b 127.0.0.1:$PORT app:app"
 release = "./manage.py migrate"
 release_timeout = "1h30m"
@@ -56,6 +57,7 @@ def test_full_config(tmp_path: Path) -> None:
         preset="python",
         build="make assets",
         install="pip install -r requirements.txt",
+        install_inputs=("constraints.txt", "vendor/*.whl"),
         start="gunicorn -b 127.0.0.1:$PORT app:app",
         release="./manage.py migrate",
         release_timeout=5400.0,
@@ -141,6 +143,10 @@ BROKEN = [
     ('name = "a"\nrelease_timeout = nan' + ENV, 2, 19, "between 0.1s and 24h"),
     ('name = "a"\nrelease_timeout = "48h"' + ENV, 2, 19, "between 0.1s and 24h"),
     ('name = "a"\nhealth_path = "health"' + ENV, 2, 15, "invalid health_path"),
+    ('name = "a"\ninstall_inputs = "c.txt"' + ENV, 2, 18, "'install_inputs' must be an array of strings"),
+    ('name = "a"\ninstall_inputs = ["c.txt", 2]' + ENV, 2, 28, "'install_inputs[1]' must be a string"),
+    ('name = "a"\ninstall_inputs = ["../c.txt"]' + ENV, 2, 19, "not a path inside the app"),
+    ('name = "a"\ninstall_inputs = ["/etc/x"]' + ENV, 2, 19, "not a path inside the app"),
     ('name = "a"\npreset = "pyhton"' + ENV, 2, 10, "unknown preset 'pyhton'; did you mean 'python'?"),
     # names
     ('name = "My App"' + ENV, 1, 8, "invalid app name 'My App'"),

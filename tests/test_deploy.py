@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tako_core.events import DeployFinished
+from tests.delayproxy import Link
 from tests.deploykit import TAKO, Run, app_dir, get, sample_app, tako, timeline
 from tests.fleet import Fleet, FleetServer
 from tests.procs import alive
@@ -85,17 +86,28 @@ class Live:
         return len(timeline(self.servers[0])) != self.releases_ran
 
 
+@pytest.fixture(params=["direct", "rtt30ms"])
+def three(
+    request: pytest.FixtureRequest, fleet: Fleet, delayed_fleet: Callable[[int, Link], list[FleetServer]]
+) -> list[FleetServer]:
+    """Three servers, reached directly or through a delay proxy (30 ms round trips): the deploy's
+    guarantees must not depend on replies arriving at once."""
+    if request.param == "direct":
+        return fleet(3)
+    return delayed_fleet(3, Link.of(rtt_ms=30))
+
+
 @pytest.fixture
-def live(fleet: Fleet, tako_home: Path, tmp_path: Path) -> Live:
-    servers = fleet(3)
+def live(three: list[FleetServer], tako_home: Path, tmp_path: Path) -> Live:
+    servers = three
     deploy_ok(sample_app(tmp_path, servers, release=RELEASE), servers, "v1")
     return Live(servers, tmp_path, snapshot(servers), len(timeline(servers[0])))
 
 
 def test_a_clean_deploy_runs_the_release_once_on_the_leader_before_any_instance(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
+    three: list[FleetServer], tako_home: Path, tmp_path: Path
 ) -> None:
-    servers = fleet(3)
+    servers = three
     cfg = sample_app(tmp_path, servers, release=RELEASE)
     run = tako("deploy", "--json", "--yes", cwd=cfg.parent)
     assert run.code == 0, run.stderr
@@ -199,9 +211,9 @@ def _read_until(stream: object, needle: str, seen: list[str], limit: float = 30)
 
 
 def test_a_cut_connection_to_the_leader_resumes_the_release_output(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
+    three: list[FleetServer], tako_home: Path, tmp_path: Path
 ) -> None:
-    servers = fleet(3)
+    servers = three
     lines = 20
     slow = vars_table(SAMPLE_RELEASE_LINES=str(lines), SAMPLE_RELEASE_PAUSE="0.1")
     cfg = sample_app(tmp_path, servers, release=RELEASE, extra=slow)
@@ -301,13 +313,13 @@ def test_json_events_tell_the_same_story_as_the_transcript(
 
 
 async def test_a_full_deploy_under_keep_alive_load_fails_no_request(
-    fleet: Fleet, tako_home: Path, tmp_path: Path
+    three: list[FleetServer], tako_home: Path, tmp_path: Path
 ) -> None:
     import asyncio
 
     from tests.agentkit.kit import Load
 
-    servers = fleet(3)
+    servers = three
     cfg = sample_app(tmp_path, servers, release=RELEASE)
     deploy_ok(cfg, servers, "v1")
     loads = [
@@ -366,3 +378,21 @@ async def test_two_deploys_with_the_same_holder_still_exclude_each_other(
     assert (await asyncio.wait_for(first, 60)).exit_code == 0
     ran = [what for _, what in timeline(servers[0]) if what == "release-begin"]
     assert ran == ["release-begin"]  # the second deploy never ran the release command
+
+
+def test_the_build_never_sees_a_secrets_key_and_cannot_print_one(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tako_core.secrets import new_exported_key
+
+    servers = fleet(1)
+    key = new_exported_key()
+    monkeypatch.setenv("TAKO_SECRETS_KEY_PRODUCTION", key)
+    (tmp_path / "found.txt").write_text(key + "\n")  # a copy the build finds elsewhere
+    build = f'echo "env=${{TAKO_SECRETS_KEY_PRODUCTION:-none}}"; echo "found $(cat {tmp_path}/found.txt)"'
+    cfg = sample_app(tmp_path, servers, extra=f"build = '{build}'\n")
+    run = tako("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert run.code == 0, run.stderr
+    assert "env=none" in run.stderr
+    assert "found ***" in run.stderr
+    assert key not in run.stdout + run.stderr

@@ -10,6 +10,7 @@ import pytest
 
 from tako_core.config import Server, add_server, inventory_path, load_inventory, remove_server, tako_home
 from tako_core.errors import BadInput, ConfigError
+from tako_core.transport.agent_setup import _serve_args, systemd_unit
 
 COMMENTED = """\
 # my servers
@@ -251,3 +252,24 @@ def test_unwritable_home_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot write"):
         add_server(Server(name="a", host="h"), blocker / "home")
+
+
+def test_trusted_proxies_are_addresses_and_reach_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "servers.toml"
+    path.write_text('[servers.a]\nhost = "h"\ntrusted_proxies = ["127.0.0.1", "::1"]\n')
+    server = load_inventory(tmp_path).servers["a"]
+    assert server.trusted_proxies == ("127.0.0.1", "::1")
+    # Both starts pass them: detached (these arguments) and the systemd unit (through sudo too).
+    args = _serve_args(server, None)
+    assert args[-4:] == ["--trusted-proxy", "127.0.0.1", "--trusted-proxy", "::1"]
+    unit = systemd_unit(server, "deploy")
+    assert "--trusted-proxy 127.0.0.1 --trusted-proxy ::1 --client-user deploy\n" in unit
+    add_server(Server(name="b", host="h", trusted_proxies=("10.0.0.2",)), tmp_path)
+    assert 'trusted_proxies = ["10.0.0.2"]' in path.read_text()
+    assert load_inventory(tmp_path).servers["b"].trusted_proxies == ("10.0.0.2",)
+
+    path.write_text('[servers.a]\nhost = "h"\ntrusted_proxies = ["caddy.local"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_inventory(tmp_path)
+    assert "'caddy.local' is not an IP address" in caught.value.message
+    assert ":3:" in str(caught.value) or "line 3" in str(caught.value)

@@ -72,15 +72,19 @@ def test_configured_names_are_normalized() -> None:
     assert chosen(table, b"x.wild.test") == [A]
 
 
-def test_the_only_route_takes_any_host() -> None:
+def test_only_a_route_without_hosts_takes_any_host() -> None:
     table = RouteTable()
     table.set_route("a", ["a.test"], [A])
-    assert chosen(table, b"10.0.0.1:80") == [A]
-    assert chosen(table, None) == [A]
-    table.set_route("b", ["b.test"], [B])
-    assert chosen(table, b"10.0.0.1:80") == [None]  # two routes: the Host must match one
-    table.remove_route("b")
-    assert chosen(table, b"10.0.0.1:80") == [A]
+    assert chosen(table, b"evil.attacker.test") == [None]  # the only route, but it named its hosts
+    assert chosen(table, None) == [None]
+    table.set_route("b", [], [B])  # an env without `route` asked for any Host
+    assert chosen(table, b"10.0.0.1:80") == [B]
+    assert chosen(table, None) == [B]
+    assert chosen(table, b"a.test") == [A]
+    table.set_route("c", [], [C])
+    assert chosen(table, b"10.0.0.1:80") == [None]  # two such routes: neither takes it
+    table.remove_route("c")
+    assert chosen(table, b"10.0.0.1:80") == [B]
 
 
 def test_round_robin_over_distinct_upstreams() -> None:

@@ -310,11 +310,16 @@ async def test_routes_by_host_case_and_port_insensitive(router: Router, apps: Ca
     c.close()
 
 
-async def test_one_routed_app_takes_any_host(router: Router, apps: Callable[[str], App]) -> None:
-    a = await apps("a").start()
+async def test_only_an_app_without_hosts_takes_any_host(router: Router, apps: Callable[[str], App]) -> None:
+    a, b = await apps("a").start(), await apps("b").start()
     router.set_route("a", ["a.test"], [a.upstream])
     c = await client(router)
-    assert (await c.request(host="10.0.0.1:80")).body == b"a"
+    # A single route with hosts is no catch-all: an attacker's Host never reaches the app.
+    assert (await c.request(host="evil.attacker.test")).status == 404
+    router.set_route("b", [], [b.upstream])  # an env without `route` asks for every other Host
+    assert (await c.request(host="10.0.0.1:80")).body == b"b"
+    assert (await c.request(host="a.test")).body == b"a"
+    router.remove_route("b")
     router.remove_route("a")
     assert (await c.request(host="a.test")).status == 404  # nothing routed
     c.close()
@@ -413,8 +418,8 @@ async def test_connection_close_either_side(router: Router, apps: Callable[[str]
 
 async def test_http10_clients(router: Router, apps: Callable[[str], App]) -> None:
     a = await apps("a").start()
-    router.set_route("a", ["a.test"], [a.upstream])
-    raw = await raw_exchange(router.port, b"GET / HTTP/1.0\r\n\r\n")  # no Host: the only app
+    router.set_route("a", [], [a.upstream])
+    raw = await raw_exchange(router.port, b"GET / HTTP/1.0\r\n\r\n")  # no Host: the catch-all app
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert raw.endswith(b"\r\n\r\na")
     # A chunked upstream answer reaches an HTTP/1.0 client delimited by close.
@@ -516,19 +521,34 @@ async def test_forwarded_headers(router: Router, apps: Callable[[str], App]) -> 
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-host"] == "a.test:8080"
     assert seen["host"] == "a.test:8080"
-    # From a loopback TLS terminator the chain is kept and extended.
-    seen = json.loads(
-        (
-            await c.request(
-                "GET",
-                "/headers",
-                headers=[("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https")],
-            )
-        ).body
-    )
-    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
-    assert seen["x-forwarded-proto"] == "https"
+    # From a client that is no configured proxy (loopback or not) nothing forwarding gets through.
+    forged = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https"),
+              ("Forwarded", "for=1.2.3.4"), ("X-Real-IP", "1.2.3.4"),
+              ("X_Forwarded_For", "1.2.3.4"), ("x-real_ip", "1.2.3.4")]
+    seen = json.loads((await c.request("GET", "/headers", headers=forged)).body)
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert not {"forwarded", "x-real-ip", "x_forwarded_for", "x-real_ip"} & set(seen)
     c.close()
+
+
+async def test_forwarded_headers_of_a_trusted_proxy(backend: str, apps: Callable[[str], App]) -> None:
+    r = Router("127.0.0.1", 0, backend=backend, trusted_proxies=["127.0.0.1"])
+    await r.start()
+    try:
+        a = await apps("a").start()
+        r.set_route("a", ["a.test"], [a.upstream])
+        c = await Client(r.port).open()
+        seen = json.loads((await c.request("GET", "/headers", headers=[
+            ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https"), ("X-Real-IP", "203.0.113.9"),
+            ("X_Forwarded_For", "1.2.3.4")])).body)
+        assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"  # the chain kept and extended
+        assert seen["x-forwarded-proto"] == "https"
+        assert seen["x-real-ip"] == "203.0.113.9"
+        assert "x_forwarded_for" not in seen  # underscore spellings never pass
+        c.close()
+    finally:
+        await r.stop()
 
 
 # --- refusals -------------------------------------------------------------------------------------

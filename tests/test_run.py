@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tako_core.agent.contract import MAX_OUTPUT_LINE
 from tako_core.secrets import SecretsStore, new_exported_key
 from tako_core.transport import Connection
 from tests.deploykit import TAKO, app_dir, sample_app, tako
@@ -60,6 +61,12 @@ def test_run_once_as_an_instance_would(
     )
     assert argv.code == 3, argv.stderr
     assert argv.stdout == f"{app_dir(servers[1]) / 'releases' / build}\n"
+
+    # A secret straddling the cut of an overlong line is masked all the same.
+    cut = f"import os; print('x' * {MAX_OUTPUT_LINE - 5} + os.environ['SAMPLE_SECRET'] + ' end')"
+    long = tako("run", "--", "python3", "-c", cut, cwd=cfg.parent)
+    assert long.code == 0, long.stderr
+    assert long.stdout.replace("\n", "") == "x" * (MAX_OUTPUT_LINE - 5) + "*** end"
 
     killed = tako("run", "--", "kill -TERM $$", cwd=cfg.parent)
     assert killed.code == 128 + 15
@@ -125,7 +132,12 @@ def test_run_in_a_terminal_gets_a_pty(
 
     typed("os.environ['SAMPLE_SECRET']", "Enter")
     tmux.wait_for("the masked secret", lambda s: "'***'" in s)
+    # Written in two pieces a while apart, so they reach the agent in separate reads of the PTY.
+    typed("s = os.environ['SAMPLE_SECRET']; print(s[:8], end='', flush=True); time.sleep(0.5); print(s[8:])")
+    typed("", "Enter")
+    tmux.wait_for("the secret masked across reads", lambda s: "\n***\n" in s)
     assert SECRET not in tmux.screen()
+    assert SECRET[:8] not in tmux.screen()
 
     typed("exit(5)", "Enter")
     deadline = time.monotonic() + 20

@@ -368,3 +368,14 @@ def test_a_machine_without_a_keyring_starts_an_env_with_key_new(tmp_path: Path) 
     assert got.returncode == 0, got.stderr
     assert got.stdout == "tok-123456\n"
     assert "tok-123456" not in (project / ".tako" / "secrets.json").read_text()
+
+
+def test_set_warns_of_newlines_and_surrounding_whitespace(laptop: Machine) -> None:
+    def warnings(value: str) -> str:
+        result = laptop.tako("set", "PEM", "--env", "production", input=value)
+        assert result.returncode == 0, result.stderr
+        return "\n".join(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+
+    assert "spans lines" in warnings("-----BEGIN KEY-----\nabcd\n-----END KEY-----\n")
+    assert "whitespace" in warnings(" padded-value")
+    assert warnings("plain-value\n") == ""  # one trailing newline is how `echo` ends a value

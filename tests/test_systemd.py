@@ -69,7 +69,7 @@ def _setup(server: Server, tako_home: Path) -> Run:
 def _setup_and_deploy(server: Server, tako_home: Path, tmp_path: Path) -> None:
     setup = _setup(server, tako_home)
     assert setup.code == 0, setup.stderr
-    assert "starting the agent with systemd" in setup.stderr
+    assert "started the agent (systemd)" in setup.stderr
     deployed = _deploy(tmp_path, server)
     assert deployed.code == 0, deployed.stderr
     assert _get(server).startswith("v1 ")
@@ -141,17 +141,34 @@ def test_setup_through_sudo_is_the_same_as_for_root(
 ) -> None:
     server = container.server("ct", "deploy", "/srv/tako-sudo", http_port=80)
     _setup_and_deploy(server, tako_home, tmp_path)
-    # Root runs the agent; the deploy user may reach its socket and uploads, nothing else there.
+    # Root runs the agent; the deploy user may reach its socket, nothing else there (uploads travel
+    # over the socket: the agent writes them).
     paths = ("/srv/tako-sudo/run", "/srv/tako-sudo/run/tako.sock", "/srv/tako-sudo/uploads")
     assert _stat(container, "%n %U %a", *paths) == [
         "/srv/tako-sudo/run root 711",
         "/srv/tako-sudo/run/tako.sock deploy 600",
-        "/srv/tako-sudo/uploads deploy 700",
+        "/srv/tako-sudo/uploads root 700",
     ]
     state = "/srv/tako-sudo/apps/web/production/state.json"
     listing = container.ssh("deploy", f"ls /srv/tako-sudo/run; cat {state}")
     assert listing.returncode != 0
     assert "Permission denied" in listing.stderr
+
+
+def test_a_deploy_user_takes_over_a_root_set_up_by_root(
+    container: Container, tako_home: Path, tmp_path: Path
+) -> None:
+    """The deploy user takes over a root that root set up and deployed to: the agent (root either
+    way) writes every upload, so uploads/<app>/<env> stays its own and nothing changes hands."""
+    first = container.server("ct", "root", "/srv/tako-over")
+    _setup_and_deploy(first, tako_home, tmp_path / "1")
+    server = container.server("ct", "deploy", "/srv/tako-over", http_port=first.http_port)
+    assert _setup(server, tako_home).code == 0
+    deployed = _deploy(tmp_path / "2", server, "v2")
+    assert deployed.code == 0, deployed.stderr
+    assert _get(server).startswith("v2 ")
+    uploads = ("/srv/tako-over/uploads/web", "/srv/tako-over/uploads/web/production")
+    assert _stat(container, "%n %U %a", *uploads) == [f"{path} root 700" for path in uploads]
 
 
 def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
@@ -173,7 +190,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
 
     home = _setup(container.server("ct", "plain", "/home/plain/tako"), tako_home)
     assert home.code == 0, home.stderr
-    assert "starting the agent (detached)" in home.stderr
+    assert "started the agent (detached)" in home.stderr
     assert "warning: a detached agent does not come back after a reboot" in home.stderr
 
     server = container.server("ct", "plain", "/home/plain/tako")

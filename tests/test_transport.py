@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tako_core.errors import TransportError
@@ -51,36 +51,6 @@ async def test_run_streams_lines_as_they_come(any_fleet: Fleet) -> None:
     ]
     first_at = next(at for kind, line, at in seen if line == "first")
     assert ended - first_at > 0.3, "the first line arrived only when the command ended"
-
-
-async def test_put_uploads_atomically_with_progress(any_fleet: Fleet, tmp_path: Path) -> None:
-    (s1,) = any_fleet(1, register=False)
-    local = tmp_path / "artifact.bin"
-    local.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    progress: list[tuple[int, int]] = []
-    remote = s1.root / "uploads" / "artifact.bin"
-    async with _open(s1) as conn:
-        await conn.put(local, str(remote), on_progress=lambda done, total: progress.append((done, total)))
-        empty = tmp_path / "empty"
-        empty.write_bytes(b"")
-        empty_progress: list[tuple[int, int]] = []
-        await conn.put(
-            empty, str(s1.root / "uploads" / "empty"), on_progress=lambda d, t: empty_progress.append((d, t))
-        )
-    assert remote.read_bytes() == local.read_bytes()
-    assert not remote.with_name("artifact.bin.part").exists()
-    size = local.stat().st_size
-    assert progress[-1] == (size, size)
-    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
-    assert len(progress) > 2
-    assert empty_progress == [(0, 0)]
-
-
-async def test_put_of_a_missing_file_is_a_transport_error(any_fleet: Fleet, tmp_path: Path) -> None:
-    (s1,) = any_fleet(1, register=False)
-    async with _open(s1) as conn:
-        with pytest.raises(TransportError, match="cannot read"):
-            await conn.put(tmp_path / "nope", str(s1.root / "x"))
 
 
 async def test_a_killed_session_is_an_error_not_a_silent_none(any_fleet: Fleet) -> None:
@@ -220,3 +190,41 @@ async def test_agent_channel_without_an_agent_says_how_to_start_one(any_fleet: F
             await conn.agent()
         assert caught.value.hint is not None
         assert "tako servers setup s1" in caught.value.hint
+
+
+async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_is_offered(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ForwardAgent yes` in ~/.ssh/config must not hand the user's SSH agent to every server, and
+    with an identity configured the agent's keys are not offered."""
+    (s1,) = fleet(1, register=False)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ForwardAgent yes\n")
+    monkeypatch.setenv("HOME", str(home))
+    sock = tmp_path / "agent.sock"
+    agent = await asyncio.create_subprocess_exec(
+        "ssh-agent", "-D", "-a", str(sock), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        async with _open(s1) as conn:
+            result = await conn.run('echo "sock=${SSH_AUTH_SOCK:-none}"')
+        assert result.stdout == "sock=none\n"
+
+        # The agent holds the key the server accepts; the configured identity is a stranger's.
+        adding = await asyncio.create_subprocess_exec(
+            "ssh-add", "-q", str(s1.server.identity), stderr=asyncio.subprocess.DEVNULL
+        )
+        assert await adding.wait() == 0
+        stranger = tmp_path / "id_other"
+        asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
+        with pytest.raises(TransportError, match="refused the login"):
+            await Connection.open(dataclasses.replace(s1.server, identity=stranger), timeout=5)
+    finally:
+        agent.terminate()
+        await agent.wait()

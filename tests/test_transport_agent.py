@@ -16,7 +16,8 @@ import tako_core
 from tako_core.config import Server
 from tako_core.errors import AgentError
 from tako_core.transport import Connection
-from tako_core.transport.agent_setup import ensure_agent, systemd_unit, systemd_unit_name
+from tako_core.transport.agent_setup import ensure_agent, install_agent, systemd_unit, systemd_unit_name
+from tests.agentkit.kit import other_build
 from tests.fleet import Fleet
 from tests.procs import alive
 
@@ -80,7 +81,9 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert steps[0].startswith("agent not running: installing")
 
         # Another build of tako installed it: replaced, in place (the same process execs the new build).
-        (s1.root / "bin" / "tako-agent.build").write_text("tako-agent-0.0.1-00000000\n")
+        await install_agent(conn, other_build(tmp_path), steps.append)
+        assert steps[-1] == "restarted the agent in place (detached)"
+        assert s1.agent_pid() == first
         steps.clear()
         client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
         await client.close()
@@ -91,9 +94,10 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert alive(first)
 
         # Stale but busy with someone's deploy: left alone, and the error names the holder.
-        client = await ensure_agent(conn, cache_dir=tmp_path)
+        await install_agent(conn, other_build(tmp_path), steps.append)
+        second = s1.agent_pid()
+        client = await conn.agent()
         await client.lease_acquire("web", "production", "ada@laptop (pid 7)", "b1")
-        (s1.root / "bin" / "tako-agent.build").write_text("tako-agent-0.0.1-00000000\n")
         with pytest.raises(AgentError, match=r"web/production is being deployed by ada@laptop \(pid 7\)"):
             await ensure_agent(conn, cache_dir=tmp_path)
         assert s1.agent_pid() == second

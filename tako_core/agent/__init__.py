@@ -11,6 +11,9 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     params         typed access to a request's parameters, validated (a BAD_REQUEST otherwise)
     leases         one deploy per app/env at a time, kept in run/leases.json across restarts
     releases       release directories: prepare (unpack + install), completeness, cleanup, `current`, pruning
+    installs       the install step: outputs reused by a content key (command + lockfiles), package caches
+    uploads        artifacts arriving over the socket in raw chunks (Op.UPLOAD), published when whole
+    delta          a release assembled from kept releases' files plus a delta archive of what changed
     extract        unpacking an uploaded tar.zst or tar.gz safely
     runs           release commands, detached from any client, their logs resumable by byte offset
     procs          child processes: their environment, their own process group, their output, killing them;
@@ -34,7 +37,7 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     accounts       one Unix user per app/env (an agent running as root): its name, creating it
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file;
                    restarting in place (SIGWINCH): router sockets handed over, instances kept, exec
-    cli            the command line: `serve [--client-user U] [--detach]` and `version`
+    cli            the command line: `serve [--trusted-proxy A] [--client-user U] [--detach]`, `version`
     __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
     compat         the Python 3.10 differences the agent must honour
 """

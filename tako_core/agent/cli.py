@@ -1,5 +1,5 @@
-"""The agent's command line: `serve --root R --http-host H --http-port P [--client-user U] [--detach]`
-and `version`.
+"""The agent's command line: `serve --root R --http-host H --http-port P [--trusted-proxy A]...
+[--client-user U] [--detach]` and `version`.
 
 This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
 and stderr.
@@ -15,10 +15,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tako_core
 from tako_core.agent.contract import PROTOCOL_VERSION
 from tako_core.agent.layout import Layout
+
+if TYPE_CHECKING:
+    from tako_core.agent.daemon import Listen
 
 DETACH_TIMEOUT = 20.0
 
@@ -30,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, type=Path, help="the agent's root directory")
     serve.add_argument("--http-host", default="0.0.0.0", help="address the HTTP router binds")
     serve.add_argument("--http-port", type=int, default=80, help="port the HTTP router binds")
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a proxy whose forwarding headers the router keeps (repeatable)",
+    )
     serve.add_argument(
         "--client-user", help="the SSH user that drives this agent when it runs as root (via sudo)"
     )
@@ -47,12 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
     app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"
     layout = Layout(args.root.absolute(), app_users=app_users)
+    from tako_core.agent.daemon import Listen
+
+    listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy))
     if args.detach:
-        return _detach(layout, args.http_host, args.http_port, args.client_user)
-    return _serve(layout, args.http_host, args.http_port, args.client_user, None)
+        return _detach(layout, listen, args.client_user)
+    return _serve(layout, listen, args.client_user, None)
 
 
-def _serve(layout: Layout, host: str, port: int, client_user: str | None, ready_fd: int | None) -> int:
+def _serve(layout: Layout, listen: Listen, client_user: str | None, ready_fd: int | None) -> int:
     # Imported here so `version` works even where serving could not (e.g. a missing module).
     from tako_core.agent.daemon import restart_in_place, serve, setup_logging
 
@@ -65,7 +79,7 @@ def _serve(layout: Layout, host: str, port: int, client_user: str | None, ready_
             os.close(ready_fd)
 
     try:
-        listeners = asyncio.run(serve(layout, host, port, ready, client_user))
+        listeners = asyncio.run(serve(layout, listen, ready, client_user))
         if listeners:  # restarting in place, already detached when it was asked to
             restart_in_place(listeners, [sys.executable, *(a for a in sys.orig_argv[1:] if a != "--detach")])
     except Exception as e:
@@ -78,7 +92,7 @@ def _serve(layout: Layout, host: str, port: int, client_user: str | None, ready_
     return 0
 
 
-def _detach(layout: Layout, host: str, port: int, client_user: str | None) -> int:
+def _detach(layout: Layout, listen: Listen, client_user: str | None) -> int:
     """Double-fork into a session of its own; the parent waits for the daemon's word on a pipe."""
     read_fd, write_fd = os.pipe()
     child = os.fork()
@@ -91,7 +105,7 @@ def _detach(layout: Layout, host: str, port: int, client_user: str | None) -> in
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os._exit(_serve(layout, host, port, client_user, write_fd))
+        os._exit(_serve(layout, listen, client_user, write_fd))
     os.close(write_fd)
     os.waitpid(child, 0)
     answer = b""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import time
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -26,6 +28,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # bytes per line, newline included; longer lines are refused, never buffered
 # Output lines inside events are cut to this many characters so an event always fits in MAX_LINE.
 MAX_OUTPUT_LINE = 16 * 1024
+# Bytes per upload chunk, sent raw right after its request line (`raw`: their count).
+UPLOAD_CHUNK = 512 * 1024
 
 # Error codes (the closed set the agent answers with).
 BAD_REQUEST = "bad_request"
@@ -38,6 +42,7 @@ LEASE_NOT_HELD = "lease_not_held"
 BUSY = "busy"
 FAILED = "failed"
 INTERNAL = "internal"
+STALE_BASE = "stale_base"  # prepare: a kept release no longer holds a file the delta left out
 
 Json = dict[str, Any]  # one decoded line
 
@@ -91,6 +96,7 @@ class Op(Enum):
     LEASE_RENEW = "lease_renew"
     LEASE_RELEASE = "lease_release"
     HAS_RELEASE = "has_release"
+    UPLOAD = "upload"
     PREPARE = "prepare", DETACHED
     RELEASE_START = "release_start"
     RELEASE_WATCH = "release_watch"
@@ -201,9 +207,11 @@ class LeaseGranted(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseCheck(Message):
-    """has_release: whether the release is there and complete."""
+    """has_release: whether the release is there and complete; with `files` asked, which of those
+    hashes no kept release holds (None when there is no kept release to build on)."""
 
     complete: bool
+    missing: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,7 +430,14 @@ def clip(line: str) -> str:
     return line if len(line) <= MAX_OUTPUT_LINE else line[:MAX_OUTPUT_LINE] + "…"
 
 
+def new_run_id(build: str) -> str:
+    """A fresh release run id, `run-<time>-<build>-<6 hex>`; the client picks it, so it can send the
+    watch right behind the start (`tako logs --release BUILD` finds a run by the build in it)."""
+    return f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{build}-{os.urandom(3).hex()}"
+
+
 def upload_name(app: str, env: str, build: str) -> str:
-    """The stem of an uploaded artifact in ROOT/uploads: the client uploads under it (adding the
-    codec's suffix), the agent's cleanup of a build removes what it finds under it."""
-    return f"{app}-{env}-{build}"
+    """The stem of an uploaded artifact under ROOT/uploads: the client uploads under it (adding the
+    codec's suffix), the agent's cleanup of a build removes what it finds under it. One directory
+    per app and env, so no two apps' names can meet (`a-b`+`c` and `a`+`b-c` once did)."""
+    return f"{app}/{env}/{build}"

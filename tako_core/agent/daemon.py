@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tako_core.agent.layout import Layout, write_private
 from tako_core.agent.router import Router
@@ -54,10 +55,18 @@ def _both(*events: asyncio.Event) -> None:
         e.set()
 
 
+@dataclass(frozen=True)
+class Listen:
+    """Where the router listens, and whose forwarding headers it keeps."""
+
+    host: str
+    port: int
+    trusted_proxies: tuple[str, ...] = ()
+
+
 async def serve(
     layout: Layout,
-    http_host: str,
-    http_port: int,
+    listen: Listen,
     ready: Callable[[], None] | None = None,
     client_user: str | None = None,
 ) -> list[socket.socket]:
@@ -68,7 +77,9 @@ async def serve(
     layout.create(client_user)
     lock = lock_root(layout)
     try:
-        router = Router(http_host, http_port, listeners=_inherited())
+        router = Router(
+            listen.host, listen.port, trusted_proxies=listen.trusted_proxies, listeners=_inherited()
+        )
         agent = Agent(layout, router)
         server = AgentServer(agent)
         stop, leave = asyncio.Event(), asyncio.Event()
@@ -79,7 +90,11 @@ async def serve(
             layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
             log.info(
-                "agent %d serving on %s, router on %s:%d", os.getpid(), layout.socket, http_host, router.port
+                "agent %d serving on %s, router on %s:%d",
+                os.getpid(),
+                layout.socket,
+                listen.host,
+                router.port,
             )
             if ready:
                 ready()

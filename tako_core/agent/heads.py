@@ -1,8 +1,10 @@
 """The heads the router writes: requests to upstreams, responses to clients, its own short answers.
 
 Hop-by-hop headers (and those a Connection header names) are dropped, since the router frames each
-message itself. X-Forwarded-For/-Proto/-Host: from a trusted peer (a local TLS terminator) they are
-kept and the peer is appended to X-Forwarded-For; from anyone else they are replaced.
+message itself. Forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP): from a trusted peer (a
+configured proxy, e.g. a TLS terminator) they are kept and the peer is appended to X-Forwarded-For;
+from anyone else they are dropped and X-Forwarded-* written anew. Their underscore spellings
+(X_Forwarded_For) are dropped from everyone: CGI-style apps read `_` and `-` as the same name.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
+
+
+_FORWARDING = frozenset({b"forwarded", b"x-real-ip"})
+
+
+def _is_forwarding(name: bytes) -> bool:
+    return name in _FORWARDING or name.startswith(b"x-forwarded-")
 
 
 class BodyFraming(enum.Enum):
@@ -43,7 +52,13 @@ def request_head(req: Request, *, peer: bytes, trusted: bool, authority: bytes) 
             continue
         if n == b"expect":
             continue  # answered by the router
-        if n.startswith(b"x-forwarded-"):
+        if b"_" in n:
+            if _is_forwarding(n.replace(b"_", b"-")):
+                continue
+        elif n in _FORWARDING:
+            if not trusted:
+                continue
+        elif n.startswith(b"x-forwarded-"):
             if not trusted:
                 continue
             if n == b"x-forwarded-for":

@@ -96,8 +96,8 @@ class Instance:
 
     async def _read(self, fd: int) -> None:
         source = f"{self.spec.build}#{self.index}"
-        async for line in procs.lines(await procs.output_reader(fd)):
-            masked = clip(self.spec.masker(line))
+        async for line in procs.lines(await procs.output_reader(fd), self.spec.masker):
+            masked = clip(line)
             self.tail.append(masked)
             self.output.write(source, masked)
 

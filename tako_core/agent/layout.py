@@ -71,7 +71,7 @@ class Layout:
 
     def create(self, client_user: str | None = None) -> None:
         """The root's directories; `client_user` (the SSH user driving a root agent) may reach the
-        socket in run/ (which it cannot list) and write uploads/, nothing else."""
+        socket in run/ (which it cannot list), nothing else: uploads come over the socket (Op.UPLOAD)."""
         for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps):
             path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.log_file.parent, 0o700)
@@ -81,8 +81,6 @@ class Layout:
         # The socket directory and anything holding state are the agent user's alone.
         os.chmod(self.run, 0o711 if client_user else 0o700)
         os.chmod(self.uploads, 0o700)
-        if client_user:
-            os.chown(self.uploads, *_ids(client_user))
 
     def hand_socket(self, client_user: str | None) -> None:
         """The socket (born 0600) belongs to `client_user` when the agent runs for another user."""
@@ -115,6 +113,16 @@ class AppLayout:
         return self.base / "runs"
 
     @property
+    def installs(self) -> Path:
+        """Install outputs shared by the releases with the same dependency inputs (agent/installs.py)."""
+        return self.base / "installs"
+
+    @property
+    def cache(self) -> Path:
+        """Package managers' caches (pip, uv, npm, bun, yarn), kept across releases."""
+        return self.base / "cache"
+
+    @property
     def state(self) -> Path:
         return self.base / "state.json"
 
@@ -142,9 +150,9 @@ class AppLayout:
         return ensure_account(self.base.parent.name, self.base.name) if self.app_users else None
 
     def create(self) -> Account | None:
-        """The app/env's directories; with its own user: releases readable by it (group), data its
-        alone, state, runs and deploy records (they hold secrets) the agent's alone."""
-        for path in (self.releases, self.data):
+        """The app/env's directories; with its own user: releases and installs readable by it (group),
+        data and package caches its alone, state, runs and deploy records (secrets) the agent's alone."""
+        for path in (self.releases, self.installs, self.data, self.cache):
             path.mkdir(parents=True, exist_ok=True)
         for private in (self.runs, self.base / "deployed"):
             private.mkdir(parents=True, exist_ok=True)
@@ -153,10 +161,12 @@ class AppLayout:
         if account is not None:
             for path in (self.base.parent, self.base):
                 os.chmod(path, 0o711)
-            os.chown(self.releases, 0, account.gid)
-            os.chmod(self.releases, 0o750)
-            os.chown(self.data, account.uid, account.gid)
-            os.chmod(self.data, 0o700)
+            for shared in (self.releases, self.installs):  # a release links into installs/
+                os.chown(shared, 0, account.gid)
+                os.chmod(shared, 0o750)
+            for own in (self.data, self.cache):
+                os.chown(own, account.uid, account.gid)
+                os.chmod(own, 0o700)
         return account
 
     def current_build(self) -> str | None:

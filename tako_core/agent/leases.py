@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tako_core.agent.contract import LEASE_HELD, LEASE_NOT_HELD, LeaseInfo, ProtocolError
+from tako_core.agent.contract import BAD_REQUEST, LEASE_HELD, LEASE_NOT_HELD, LeaseInfo, ProtocolError
 from tako_core.agent.layout import write_private
 
 log = logging.getLogger("tako.agent")
+
+MAX_HOLDER = 200  # characters: user@host (deploy id) fits; the holder is stored and shown to others
 
 
 @dataclass
@@ -51,6 +53,12 @@ class Leases:
         write_private(self._path, json.dumps(live).encode())
 
     def acquire(self, app: str, env: str, holder: str, build: str, ttl: float, force: bool) -> Lease:
+        if len(holder) > MAX_HOLDER or not holder.isprintable():
+            raise ProtocolError(
+                BAD_REQUEST,
+                f"the lease holder must be printable and at most {MAX_HOLDER} characters",
+                hint="name the deploy's user and host, e.g. alice@laptop",
+            )
         now = time.time()
         current = self._leases.get((app, env))
         if current and current.info.holder != holder and not current.expired(now) and not force:

@@ -10,7 +10,6 @@ exec_resize. The run ends with its request: a client that goes away takes its co
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from tako_core.agent.contract import (
 )
 from tako_core.agent.leases import Leases
 from tako_core.agent.rollout import AppRuntime
-from tako_core.mask import Masker
+from tako_core.mask import ChunkMasker, Masker
 
 KILL_GRACE = 2.0
 _SETTLE = 1.0  # after the command exits, how long its last output may take to arrive
@@ -98,8 +97,8 @@ class OneOffs:
                 os.close(follower)
         exec_id = os.urandom(8).hex()
         self._running[exec_id] = OneOff(proc, terminal)
-        chunks = _terminal(terminal) if terminal is not None else _piped(proc)
-        pump = asyncio.ensure_future(_pump(chunks, masker, output, drain))
+        chunks = _terminal(terminal, masker) if terminal is not None else _piped(proc, masker)
+        pump = asyncio.ensure_future(_pump(chunks, output, drain))
         try:
             started(ExecStarted(exec_id=exec_id, build=state.build))
             await proc.wait()
@@ -116,14 +115,15 @@ class OneOffs:
         return ExecResult(exit_code=code if code >= 0 else 128 - code)
 
 
-async def _piped(proc: asyncio.subprocess.Process) -> AsyncIterator[str]:
+async def _piped(proc: asyncio.subprocess.Process, masker: Masker) -> AsyncIterator[str]:
     assert proc.stdout is not None
-    async for line in procs.lines(proc.stdout):
+    async for line in procs.lines(proc.stdout, masker):
         yield line + "\n"
 
 
-async def _terminal(fd: int) -> AsyncIterator[str]:
-    """What the command writes to its PTY, as text, until every holder of the follower end is gone."""
+async def _terminal(fd: int, masker: Masker) -> AsyncIterator[str]:
+    """What the command writes to its PTY, as masked text, until every holder of the follower end
+    is gone."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -137,20 +137,20 @@ async def _terminal(fd: int) -> AsyncIterator[str]:
         queue.put_nowait(data)
 
     loop.add_reader(fd, readable)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stream = ChunkMasker(masker)
     try:
         while data := await queue.get():
-            yield decoder.decode(data)
+            if text := stream.feed(data):
+                yield text
+        if text := stream.close():
+            yield text
     finally:
         loop.remove_reader(fd)
 
 
 async def _pump(
-    chunks: AsyncIterator[str],
-    masker: Masker,
-    output: Callable[[str], None],
-    drain: Callable[[], Awaitable[None]],
+    chunks: AsyncIterator[str], output: Callable[[str], None], drain: Callable[[], Awaitable[None]]
 ) -> None:
     async for text in chunks:
-        output(masker(text))
+        output(text)
         await drain()

@@ -55,6 +55,20 @@ class Params:
             raise self._bad(key, "an object of environment variable names to strings")
         return dict(value)
 
+    def opt_mapping(self, key: builtins.str) -> dict[builtins.str, Any] | None:
+        """A JSON object (its values checked by whoever reads them), or None."""
+        value = self._m.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise self._bad(key, "an object")
+        return value
+
+    def raw(self) -> bytes:
+        """The bytes that followed the request's line (agent/server.py reads them)."""
+        value = self._m.get("raw")
+        if not isinstance(value, bytes):
+            raise self._bad("raw", "the length of the bytes that follow the line")
+        return value
+
     def strings(self, key: builtins.str) -> list[builtins.str]:
         value = self._m.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -26,6 +26,7 @@ from typing import Any
 
 from tako_core.agent.accounts import Account
 from tako_core.agent.contract import MAX_OUTPUT_LINE
+from tako_core.mask import LineSplitter, Masker
 
 INHERITED = ("PATH", "HOME", "LANG")  # all a child gets of the agent's own environment
 _POLL = 0.05
@@ -196,22 +197,14 @@ def resize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-async def lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
-    """Decoded output lines; an overlong line comes out in pieces instead of stalling the reader."""
-    pending = b""
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            break
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            yield raw.decode(errors="replace").rstrip("\r")
-        while len(pending) > MAX_OUTPUT_LINE:
-            yield pending[:MAX_OUTPUT_LINE].decode(errors="replace")
-            pending = pending[MAX_OUTPUT_LINE:]
-    if pending:
-        yield pending.decode(errors="replace").rstrip("\r")
+async def lines(stream: asyncio.StreamReader, masker: Masker) -> AsyncIterator[str]:
+    """Masked output lines; an overlong line comes out in pieces instead of stalling the reader."""
+    splitter = LineSplitter(masker, MAX_OUTPUT_LINE)
+    while chunk := await stream.read(65536):
+        for line in splitter.feed(chunk):
+            yield line
+    for line in splitter.close():
+        yield line
 
 
 def _group_members(pgid: int) -> list[int] | None:

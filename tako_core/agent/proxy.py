@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from tako_core.agent.heads import (
     CONTINUE,
@@ -47,18 +48,19 @@ class ClientConnection:
     """One client connection: its stream, its requests parsed on demand and in order (pipelined ones
     wait here), and who is at the other end."""
 
-    __slots__ = ("events", "parser", "peer", "pos", "stream", "trusted")
+    __slots__ = ("body_since", "events", "parser", "peer", "pos", "stream", "trusted", "waiting_since")
 
-    def __init__(self, stream: Stream, parser: Parser) -> None:
+    def __init__(self, stream: Stream, parser: Parser, peer: str, trusted: bool) -> None:
         self.stream = stream
         self.parser = parser
         self.events = parser.events
         self.pos = 0
-        peername = stream.transport.get_extra_info("peername") if stream.transport else None
-        peer = str(peername[0]) if peername else "unknown"
         self.peer = peer.encode()
-        # A loopback peer is a local TLS terminator (e.g. Caddy): its X-Forwarded-* headers are kept.
-        self.trusted = peer.startswith("127.") or peer == "::1"
+        self.trusted = trusted  # a configured proxy: its forwarding headers are kept
+        # For the router's deadlines: when the body being read began, and when the router began
+        # waiting for more of it (None: not reading a body, not waiting).
+        self.body_since: float | None = None
+        self.waiting_since: float | None = None
 
     def ready(self) -> bool:
         """Whether the next event is parsed already."""
@@ -196,6 +198,17 @@ class Proxy:
 
     @staticmethod
     async def _send_body(client: ClientConnection, up: Stream, head: bytes, *, chunked: bool) -> None:
+        clock = asyncio.get_running_loop().time
+        client.body_since = clock()
+        try:
+            await Proxy._pass_body(client, up, head, chunked, clock)
+        finally:
+            client.body_since = client.waiting_since = None
+
+    @staticmethod
+    async def _pass_body(
+        client: ClientConnection, up: Stream, head: bytes, chunked: bool, clock: Callable[[], float]
+    ) -> None:
         out = [head]
         while True:
             if not client.ready():
@@ -203,7 +216,9 @@ class Proxy:
                 out = []
                 await up.drain()
                 client.stream.quickack()  # a client sending head and body apart waits for this ACK
+                client.waiting_since = clock()
             ev = await client.next()
+            client.waiting_since = None
             if ev is None:
                 raise ParseError(400, "connection closed inside a request body")
             if isinstance(ev, Data):

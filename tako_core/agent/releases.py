@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import shutil
 import tempfile
@@ -11,17 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent import procs
-from tako_core.agent.accounts import Account, chown_tree
-from tako_core.agent.compat import WaitTimeout
+from tako_core.agent import delta, installs
+from tako_core.agent.accounts import chown_tree
 from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
 from tako_core.agent.layout import AppLayout
 from tako_core.mask import Masker
 
 COMPLETE = ".complete"  # written last: a release without it is partial
-INSTALL_TIMEOUT = 1800.0
-TAIL_LINES = 20
 
 
 def is_complete(layout: AppLayout, build: str) -> bool:
@@ -29,9 +25,9 @@ def is_complete(layout: AppLayout, build: str) -> bool:
 
 
 def resolve_upload(uploads: Path, name: str) -> Path:
-    """The uploaded file `name` (a bare name or a path) inside the uploads directory, no further."""
+    """The uploaded file `name` (a path under the uploads directory, or absolute), no further out."""
     path = (uploads / name).resolve()
-    if path.parent != uploads.resolve():
+    if not path.is_relative_to(uploads.resolve()):
         raise ProtocolError(BAD_REQUEST, f"upload {name!r} is not in {uploads}")
     if not path.is_file():
         raise ProtocolError(NOT_FOUND, f"no upload {path.name} in {uploads}", hint="upload it again")
@@ -43,11 +39,14 @@ async def prepare(
     build: str,
     upload: Path,
     install: str | None,
+    install_inputs: list[str],
     env: dict[str, str],
     masker: Masker,
     on_line: Callable[[str], None],
+    base: dict[str, object] | None = None,
 ) -> None:
-    """Unpack into a temp dir, rename into releases/<build>, run install there, mark complete."""
+    """Unpack into a temp dir (with `base`, a delta archive completed from kept releases: agent/delta.py),
+    rename into releases/<build> (owned by the app's user either way), run install there, mark complete."""
     account = layout.create()
     target = layout.release(build)
     if is_complete(layout, build):
@@ -55,7 +54,13 @@ async def prepare(
     if layout.current_build() == build:
         raise ProtocolError(FAILED, f"{build} is current but incomplete; refusing to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{build}-", dir=layout.releases))
-    extracting = asyncio.ensure_future(asyncio.to_thread(extract, upload, tmp))
+
+    def unpack() -> None:
+        links = extract(upload, tmp)
+        if base is not None:
+            delta.assemble(tmp, links, base, kept(layout))
+
+    extracting = asyncio.ensure_future(asyncio.to_thread(unpack))
     try:
         try:
             await asyncio.shield(extracting)
@@ -72,50 +77,13 @@ async def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if install and install.strip():
-        await run_install(target, install, env, masker, on_line, account)
+        await installs.install(layout, target, install, install_inputs, env, masker, on_line, account)
     _mark_complete(target)
     upload.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink; the upload did its job)
 
 
 def _mark_complete(target: Path) -> None:
     (target / COMPLETE).write_text(f"{time.time()}\n")
-
-
-async def run_install(
-    cwd: Path,
-    command: str,
-    env: dict[str, str],
-    masker: Masker,
-    on_line: Callable[[str], None],
-    account: Account | None = None,
-) -> None:
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    proc = await procs.spawn(command, cwd, env, account=account)
-    assert proc.stdout is not None
-
-    async def pump() -> None:
-        assert proc.stdout is not None
-        async for line in procs.lines(proc.stdout):
-            masked = masker(line)
-            tail.append(masked)
-            on_line(masked)
-
-    try:
-        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), INSTALL_TIMEOUT)
-    except WaitTimeout:
-        await procs.kill_group(proc.pid, 5.0)
-        raise ProtocolError(FAILED, f"install timed out after {INSTALL_TIMEOUT:.0f} s") from None
-    except asyncio.CancelledError:
-        await procs.kill_group(proc.pid, 5.0)
-        raise
-    if proc.returncode != 0:
-        raise ProtocolError(
-            FAILED,
-            f"install exited with {proc.returncode}" + "".join(f"\n  {line}" for line in tail),
-            hint="fix the install command; the release was not marked complete",
-            exit_code=proc.returncode,
-            tail=list(tail),
-        )
 
 
 def cleanup(layout: AppLayout, uploads: Path, build: str) -> bool:
@@ -148,6 +116,13 @@ def created_at(layout: AppLayout, build: str) -> float:
     return (marker if marker.exists() else path).stat().st_mtime
 
 
+def kept(layout: AppLayout) -> list[Path]:
+    """The complete releases' directories, the current one first, then newest first."""
+    current = layout.current_build()
+    names = sorted(builds(layout), key=lambda b: b != current)
+    return [layout.release(b) for b in names if is_complete(layout, b)]
+
+
 def builds(layout: AppLayout) -> list[str]:
     """Release names, newest first (hidden temp dirs excluded)."""
     if not layout.releases.is_dir():
@@ -167,4 +142,5 @@ def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
             shutil.rmtree(layout.release(build), ignore_errors=True)
             layout.deployed(build).unlink(missing_ok=True)
             removed.append(build)
+    installs.prune(layout)
     return removed

@@ -76,7 +76,7 @@ class RouteTable:
         self._routes: dict[str, Route] = {}
         self._exact: dict[bytes, Route] = {}
         self._wild: list[tuple[bytes, Route]] = []  # (".example.com", route), longest suffix first
-        self._only: Route | None = None  # the one route, when there is one: it takes any Host
+        self._only: Route | None = None  # the one route without hosts: it takes any other Host
         self._cache: dict[bytes, Route | None] = {}
         self._states: dict[Upstream, UpstreamState] = {}
 
@@ -176,7 +176,9 @@ class RouteTable:
         self._routes = routes
         self._exact = exact
         self._wild = wild
-        self._only = next(iter(routes.values())) if len(routes) == 1 else None
+        # Any Host reaches an app only when it asked for that (an env without `route`), and only one.
+        catch_all = [route for route in routes.values() if not route.hosts]
+        self._only = catch_all[0] if len(catch_all) == 1 else None
         self._cache = {}
         for state in list(self._states.values()):
             state.routed = state in routed

@@ -11,16 +11,21 @@ Choices worth knowing:
   once more on the route's next upstream; a pooled connection the app closed before answering is
   replayed the same way on a fresh one.
 - `Expect: 100-continue` is answered by the router itself once it has an upstream to send the body to.
-- Client connections idle between requests (or trickling a head) for IDLE_TIMEOUT are closed, by one
-  sweeper task rather than a timer per request.
+- Deadlines, all kept by one sweeper task rather than a timer per request: a client connection idle
+  between requests (or trickling a head) for IDLE_TIMEOUT is closed; a request body that stalls for
+  BODY_TIMEOUT, or is not all in REQUEST_TIMEOUT after it began, gets 408 and the connection closes
+  (so does the upstream connection it held).
+- Connections are capped overall (from RLIMIT_NOFILE, raised to its hard limit at start, less a
+  reserve for the agent's control socket, instances and logs: each client connection may hold an
+  upstream one, and a burst of accepts briefly holds more) and per client address (configured
+  proxies are exempt); past a cap a new connection gets 503 and is closed.
 - While a message is incomplete the router asks Linux for an immediate ACK (TCP_QUICKACK): peers that
   write a head and a body apart with Nagle on would otherwise wait ~40 ms for the delayed ACK.
 - Request smuggling: Content-Length with Transfer-Encoding, conflicting lengths, or a
   Transfer-Encoding other than `chunked` are refused (400/501) and the connection is closed (`http1`).
 - Upgrades (WebSocket and the like) become a raw byte tunnel after the upstream's 101; the tunnel
   counts as in flight until either side closes. CONNECT is refused (501): this is not a forward proxy.
-- X-Forwarded-For/-Proto/-Host: a loopback peer (a local TLS terminator such as Caddy) is trusted and
-  its values are kept (the peer is appended to X-Forwarded-For); from anyone else they are replaced.
+- Forwarding headers are kept only from `trusted_proxies` (addresses, none by default): see `heads`.
 - Trailers of chunked messages are dropped.
 """
 
@@ -28,10 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
+import resource
 import socket
 from collections.abc import Sequence
 
+from tako_core.agent.heads import reply
 from tako_core.agent.http1 import ParseError, Request, select_backend
 from tako_core.agent.proxy import ClientConnection, Proxy
 from tako_core.agent.route_table import RouteTable
@@ -44,8 +52,35 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024  # bytes of request line + headers a client may send
 IDLE_TIMEOUT = 75.0  # seconds a client connection may wait between requests (or trickle a head)
+BODY_TIMEOUT = 60.0  # seconds a request body may stall (a phone going through a tunnel survives)
+REQUEST_TIMEOUT = 900.0  # seconds a request body may take in all (100 MB at ~1 Mbit/s)
+MAX_PER_CLIENT = 256  # connections from one address (a browser opens 6 per host)
+FD_RESERVE = 256  # file descriptors kept from the router (or half the limit, if that is less)
 HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed without a last response
 HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; the resulting soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _address(peer: str) -> str:
+    """An address as configured or as a socket names it, in one form (IPv4-mapped IPv6 unmapped)."""
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 class _ClientStream(Stream):
@@ -54,6 +89,8 @@ class _ClientStream(Stream):
         self._router = router
         # When the connection started waiting for its next request head; None while one is served.
         self.idle_since: float | None = asyncio.get_running_loop().time()
+        self.client: ClientConnection | None = None
+        self.peer = "unknown"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -71,6 +108,11 @@ class Router:
         backend: str | None = None,
         max_head: int = MAX_HEAD,
         idle_timeout: float = IDLE_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int | None = None,
+        max_per_client: int = MAX_PER_CLIENT,
+        trusted_proxies: Sequence[str] = (),
         listeners: Sequence[socket.socket] = (),
     ) -> None:
         self._listeners = listeners  # already listening (handed over by the previous agent), else bind
@@ -80,6 +122,12 @@ class Router:
         self._backend = select_backend(backend)
         self._max_head = max_head
         self._idle_timeout = idle_timeout
+        self._body_timeout = body_timeout
+        self._request_timeout = request_timeout
+        self._max_connections = max_connections  # None: derived from the fd limit at start
+        self._max_per_client = max_per_client
+        self._trusted = frozenset(map(_address, trusted_proxies))
+        self._per_client: dict[str, int] = {}
         self._table = RouteTable()
         self._proxy = Proxy(self._table, self._backend, max_head)
         self._clients: set[_ClientStream] = set()
@@ -98,13 +146,20 @@ class Router:
         return int(sockets[0].getsockname()[1]) if sockets else self._port
 
     async def start(self) -> None:
+        limit = raise_fd_limit()
+        if self._max_connections is None:
+            # A third each: client connections, the upstream ones they hold, and a burst of accepts
+            # (asyncio accepts up to `backlog` at once; those past the cap are closed right after).
+            self._max_connections = max((limit - min(FD_RESERVE, limit // 2)) // 3, 1)
+        backlog = min(1024, self._max_connections)
         loop = asyncio.get_running_loop()
         if self._listeners:
             for sock in self._listeners:
-                self._servers.append(await loop.create_server(lambda: _ClientStream(self), sock=sock))
+                server = await loop.create_server(lambda: _ClientStream(self), sock=sock, backlog=backlog)
+                self._servers.append(server)
         else:
             server = await loop.create_server(
-                lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=1024
+                lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=backlog
             )
             self._servers.append(server)
         self._sweeper = loop.create_task(self._sweep_idle())
@@ -168,23 +223,48 @@ class Router:
     # --- serving ------------------------------------------------------------------------------------
 
     async def _sweep_idle(self) -> None:
-        """Close client connections idle past the timeout: one timer for all, none per request."""
+        """Close client connections past a deadline: one timer for all, none per request."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(5.0, self._idle_timeout / 4))
-            cutoff = loop.time() - self._idle_timeout
+            await asyncio.sleep(
+                min(5.0, self._idle_timeout / 4, self._body_timeout / 4, self._request_timeout / 4)
+            )
+            now = loop.time()
+            idle_cut, body_cut = now - self._idle_timeout, now - self._body_timeout
+            request_cut = now - self._request_timeout
             for conn in list(self._clients):
-                if conn.idle_since is not None and conn.idle_since < cutoff:
+                if conn.idle_since is not None and conn.idle_since < idle_cut:
+                    conn.close()
+                    continue
+                client = conn.client
+                if client is None or client.body_since is None:
+                    continue
+                waiting = client.waiting_since
+                if client.body_since < request_cut or (waiting is not None and waiting < body_cut):
+                    conn.write(reply(None, 408, "the request body took too long", keep=False))
                     conn.close()
 
     def _accept(self, stream: _ClientStream) -> None:
+        transport = stream.transport
+        peername = transport.get_extra_info("peername") if transport else None
+        peer = stream.peer = _address(str(peername[0])) if peername else "unknown"
+        count = self._per_client.get(peer, 0)
+        assert self._max_connections is not None
+        if len(self._clients) >= self._max_connections or (
+            count >= self._max_per_client and peer not in self._trusted
+        ):
+            stream.write(reply(None, 503, "too many connections", keep=False))
+            stream.close()
+            return
+        self._per_client[peer] = count + 1
         self._clients.add(stream)
         task = asyncio.get_running_loop().create_task(self._serve(stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, stream: _ClientStream) -> None:
-        client = ClientConnection(stream, self._backend.request_parser(self._max_head))
+        parser = self._backend.request_parser(self._max_head)
+        client = stream.client = ClientConnection(stream, parser, stream.peer, stream.peer in self._trusted)
         req: Request | None = None
         try:
             loop = asyncio.get_running_loop()
@@ -206,4 +286,7 @@ class Router:
             log.exception("router: unexpected error serving a client")
         finally:
             self._clients.discard(stream)
+            left = self._per_client.pop(stream.peer) - 1
+            if left:
+                self._per_client[stream.peer] = left
             stream.close()

@@ -20,7 +20,15 @@ from pathlib import Path
 from tako_core.agent import procs
 from tako_core.agent.accounts import Account
 from tako_core.agent.compat import WaitTimeout
-from tako_core.agent.contract import NOT_FOUND, ProtocolError, ReleaseRunInfo, RunResult, clip
+from tako_core.agent.contract import (
+    BAD_REQUEST,
+    NOT_FOUND,
+    ProtocolError,
+    ReleaseRunInfo,
+    RunResult,
+    clip,
+    new_run_id,
+)
 from tako_core.agent.layout import check_name, write_private
 from tako_core.mask import Masker
 
@@ -86,8 +94,8 @@ class Run:
             self.notify()
 
     async def _pump(self, stdout: asyncio.StreamReader, log: io.FileIO, masker: Masker) -> None:
-        async for line in procs.lines(stdout):
-            log.write((clip(masker(line)) + "\n").encode())
+        async for line in procs.lines(stdout, masker):
+            log.write((clip(line) + "\n").encode())
             self.notify()
 
 
@@ -107,13 +115,18 @@ class Runs:
         env: dict[str, str],
         masker: Masker,
         limit: float,
+        run_id: str | None = None,
         account: Account | None = None,
     ) -> Run:
         directory.mkdir(parents=True, exist_ok=True)
-        # The build is in the id (run-<time>-<build>-<random>): `tako logs --release BUILD` finds it.
-        run_id = f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{build}-{os.urandom(3).hex()}"
+        run_id = check_name("run", run_id or new_run_id(build))
+        if _build_of(run_id) != build:  # `tako logs --release BUILD` finds a run by the build in its id
+            raise ProtocolError(BAD_REQUEST, f"release run {run_id} does not name build {build}")
         run = Run(run_id, directory)
-        run.log.touch(mode=0o600)
+        try:
+            run.log.touch(mode=0o600, exist_ok=False)
+        except FileExistsError:
+            raise ProtocolError(BAD_REQUEST, f"release run {run.run_id} exists already") from None
         run.task = asyncio.ensure_future(run.execute(command, cwd, env, masker, limit, account))
         self._runs[str(run.log)] = run
         return run

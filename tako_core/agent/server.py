@@ -1,7 +1,8 @@
 """The agent's socket: NDJSON requests in, tagged events and results out, many requests per connection.
 
 Bad input never ends the conversation: a malformed, oversized or unknown request gets an error reply
-(with id null when its id is unreadable) and the connection keeps serving.
+(with id null when its id is unreadable) and the connection keeps serving. The one exception is an
+upload chunk whose `raw` length is unusable: its bytes follow its line, so the stream is out of step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tako_core.agent.contract import (
     PROTOCOL_VERSION,
     TOO_LARGE,
     UNSUPPORTED_VERSION,
+    UPLOAD_CHUNK,
     Event,
     Json,
     Message,
@@ -137,7 +139,25 @@ class AgentServer:
                     continue
                 if not line.strip():
                     continue
-                task = asyncio.ensure_future(self._serve(conn, line))
+                message: Json | ProtocolError
+                try:
+                    message = decode(line)
+                except ProtocolError as e:
+                    message = e
+                else:
+                    raw = message.get("raw")  # an upload chunk: that many bytes follow the line
+                    if message.get("op") == Op.UPLOAD.value and raw is not None:
+                        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= UPLOAD_CHUNK:
+                            # What follows cannot be told apart from the next request: end here.
+                            bad = ProtocolError(BAD_REQUEST, f"raw must be 0 to {UPLOAD_CHUNK} bytes")
+                            conn.send(failure(None, bad))
+                            await conn.flush()
+                            break
+                        try:
+                            message["raw"] = await reader.readexactly(raw)
+                        except (asyncio.IncompleteReadError, ConnectionError):
+                            break
+                task = asyncio.ensure_future(self._serve(conn, message))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
@@ -147,10 +167,11 @@ class AgentServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _serve(self, conn: Connection, line: bytes) -> None:
+    async def _serve(self, conn: Connection, message: Json | ProtocolError) -> None:
         request_id: Any = None
         try:
-            message = decode(line)
+            if isinstance(message, ProtocolError):
+                raise message
             request_id = message.get("id")
             if not isinstance(request_id, int) or isinstance(request_id, bool):
                 request_id = None

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
 import tako_core
-from tako_core.agent import extract, releases
+from tako_core.agent import delta, extract, releases, uploads
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import (
     BAD_REQUEST,
@@ -181,7 +181,21 @@ class Agent:
 
     @handles(Op.HAS_RELEASE)
     async def has_release(self, p: Params, emit: Emit) -> ReleaseCheck:
-        return ReleaseCheck(complete=releases.is_complete(self.runtime(p).layout, p.name("build")))
+        layout = self.runtime(p).layout
+        complete = releases.is_complete(layout, p.name("build"))
+        wanted, kept = p.strings("files"), releases.kept(layout)
+        if complete or not wanted or not kept:
+            return ReleaseCheck(complete=complete)
+        return ReleaseCheck(complete=False, missing=await asyncio.to_thread(delta.missing, wanted, kept))
+
+    @handles(Op.UPLOAD)
+    async def upload(self, p: Params, emit: Emit) -> Done:
+        # No await before the write: chunks land in the order sent (see agent/uploads.py).
+        size = p.int("size", -1, -1, 1 << 50)  # the last chunk says the total
+        offset = p.int("offset", 0, 0, 1 << 50)
+        last = size if size >= 0 else None
+        uploads.write_chunk(self.layout.uploads, p.str("name"), offset, p.raw(), last)
+        return Done()
 
     def _env(self, runtime: AppRuntime, build: str, p: Params) -> tuple[dict[str, str], Masker]:
         secrets = p.mapping("secrets")
@@ -207,9 +221,11 @@ class Agent:
                     build,
                     upload,
                     p.opt_str("install"),
+                    p.strings("install_inputs"),
                     env,
                     masker,
                     lambda line: emit(InstallOutput(line=clip(line))),
+                    p.opt_mapping("base"),
                 ),
             )
         return Done()
@@ -229,6 +245,7 @@ class Agent:
             env=env,
             masker=masker,
             limit=p.num("timeout", 600.0, 0.1, MAX_RELEASE_TIMEOUT),
+            run_id=p.opt_str("run_id"),  # no await before this: a watch sent right behind finds the run
             account=account,
         )
         log.info("%s: release run %s of %s started", runtime.key, run.run_id, build)
@@ -295,6 +312,9 @@ class Agent:
         async with runtime.exclusive("finalize"):
             removed = runtime.finalize(p.name("build"), p.int("keep", 5, 1, 1000))
             self.runs.prune(runtime.layout.runs, KEEP_RUNS)
+            holder = p.opt_str("release_lease")  # the deploy's last step: saves the client a round trip
+            if holder is not None:
+                self.leases.release(runtime.app, runtime.env, holder)
         return Finalized(pruned=tuple(removed))
 
     @handles(Op.ROLLBACK)

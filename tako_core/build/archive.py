@@ -15,10 +15,12 @@ import contextlib
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -148,3 +150,51 @@ class _HashingReader:
         data = self.raw.read(size)
         self.sha256.update(data)
         return data
+
+
+def file_hashes(artifact: Path) -> dict[str, str]:
+    """Path -> sha256 of every regular file in `artifact`, from its manifest (the first member)."""
+    with _reading(artifact) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        member = tar.next()
+        data = tar.extractfile(member) if member is not None and member.name == MANIFEST_NAME else None
+        if data is None:
+            raise ValueError(f"{artifact.name} does not start with {MANIFEST_NAME}")
+        files: dict[str, str] = json.loads(data.read())["files"]
+    return files
+
+
+def write_delta(artifact: Path, send: set[str], dest: Path) -> tuple[int, dict[str, tuple[str, int]]]:
+    """`dest`: `artifact` with only the regular files whose sha256 is in `send` (and the manifest, every
+    directory and link). Returns its size and the files left out, path -> (sha256, mode)."""
+    hashes = file_hashes(artifact)
+    left_out: dict[str, tuple[str, int]] = {}
+    codec = "gz" if artifact.suffix == ".gz" else "zst"
+    with (
+        _reading(artifact) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as source,
+        open(dest, "wb") as raw,
+    ):
+        out = _HashingWriter(raw)
+        with (
+            _compressor(codec, out) as packed,
+            tarfile.open(fileobj=packed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for member in source:
+                sha = hashes.get(member.name) if member.isfile() and member.name != MANIFEST_NAME else None
+                if sha is not None and sha not in send:
+                    left_out[member.name] = (sha, member.mode)
+                else:
+                    tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+    return out.size, left_out
+
+
+@contextlib.contextmanager
+def _reading(artifact: Path) -> Iterator[IO[bytes]]:
+    """The artifact's tar stream, decompressed."""
+    with artifact.open("rb") as raw:
+        if artifact.suffix == ".gz":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                yield cast("IO[bytes]", stream)
+        else:
+            with zstandard.ZstdDecompressor().stream_reader(raw) as zstream:
+                yield cast("IO[bytes]", zstream)

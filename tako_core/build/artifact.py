@@ -25,6 +25,8 @@ from tako_core.build.manifest import make_manifest
 from tako_core.build.sourceset import Entry, collect_source_set
 from tako_core.build.version import build_id, dirty_reason, read_git_state, source_date
 from tako_core.errors import BadInput
+from tako_core.mask import Masker
+from tako_core.secrets import is_key_var
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,12 @@ async def build_artifact(
     cache_dir: Path | None = None,
     *,
     codec: str = "zst",
+    masker: Masker | None = None,
 ) -> Artifact:
     """Build (or reuse) the artifact of `project_dir` for `app`/`env`.
 
-    `codec` is "zst" (tar.zst) or "gz" (tar.gz, for hosts without zstd). Raises BuildFailed
+    The build command's output goes to `on_output` masked by `masker`. `codec` is "zst" (tar.zst)
+    or "gz" (tar.gz, for hosts without zstd). Raises BuildFailed
     (build command, git, cache I/O) or SourceSetError / BadInput (the project as it is).
     """
     if codec not in CODECS:
@@ -66,8 +70,9 @@ async def build_artifact(
     before = None if git is not None and not git.dirty else await scan()
     build = build_id(git, before[1].content_hash if before else "")
     if build_command is not None and build_command.strip():
-        build_env = {**os.environ, **variables, "ENV": env, "TAKO_BUILD": build}
-        await run_build_command(build_command, root, build_env, on_output)
+        inherited = {k: v for k, v in os.environ.items() if not is_key_var(k)}
+        build_env = {**inherited, **variables, "ENV": env, "TAKO_BUILD": build}
+        await run_build_command(build_command, root, build_env, on_output, masker)
         before = None  # the build may have changed the source set
     entries, digest = before or await scan()
 

@@ -3,7 +3,8 @@
 It runs as `sh -c "<command>"` in the project directory itself, like the build tools people
 already use (npm, make), so whatever it writes there (`dist/`, compiled assets) is part of the
 artifact unless `.gitignore`d. The environment is the caller's plus `[vars]`, `ENV` and
-`TAKO_BUILD`; no secrets. stdout and stderr are merged so the lines arrive in the order printed.
+`TAKO_BUILD`; no secrets, and no `TAKO_SECRETS_KEY_*` (the caller drops them: any npm or pip hook
+could read them). stdout and stderr are merged so the lines arrive in the order printed.
 Cancelling the awaiting task (an aborted deploy) kills the command's whole process group.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tako_core.build.errors import BuildFailed
+from tako_core.mask import LineSplitter, Masker
 
 LAST_LINES = 20
 MAX_LINE = 64 * 1024  # a longer line (a minified bundle on stdout) is passed on in pieces
@@ -24,9 +26,13 @@ KILL_GRACE = 5.0
 
 
 async def run_build_command(
-    command: str, cwd: Path, env: Mapping[str, str], on_output: Callable[[str], None]
+    command: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    on_output: Callable[[str], None],
+    masker: Masker | None = None,
 ) -> None:
-    """Run `command`, passing each output line to `on_output`; BuildFailed unless it exits 0."""
+    """Run `command`, passing each output line (masked) to `on_output`; BuildFailed unless it exits 0."""
     last: deque[str] = deque(maxlen=LAST_LINES)
 
     def emit(line: str) -> None:
@@ -46,7 +52,7 @@ async def run_build_command(
     )
     try:
         assert proc.stdout is not None
-        await _pump_lines(proc.stdout, emit)
+        await _pump_lines(proc.stdout, LineSplitter(masker or Masker(), MAX_LINE), emit)
         returncode = await proc.wait()
     except BaseException:
         await _kill_group(proc)
@@ -62,22 +68,14 @@ async def run_build_command(
         )
 
 
-async def _pump_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
-    pending = b""
+async def _pump_lines(
+    stream: asyncio.StreamReader, splitter: LineSplitter, emit: Callable[[str], None]
+) -> None:
     while chunk := await stream.read(MAX_LINE):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            emit(_decode(line))
-        while len(pending) >= MAX_LINE:
-            emit(_decode(pending[:MAX_LINE]))
-            pending = pending[MAX_LINE:]
-    if pending:
-        emit(_decode(pending))
-
-
-def _decode(line: bytes) -> str:
-    return line.rstrip(b"\r").decode("utf-8", "replace")
+        for line in splitter.feed(chunk):
+            emit(line)
+    for line in splitter.close():
+        emit(line)
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:

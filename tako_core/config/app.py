@@ -32,6 +32,7 @@ TOP_KEYS = (
     "preset",
     "build",
     "install",
+    "install_inputs",
     "start",
     "release",
     "release_timeout",
@@ -90,6 +91,7 @@ def _app(data: Mapping[str, Any], path: Path, source: str) -> AppConfig:
         vars=plain_vars,
         env_vars=env_vars,
         envs=envs,
+        install_inputs=_install_inputs(data),
         source=source,
     )
 
@@ -98,6 +100,31 @@ def _command(data: Mapping[str, Any], key: str) -> str | None:
     """A shell command; blank counts as not set."""
     command = optional_str(data, key, (), _COMMAND_HINT)
     return command if command and command.strip() else None
+
+
+def _install_inputs(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Files (or globs) the install reads besides the well-known lockfiles, relative to the app's folder."""
+    hint = 'a list of relative paths or globs, e.g. install_inputs = ["constraints.txt", "vendor/*.whl"]'
+    value = data.get("install_inputs", [])
+    if not isinstance(value, list):
+        raise Invalid(
+            ("install_inputs",),
+            f"'install_inputs' must be an array of strings, not {type_name(value)}",
+            hint,
+            at_value=True,
+        )
+    inputs = []
+    for i, item in enumerate(value):
+        path = expect_str(item, ("install_inputs", i), hint)
+        if not path.strip() or path.startswith("/") or ".." in path.split("/"):
+            raise Invalid(
+                ("install_inputs", i),
+                f"install_inputs[{i}] = {path!r} is not a path inside the app",
+                hint,
+                at_value=True,
+            )
+        inputs.append(path)
+    return tuple(inputs)
 
 
 def _preset(data: Mapping[str, Any]) -> str | None:

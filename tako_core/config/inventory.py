@@ -5,6 +5,7 @@ Edits go through tomlkit on the user's own document, so their comments and layou
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -30,9 +31,20 @@ from .schema import (
     expect_str,
     expect_table,
     suggest,
+    type_name,
 )
 
-SERVER_KEYS = ("host", "port", "user", "identity", "known_hosts", "root", "http_port", "http_host")
+SERVER_KEYS = (
+    "host",
+    "port",
+    "user",
+    "identity",
+    "known_hosts",
+    "root",
+    "http_port",
+    "http_host",
+    "trusted_proxies",
+)
 _DEFAULTS = Server(name="-", host="-")
 _HEADER = """\
 # tako's servers: one [servers.<name>] table per server.
@@ -159,6 +171,7 @@ def server_from_table(name: str, table: Mapping[str, Any], path: KeyPath, base: 
         http_host=_word(
             table.get("http_host", _DEFAULTS.http_host), (*path, "http_host"), "an address, e.g. 0.0.0.0"
         ),
+        trusted_proxies=_addresses(table.get("trusted_proxies", []), (*path, "trusted_proxies")),
     )
 
 
@@ -181,15 +194,34 @@ def _servers(data: Mapping[str, Any], base: Path) -> dict[str, Server]:
     }
 
 
-def _fields(server: Server) -> dict[str, str | int | None]:
+def _fields(server: Server) -> dict[str, str | int | list[str] | None]:
     """What the file holds for `server`: the host and every value that differs from the default."""
-    fields: dict[str, str | int | None] = {"host": server.host}
+    fields: dict[str, str | int | list[str] | None] = {"host": server.host}
     for key in SERVER_KEYS[1:]:
         value = getattr(server, key)
-        fields[key] = (
-            None if value == getattr(_DEFAULTS, key) else str(value) if isinstance(value, Path) else value
-        )
+        if value == getattr(_DEFAULTS, key):
+            fields[key] = None
+        else:
+            fields[key] = (
+                str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            )
     return fields
+
+
+def _addresses(value: object, path: KeyPath) -> tuple[str, ...]:
+    """IP addresses, e.g. of a TLS terminator in front of the router."""
+    hint = 'IP addresses of proxies in front of the router, e.g. trusted_proxies = ["127.0.0.1"]'
+    if not isinstance(value, list):
+        raise Invalid(
+            path, f"'{path[-1]}' must be an array of addresses, not {type_name(value)}", hint, at_value=True
+        )
+    for i, item in enumerate(value):
+        text = expect_str(item, (*path, i), hint)
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise Invalid((*path, i), f"{text!r} is not an IP address", hint, at_value=True) from None
+    return tuple(value)
 
 
 def _word(value: object, path: KeyPath, hint: str) -> str:

@@ -19,6 +19,7 @@ class Server:
     root: str = "/opt/tako"
     http_port: int = 80
     http_host: str = "0.0.0.0"  # address the agent's router binds
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose forwarding headers the router keeps
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class AppConfig:
     vars: dict[str, str]
     env_vars: dict[str, dict[str, str]]
     envs: dict[str, EnvConfig]
+    install_inputs: tuple[str, ...] = ()  # besides the well-known lockfiles
     source: str = field(default="", repr=False, compare=False)
 
 
@@ -77,3 +79,4 @@ class ResolvedEnv:
     health_path: str
     routes: tuple[str, ...]
     instances: int
+    install_inputs: tuple[str, ...] = ()

@@ -49,6 +49,7 @@ def resolve(config: AppConfig, env: str, inventory: Inventory) -> ResolvedEnv:
         vars={**config.vars, **config.env_vars.get(env, {})},
         build=config.build,
         install=config.install,
+        install_inputs=config.install_inputs,
         start=config.start,
         health_path=config.health_path,
         routes=env_config.routes,

@@ -22,6 +22,7 @@ class Project:
     install: str | None
     start: str
     release_example: str
+    install_inputs: tuple[str, ...] = ()  # what the install reads besides the well-known lockfiles
 
 
 def init_config(path: Path, name: str | None = None) -> Project:
@@ -76,6 +77,8 @@ def _python(folder: Path) -> Project:
         f"python3 -m venv .venv && .venv/bin/pip install {requirements}",
         ".venv/bin/gunicorn --bind 127.0.0.1:$PORT app:app",
         migrate,
+        # `pip install .` installs the project's own code too: reuse that install only while it is unchanged.
+        () if requirements.startswith("-r") else ("**/*.py",),
     )
 
 
@@ -112,6 +115,12 @@ def render(app: str, project: Project) -> str:
         + line("build", project.build, "Runs on this machine before the upload (optional).")
         + "\n"
         + line("install", project.install, "Installs production dependencies on each server.")
+        + (
+            "# Reused while it and the files it reads are unchanged: the usual lockfiles, and these.\n"
+            f"install_inputs = [{', '.join(_quote(i) for i in project.install_inputs)}]\n"
+            if project.install_inputs
+            else ""
+        )
         + "\n"
         + line("start", project.start, "Starts one instance; it must serve HTTP on 127.0.0.1:$PORT.")
         + "\n"

@@ -69,7 +69,8 @@ def write_app(
         f'DEMO_DATABASE = "{database_path(workspace)}"\n'
         f'DEMO_MIGRATION_PAUSE = "{migration_pause}"\n'
         f"{failing}"
-        f'\n[envs.{ENV}]\nroute = "{APP}.localhost"\nservers = [{names}]\n'
+        # No `route`: the demo is reached by each server's address, so the app takes any Host.
+        f"\n[envs.{ENV}]\nservers = [{names}]\n"
     )
     environ = {key_env_var(ENV): new_exported_key()}
     store = SecretsStore.open(app, APP, environ=environ)

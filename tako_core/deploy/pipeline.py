@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from tako_core.agent.contract import STALE_BASE
 from tako_core.build import Artifact, build_artifact
 from tako_core.config import ResolvedEnv
+from tako_core.deploy.delta import Delta, Deltas
 from tako_core.deploy.run import DeployOptions, Run, all_or_nothing
 from tako_core.deploy.session import ServerSession
 from tako_core.errors import ConfigError, DeployFailed, TakoError
@@ -32,6 +34,7 @@ from tako_core.events import (
     ServerResult,
     State,
 )
+from tako_core.transport.agent_client import AgentReplyError, ReleaseCheck
 from tako_core.units import duration, size
 
 CLEANUP_TIMEOUT = 60.0
@@ -68,6 +71,7 @@ class _Deploy(Run):
         self.build: str | None = None
         self._gzip: Artifact | None = None
         self._gzip_lock = asyncio.Lock()
+        self._deltas = Deltas()
 
     @property
     def release(self) -> str | None:
@@ -78,7 +82,10 @@ class _Deploy(Run):
         return f"Deploy {self.target.app} to {self.target.env} ({servers})?"
 
     async def prepare(self) -> None:
-        await self._ship_everywhere()
+        try:
+            await self._ship_everywhere()
+        finally:
+            self._deltas.close()
         await self._release_gate()
 
     # -- build, connect, upload, install -------------------------------------------------------
@@ -98,7 +105,7 @@ class _Deploy(Run):
         t = self.target
 
         def output(line: str) -> None:
-            self.sink(OutputLine(server=None, phase=Phase.BUILD, line=self.mask(line)))
+            self.sink(OutputLine(server=None, phase=Phase.BUILD, line=line))
 
         return await build_artifact(
             t.config_path.parent,
@@ -109,6 +116,7 @@ class _Deploy(Run):
             output,
             cache_dir=self.options.cache_dir,
             codec=codec,
+            masker=self.mask,
         )
 
     async def _artifact_for(self, session: ServerSession, building: asyncio.Task[Artifact]) -> Artifact:
@@ -132,19 +140,55 @@ class _Deploy(Run):
 
     async def _ship(self, session: ServerSession, building: asyncio.Task[Artifact]) -> None:
         name = session.name
-        with self._phase(name, Phase.CONNECT) as done:
-            await session.connect(force_unlock=self.options.force_unlock)
-            done["detail"] = f"agent {session.agent.info.agent_version}"
-        artifact = await self._artifact_for(session, building)
-        if await session.has_release(artifact.build):
+        present: asyncio.Future[tuple[Artifact, ReleaseCheck]] | None = None
+        try:
+            with self._phase(name, Phase.CONNECT) as done:
+                await session.open()
+                # Whether the build is there already goes out with the lease: one round trip, not two.
+                present = asyncio.ensure_future(self._present(session, building))
+                await session.lease(force_unlock=self.options.force_unlock)
+                done["detail"] = f"agent {session.agent.info.agent_version}"
+            artifact, check = await present
+        finally:
+            if present is not None:
+                present.cancel()
+        if check.complete:
             self.board.set(name, Phase.UPLOAD, State.SKIPPED, detail="already on the server")
             self.board.set(name, Phase.INSTALL, State.SKIPPED, detail="already installed")
             return
+        delta = await self._deltas.delta(artifact, check.missing)
         with self._phase(name, Phase.UPLOAD) as done:
-            upload_path = await session.upload(artifact)
-            done["detail"] = size(artifact.size)
+            installing = await self._send(session, artifact, delta)
+            whole = size(artifact.size)
+            done["detail"] = whole if delta is None else f"{size(delta.size)} changed of {whole}"
         with self._phase(name, Phase.INSTALL):
-            await session.install(artifact.build, upload_path)
+            try:
+                await installing
+            except AgentReplyError as err:
+                if delta is None or err.code != STALE_BASE:
+                    raise
+                self.sink(Notice(server=name, message=f"{err.message}: sending the whole artifact"))
+                await (await self._send(session, artifact, None))
+
+    async def _send(
+        self, session: ServerSession, artifact: Artifact, delta: Delta | None
+    ) -> asyncio.Future[None]:
+        """Upload; returns once the agent has it all, with the install already under way."""
+        upload, acked = await session.upload(artifact, delta)
+        # The install goes out right behind the last chunk, not a round trip after it.
+        installing = asyncio.ensure_future(session.install(artifact.build, upload, delta))
+        try:
+            await acked
+        except BaseException:
+            installing.cancel()
+            raise
+        return installing
+
+    async def _present(
+        self, session: ServerSession, building: asyncio.Task[Artifact]
+    ) -> tuple[Artifact, ReleaseCheck]:
+        artifact = await self._artifact_for(session, building)
+        return artifact, await session.check_release(artifact.build, await self._deltas.hashes(artifact))
 
     # -- the release gate ----------------------------------------------------------------------
 

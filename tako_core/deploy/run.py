@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,6 +40,7 @@ from tako_core.events import (
     State,
 )
 from tako_core.mask import Masker
+from tako_core.secrets import is_key_var
 
 PRODUCTION_ENVS = frozenset({"production", "prod"})
 
@@ -87,7 +89,9 @@ class Run(ABC):
         self.sink = sink
         self.prompter = prompter
         self.options = options
-        self.mask = Masker(secrets.values())
+        # The keys too: a build command could print the one it was not given but found elsewhere.
+        keys = (v for k, v in os.environ.items() if is_key_var(k))
+        self.mask = Masker([*secrets.values(), *keys])
         self.board = PhaseBoard(sink, [s.name for s in target.servers])
         self.sessions = [
             ServerSession(

@@ -7,14 +7,15 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent.contract import upload_name
+from tako_core.agent.contract import new_run_id, upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
+from tako_core.deploy.delta import Delta
 from tako_core.errors import AgentError, TransportError
 from tako_core.events import EventSink, OutputLine, Phase, RolloutProgress, UploadProgress
 from tako_core.mask import Masker
 from tako_core.transport import Connection, ensure_agent
-from tako_core.transport.agent_client import AgentClient, RunResult
+from tako_core.transport.agent_client import AgentClient, ReleaseCheck, RunResult
 
 LEASE_TTL = 30.0
 RECONNECT_ATTEMPTS = 5
@@ -43,6 +44,7 @@ class ServerSession:
         self._conn: Connection | None = None
         self._agent: AgentClient | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._leased = False  # whether close() must still let go of the lease
         self.release_run: str | None = None  # the run id while the release command may be running
 
     @property
@@ -56,8 +58,17 @@ class ServerSession:
         return self._target.app, self._target.env
 
     async def connect(self, *, force_unlock: bool) -> None:
+        await self.open()
+        await self.lease(force_unlock=force_unlock)
+
+    async def open(self) -> None:
+        """The SSH connection and an agent of this client's build."""
         self._conn = await Connection.open(self.server)
         self._agent = await ensure_agent(self._conn)
+
+    async def lease(self, *, force_unlock: bool) -> None:
+        # Before the call: cancelled while it is under way, the lease may still have been granted.
+        self._leased = True
         await self.agent.lease_acquire(
             *self._app_env, self._holder, build="(building)", ttl=LEASE_TTL, force=force_unlock
         )
@@ -66,21 +77,29 @@ class ServerSession:
     def codecs(self) -> tuple[str, ...]:
         return self.agent.info.codecs
 
+    async def _stop_renewing(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+
     async def _renew_lease(self) -> None:
         while True:
             await asyncio.sleep(LEASE_TTL / 3)
             with contextlib.suppress(AgentError, TransportError, OSError):
                 await self.agent.lease_renew(*self._app_env, self._holder)
 
-    async def has_release(self, build: str) -> bool:
-        return await self.agent.has_release(*self._app_env, build)
+    async def check_release(self, build: str, files: list[str]) -> ReleaseCheck:
+        return await self.agent.check_release(*self._app_env, build, files)
 
-    async def upload(self, artifact: Artifact) -> str:
-        assert self._conn is not None
-        # Named so the agent's cleanup of this build finds a half-finished upload too.
+    async def upload(self, artifact: Artifact, delta: Delta | None) -> tuple[str, asyncio.Future[None]]:
+        """Send the artifact (or its delta) over the agent's channel; returns its name in ROOT/uploads
+        once every chunk is queued, and the future of the agent's last acknowledgement."""
+        # Named so the agent's cleanup of this build finds a half-finished upload too; a delta and
+        # the whole artifact sent after it (when a kept release changed) share the name.
         name = upload_name(*self._app_env, artifact.build) + "".join(artifact.path.suffixes[-2:])
-        remote = f"{self.server.root}/uploads/{name}"
-        step = max(artifact.size // 50, 1)
+        path, total = (delta.path, delta.size) if delta is not None else (artifact.path, artifact.size)
+        step = max(total // 50, 1)
         last = -step
 
         def progress(sent: int, total: int) -> None:
@@ -89,8 +108,7 @@ class ServerSession:
                 last = sent
                 self._sink(UploadProgress(server=self.name, sent=sent, total=total))
 
-        await self._conn.put(Path(artifact.path), remote, progress)
-        return remote
+        return name, await self.agent.upload(name, Path(path), progress)
 
     def _output(self, phase: Phase) -> Callable[[str], None]:
         def emit(line: str) -> None:
@@ -98,27 +116,23 @@ class ServerSession:
 
         return emit
 
-    async def install(self, build: str, upload_path: str) -> None:
+    async def install(self, build: str, upload_path: str, delta: Delta | None) -> None:
         await self.agent.prepare(
             *self._app_env,
             build,
             upload_path,
+            base=delta.base if delta is not None else None,
             install=self._target.install,
+            install_inputs=self._target.install_inputs,
             env_vars=self._target.vars,
             secrets=self._secrets,
             on_output=self._output(Phase.INSTALL),
         )
 
     async def run_release(self, build: str, command: str) -> RunResult:
-        """Start the release command and follow its output to the end, across reconnects."""
-        self.release_run = await self.agent.release_start(
-            *self._app_env,
-            build,
-            command,
-            env_vars=self._target.vars,
-            secrets=self._secrets,
-            timeout=self._target.release_timeout,
-        )
+        """Start the release command and follow its output to the end, across reconnects. The watch
+        goes out right behind the start (this side picks the run's id), not a round trip after it."""
+        run_id = new_run_id(build)
         emit = self._output(Phase.RELEASE)
         offset = 0
 
@@ -127,9 +141,26 @@ class ServerSession:
             offset = next_offset
             emit(line)
 
+        starting = asyncio.ensure_future(
+            self.agent.release_start(
+                *self._app_env,
+                build,
+                command,
+                env_vars=self._target.vars,
+                secrets=self._secrets,
+                timeout=self._target.release_timeout,
+                run_id=run_id,
+            )
+        )
+        watching = asyncio.ensure_future(self.agent.release_watch(*self._app_env, run_id, 0, on_line))
+        try:
+            self.release_run = await starting
+        except BaseException:
+            watching.cancel()
+            raise
         for attempt in range(RECONNECT_ATTEMPTS + 1):
             try:
-                result = await self.agent.release_watch(*self._app_env, self.release_run, offset, on_line)
+                result = await watching
             except (TransportError, OSError) as err:
                 if attempt == RECONNECT_ATTEMPTS:
                     raise TransportError(
@@ -137,6 +168,9 @@ class ServerSession:
                         hint="the command keeps running on the server; check it with `tako status`",
                     ) from err
                 await self._reconnect()
+                watching = asyncio.ensure_future(
+                    self.agent.release_watch(*self._app_env, run_id, offset, on_line)
+                )
                 continue
             self.release_run = None
             return result
@@ -180,20 +214,21 @@ class ServerSession:
         return any(r.build == build and r.complete for r in await self.agent.releases(*self._app_env))
 
     async def finalize(self, build: str) -> None:
-        await self.agent.finalize(*self._app_env, build)
+        """Point `current` at the build and let go of the lease, in one exchange."""
+        await self._stop_renewing()
+        await self.agent.finalize(*self._app_env, build, release_lease=self._holder)
+        self._leased = False
 
     async def cleanup(self, build: str) -> None:
         await self.agent.cleanup(*self._app_env, build)
 
     async def close(self) -> None:
         """Release the lease and the connection; never raises (it runs on every way out)."""
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
+        await self._stop_renewing()
         if self._agent is not None:
-            with contextlib.suppress(AgentError, TransportError, OSError):
-                await self._agent.lease_release(*self._app_env, self._holder)
+            if self._leased:
+                with contextlib.suppress(AgentError, TransportError, OSError):
+                    await self._agent.lease_release(*self._app_env, self._holder)
             with contextlib.suppress(AgentError, TransportError, OSError):
                 await self._agent.close()
         if self._conn is not None:

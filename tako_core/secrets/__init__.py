@@ -5,7 +5,7 @@ Public surface::
     load_env_secrets(config_dir, app, env) -> dict[str, str]
     SecretsStore.open(config_dir, app)  # envs(), names(env), get, get_all, set, remove, save,
                                         # export_key, import_key, key_id
-    secrets_path(config_dir), key_env_var(env), is_valid_name(name), check_name(name)
+    secrets_path(config_dir), key_env_var(env), is_key_var(var), is_valid_name(name), check_name(name)
     new_exported_key()                  # a fresh key, in the TAKO_SECRETS_KEY_<ENV> form
 """
 
@@ -17,11 +17,13 @@ from tako_core.errors import SecretsError
 from tako_core.secrets._crypto import export_key, new_key
 from tako_core.secrets._file import check_name
 from tako_core.secrets._names import env_var_name as key_env_var
+from tako_core.secrets._names import is_key_var
 from tako_core.secrets._store import SecretsStore, secrets_path
 
 __all__ = [
     "SecretsStore",
     "check_name",
+    "is_key_var",
     "is_valid_name",
     "key_env_var",
     "load_env_secrets",

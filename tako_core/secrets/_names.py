@@ -6,6 +6,11 @@ ENV_VAR_PREFIX = "TAKO_SECRETS_KEY_"
 BACKEND_VAR = "PYTHON_KEYRING_BACKEND"
 
 
+def is_key_var(name: str) -> bool:
+    """Whether the environment variable `name` holds a secrets key (never handed to a build)."""
+    return name.startswith(ENV_VAR_PREFIX)
+
+
 def env_var_name(env: str) -> str:
     return ENV_VAR_PREFIX + env.upper().replace("-", "_")
 

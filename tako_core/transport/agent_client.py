@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -17,6 +17,7 @@ from tako_core.agent.contract import (
     LEASE_HELD,
     MAX_LINE,
     PROTOCOL_VERSION,
+    UPLOAD_CHUNK,
     AgentInfo,
     AppStatus,
     Cleaned,
@@ -62,6 +63,7 @@ __all__ = [
     "LeaseHeld",
     "LeaseInfo",
     "LogEntry",
+    "ReleaseCheck",
     "ReleaseInfo",
     "ReleaseRunInfo",
     "RunResult",
@@ -69,6 +71,9 @@ __all__ = [
 
 
 HELLO_TIMEOUT = 15.0  # seconds; a socket that accepts but never answers is a hung agent
+# Upload chunks in flight at once: 4 MiB, enough to fill a fast link with a long round trip, while
+# the agent never holds more than this of one upload in memory.
+UPLOAD_WINDOW = 8
 
 
 class Reader(Protocol):
@@ -129,6 +134,20 @@ def _refusal(reply: Json) -> AgentReplyError:
         hint=error.get("hint"),
         details=dict(error.get("details") or {}),
     )
+
+
+async def _all_of(tasks: list[asyncio.Task[None]]) -> None:
+    """Every task's end; the first failure cancels the rest."""
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _Pending = tuple["asyncio.Future[Json]", Callable[[Json], None] | None]
@@ -227,9 +246,16 @@ class AgentClient:
                 future.set_exception(AgentDisconnected(reason, hint="reconnect and retry"))
 
     async def _call(
-        self, op: Op, params: Json, reply: type[M], on_event: Callable[[Json], None] | None = None
+        self,
+        op: Op,
+        params: Json,
+        reply: type[M],
+        on_event: Callable[[Json], None] | None = None,
+        *,
+        payload: bytes = b"",
     ) -> M:
-        """Send one request; its result read as a `reply`, its events passed to `on_event`."""
+        """Send one request (its line, then `payload`); its result read as a `reply`, its events
+        passed to `on_event`."""
         if self._closed_reason is not None:
             raise AgentDisconnected(self._closed_reason, hint="reconnect and retry")
         request_id = self._next_id
@@ -239,7 +265,7 @@ class AgentClient:
         try:
             async with self._write_lock:
                 try:
-                    self._writer.write(encode(request(request_id, op, params)))
+                    self._writer.write(encode(request(request_id, op, params)) + payload)
                     await self._writer.drain()
                 except (OSError, EOFError) as e:
                     raise AgentDisconnected(f"cannot send to the agent: {e}", hint="reconnect") from None
@@ -270,8 +296,52 @@ class AgentClient:
         await self._call(Op.LEASE_RELEASE, {"app": app, "env": env, "holder": holder}, Done)
 
     async def has_release(self, app: str, env: str, build: str) -> bool:
-        params = {"app": app, "env": env, "build": build}
-        return (await self._call(Op.HAS_RELEASE, params, ReleaseCheck)).complete
+        return (await self.check_release(app, env, build)).complete
+
+    async def check_release(
+        self, app: str, env: str, build: str, files: list[str] | None = None
+    ) -> ReleaseCheck:
+        """Whether the release is complete; with `files` (sha256s), which of them no kept release holds."""
+        params = {"app": app, "env": env, "build": build, "files": files or []}
+        return await self._call(Op.HAS_RELEASE, params, ReleaseCheck)
+
+    async def upload(
+        self, name: str, path: Path, on_progress: Callable[[int, int], None]
+    ) -> asyncio.Future[None]:
+        """Send the local file `path` as ROOT/uploads/<name>: raw chunks pipelined, at most UPLOAD_WINDOW
+        unanswered; on_progress(acknowledged bytes, total) after each. Returns once the last chunk is
+        queued (a request sent after it reaches the agent after it, so an install need not wait for
+        the acknowledgements); the future it returns ends with the last acknowledgement."""
+        size = path.stat().st_size  # noqa: ASYNC240 (one stat)
+        window = asyncio.Semaphore(UPLOAD_WINDOW)
+        acked = 0
+
+        async def send(offset: int, chunk: bytes) -> None:
+            nonlocal acked
+            params: Json = {"name": name, "offset": offset, "raw": len(chunk)}
+            if offset + len(chunk) == size:
+                params["size"] = size
+            try:
+                await self._call(Op.UPLOAD, params, Done, payload=chunk)
+            finally:
+                window.release()
+            acked += len(chunk)
+            on_progress(acked, size)
+
+        sending: list[asyncio.Task[None]] = []
+        try:
+            with path.open("rb") as file:
+                for offset in range(0, max(size, 1), UPLOAD_CHUNK):
+                    await window.acquire()
+                    if any(t.done() and t.exception() for t in sending):
+                        break  # _all_of raises it
+                    sending.append(asyncio.ensure_future(send(offset, file.read(UPLOAD_CHUNK))))
+            # One pass of the loop: the last chunk's task writes, or queues on the (FIFO) write lock.
+            await asyncio.sleep(0)
+        except BaseException:
+            await _cancel(sending)
+            raise
+        return asyncio.ensure_future(_all_of(sending))
 
     async def prepare(
         self,
@@ -281,11 +351,16 @@ class AgentClient:
         upload_path: str,
         *,
         install: str | None,
+        install_inputs: Sequence[str] = (),
         env_vars: dict[str, str],
         secrets: dict[str, str],
         on_output: Callable[[str], None],
+        base: dict[str, tuple[str, int]] | None = None,
     ) -> None:
-        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there."""
+        """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there (its outputs
+        reused from an earlier release with the same command and `install_inputs`, see agent/installs);
+        with `base`, the upload is a delta and these files (path -> (sha256, mode)) come from kept
+        releases."""
         await self._call(
             Op.PREPARE,
             {
@@ -293,7 +368,9 @@ class AgentClient:
                 "env": env,
                 "build": build,
                 "upload": upload_path,
+                "base": base,
                 "install": install,
+                "install_inputs": list(install_inputs),
                 "vars": env_vars,
                 "secrets": secrets,
             },
@@ -311,8 +388,12 @@ class AgentClient:
         env_vars: dict[str, str],
         secrets: dict[str, str],
         timeout: float,  # noqa: ASYNC109 (the release command's limit, not this call's)
+        run_id: str | None = None,
     ) -> str:
+        """Start the release command as run `run_id` (contract.new_run_id; the agent picks one when
+        None); returns the run's id."""
         params = {
+            "run_id": run_id,
             "app": app,
             "env": env,
             "build": build,
@@ -379,9 +460,12 @@ class AgentClient:
             _on(Progress, lambda e: on_progress(e.done, e.total)),
         )
 
-    async def finalize(self, app: str, env: str, build: str, keep: int = 5) -> list[str]:
-        """Point `current` at build and prune; returns the builds pruned."""
-        params = {"app": app, "env": env, "build": build, "keep": keep}
+    async def finalize(
+        self, app: str, env: str, build: str, keep: int = 5, *, release_lease: str | None = None
+    ) -> list[str]:
+        """Point `current` at build and prune, then let go of `release_lease`'s lease if given;
+        returns the builds pruned."""
+        params = {"app": app, "env": env, "build": build, "keep": keep, "release_lease": release_lease}
         return list((await self._call(Op.FINALIZE, params, Finalized)).pruned)
 
     async def status(self) -> list[AppStatus]:

@@ -1,8 +1,9 @@
 """Installing, upgrading and starting the agent on a server, over one Connection.
 
-The agent reports only its version, so which zipapp it runs is recorded on the server: after a
-successful start, `<root>/bin/tako-agent.build` holds the zipapp's name (version + content hash).
-It is removed before any change and written last, so a half-done install always counts as stale.
+The agent says in its hello which zipapp it runs (version + content hash, `AgentInfo.build_id`), so a
+client tells a stale agent from the hello alone. An install is one command (through `sudo -n` when we
+are not root) after the one asking who we are: the zipapp on its stdin, then the old agent stopped
+and the new one started; a half-done install leaves the old build, which still counts as stale.
 """
 
 from __future__ import annotations
@@ -40,34 +41,41 @@ low=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024
 echo "$how $(id -un) $writable $low $HOME"
 """
 
-# Prepares the root (run as root when we may) and says how to start the agent: systemd when it runs
-# and we are root.
-_PREPARE = """
-mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin && rm -f {stamp} || exit 3
+# The install itself in one command (each command over SSH costs a login shell), run as root when
+# we may: checks the server and takes the zipapp from stdin. Then the agent named in the pid file
+# (only if that pid really is a tako agent) restarts in place when it runs the command it would be
+# started with (and, under systemd, the unit is unchanged): it stops answering (its socket goes),
+# hands its router over and execs the build just installed, same pid, instances kept, and we wait
+# for the new socket; an agent too old for that ignores SIGWINCH. Otherwise it is stopped (it
+# holds the root's lock, so it must be gone before the new one starts) and the new one started
+# with systemd when it runs and we are root, else detached. Says which on stdout:
+# "systemd|detached started|in-place".
+_INSTALL = """
+mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin || exit 3
 command -v python3 >/dev/null || {{ echo "no python3 on the server" >&2; exit 3; }}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
     echo "python3 on the server is $(python3 -V 2>&1), tako needs 3.10 or newer" >&2; exit 3; }}
-if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then echo systemd; else echo detached; fi
-"""
-
-# Restarts the agent named in the pid file (only if that pid really is a tako agent). In place when it
-# runs the command it would be started with (and, under systemd, the unit is unchanged): it stops
-# answering (its socket goes), hands its router over and execs the build just installed, same pid,
-# instances kept; an agent too old for that ignores SIGWINCH. Otherwise it is stopped (it holds the
-# root's lock) and the start command run.
-_RESTART = """
+cat > {pyz}.tmp && chmod 755 {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3
+mode=detached; same_unit=yes
+if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
+    mode=systemd  # a changed unit needs systemd to restart the agent
+    printf '%s' {unit} | cmp -s - {unit_path} || same_unit=no
+fi
 pidfile={pid_file}
 pid=$(cat "$pidfile" 2>/dev/null)
 case "$pid" in ''|*[!0-9]*) pid= ;; esac
 if [ -n "$pid" ] && ! tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q tako-agent; then pid=; fi
-if [ -n "$pid" ] && tr '\\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- {command} && {in_place}; then
+if [ -n "$pid" ] && [ $same_unit = yes ] && tr '\\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- {command}; then
     before=$(stat -c '%i %z' {socket} 2>/dev/null)
     kill -WINCH "$pid"
     i=0
     while [ "$(stat -c '%i %z' {socket} 2>/dev/null)" = "$before" ] && [ $i -lt 50 ]; do
         sleep 0.1; i=$((i+1))
     done
-    [ $i -lt 50 ] && exit 0
+    if [ $i -lt 50 ]; then  # it took the signal: wait for its successor's socket (hand-over <= 20 s)
+        while [ ! -S {socket} ] && [ $i -lt 350 ]; do sleep 0.1; i=$((i+1)); done
+        echo $mode in-place; exit 0
+    fi
 fi
 if [ -n "$pid" ]; then
     kill -TERM "$pid" 2>/dev/null
@@ -78,7 +86,13 @@ if [ -n "$pid" ]; then
     done
     kill -KILL "$pid" 2>/dev/null
 fi
-{start}
+echo $mode started
+if [ $mode = systemd ]; then
+    printf '%s' {unit} > {unit_path}.tmp && mv {unit_path}.tmp {unit_path} && systemctl daemon-reload \\
+        && systemctl enable {unit_name} 2>/dev/null && systemctl restart {unit_name}
+else
+    {detached}
+fi
 """
 
 
@@ -142,26 +156,20 @@ def systemd_unit(server: Server, client_user: str | None = None, python: str = "
 
 async def inspect_agent(conn: Connection, build: str) -> AgentState:
     """Ask the running agent who it is; `build` is the zipapp name this client would install."""
-    stamp, answer = await asyncio.gather(
-        conn.run(f"cat {shlex.quote(_stamp_path(conn.server))} 2>/dev/null"),
-        conn.agent(),
-        return_exceptions=True,
-    )
-    if isinstance(answer, AgentNotRunning):
+    try:
+        client = await conn.agent()
+    except AgentNotRunning:
         return AgentState(None, False, "not running")
-    if isinstance(answer, AgentError):  # it answers, but not in a way this client understands
-        return AgentState(None, False, f"unusable ({answer.message})")
-    if isinstance(answer, BaseException):
-        raise answer
-    if isinstance(stamp, BaseException):
-        await answer.close()
-        raise stamp
-    version = answer.info.agent_version
-    if version != tako_core.__version__:
-        return AgentState(answer, False, f"version {version}, this client is {tako_core.__version__}")
-    if stamp.stdout.strip() != build:
-        return AgentState(answer, False, "installed from another build of tako")
-    return AgentState(answer, True, "")
+    except AgentError as err:  # it answers, but not in a way this client understands
+        return AgentState(None, False, f"unusable ({err.message})")
+    info = client.info
+    if info.agent_version != tako_core.__version__:
+        return AgentState(
+            client, False, f"version {info.agent_version}, this client is {tako_core.__version__}"
+        )
+    if f"tako-agent-{info.agent_version}-{info.build_id}" != build:
+        return AgentState(client, False, "installed from another build of tako")
+    return AgentState(client, True, "")
 
 
 async def ensure_agent(
@@ -187,7 +195,7 @@ async def ensure_agent(
             )
     step = on_step or (lambda _: None)
     step(f"agent {state.reason or 'current'}: installing {zipapp.name}")
-    login = await install_agent(conn, zipapp, step)
+    await install_agent(conn, zipapp, step)
     client = await _wait_for_agent(conn)
     if client.info.agent_version != tako_core.__version__:
         await client.close()
@@ -196,8 +204,6 @@ async def ensure_agent(
             hint=f"another agent may hold {conn.server.root}; stop it and run "
             f"`tako servers setup {conn.server.name}` again",
         )
-    stamp = f"printf '%s\\n' {shlex.quote(zipapp.stem)} > {shlex.quote(_stamp_path(conn.server))}"
-    await _checked(conn, login.as_root(stamp))
     return client
 
 
@@ -215,48 +221,36 @@ class Login:
 
     @property
     def client_user(self) -> str | None:
-        """The user the agent hands its socket and uploads to when it runs as root for them."""
+        """The user the agent hands its socket to when it runs as root for them."""
         return self.user if self.how == "sudo" else None
 
 
-async def install_agent(conn: Connection, zipapp: Path, step: Step) -> Login:
-    """Write `zipapp` as `<root>/bin/tako-agent.pyz`, stop the old agent, start the new one."""
-    # Few round trips: each command over SSH pays for a login shell on the server.
+async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
+    """Install `zipapp` as `<root>/bin/tako-agent.pyz` and restart the agent in place, or stop the
+    old one and start the new one: one command after the one asking who we are."""
     server = conn.server
     login = await _login(conn)
-    prepare = _PREPARE.format(root=shlex.quote(server.root), stamp=shlex.quote(_stamp_path(server)))
-    mode = (await _checked(conn, login.as_root(prepare))).strip()
-    pyz = shlex.quote(f"{server.root}/bin/tako-agent.pyz")
-    in_place = "true"
-    if mode == "systemd":
-        step("starting the agent with systemd")
-        name = systemd_unit_name(server.root)
-        path = f"/etc/systemd/system/{name}"
-        unit = shlex.quote(systemd_unit(server, login.client_user))
-        in_place = f"printf '%s' {unit} | cmp -s - {path}"  # a changed unit needs systemd to restart it
-        start = (
-            f"printf '%s' {unit} > {path}.tmp && mv {path}.tmp {path} && systemctl daemon-reload"
-            f" && systemctl enable {name} 2>/dev/null && systemctl restart {name}"
-        )
-    else:
-        step("starting the agent (detached)")
-        if login.how == "user":
-            step(
-                "warning: a detached agent does not come back after a reboot; with passwordless sudo "
-                "for this user, `tako servers setup` installs a systemd unit instead"
-            )
-        start = shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"])
-    pid_file = shlex.quote(f"{server.root}/run/agent.pid")
-    script = f"cat > {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3\n" + _RESTART.format(
-        pid_file=pid_file,
-        command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
-        in_place=in_place,
+    unit_name = systemd_unit_name(server.root)
+    script = _INSTALL.format(
+        root=shlex.quote(server.root),
+        pyz=shlex.quote(f"{server.root}/bin/tako-agent.pyz"),
+        pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
+        unit=shlex.quote(systemd_unit(server, login.client_user)),
+        unit_path=f"/etc/systemd/system/{unit_name}",
+        unit_name=unit_name,
         socket=shlex.quote(f"{server.root}/run/tako.sock"),
-        start=start,
+        command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
+        detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
-    payload = await asyncio.to_thread(zipapp.read_bytes)
-    await _checked(conn, login.as_root(script), input=payload, limit=START_TIMEOUT + 15)
-    return login
+    data = await asyncio.to_thread(zipapp.read_bytes)
+    out = await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    mode, how = out.split()[:2]
+    step(f"restarted the agent in place ({mode})" if how == "in-place" else f"started the agent ({mode})")
+    if mode == "detached" and login.how == "user":
+        step(
+            "warning: a detached agent does not come back after a reboot; with passwordless sudo "
+            "for this user, `tako servers setup` installs a systemd unit instead"
+        )
 
 
 async def _login(conn: Connection) -> Login:
@@ -325,9 +319,6 @@ def _serve_args(server: Server, client_user: str | None) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
+        *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
         *(["--client-user", client_user] if client_user else []),
     ]
-
-
-def _stamp_path(server: Server) -> str:
-    return f"{server.root}/bin/tako-agent.build"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import posixpath
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
@@ -26,8 +24,6 @@ from tako_core.transport.failures import AgentNotRunning, connect_error, known_h
 
 # Below OpenSSH's default MaxSessions of 10: with 10 at once an open fails now and then.
 MAX_CHANNELS = 8
-# OpenSSH drops the session when an SFTP write is larger than this (measured).
-SFTP_BLOCK_SIZE = 261_120
 KEEPALIVE_INTERVAL = 15.0
 KEEPALIVE_COUNT_MAX = 3
 # Waits before each reconnect attempt: about 8 s in all, then the server counts as gone.
@@ -39,7 +35,6 @@ SESSION_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _PERMANENT = (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, asyncssh.KeyImportError)
 
 T = TypeVar("T")
-Progress = Callable[[int, int], None]
 LineHandler = Callable[[str], None]
 
 
@@ -105,42 +100,6 @@ class Connection:
                 ) from None
             except (asyncssh.Error, OSError) as exc:
                 raise self._lost_during(label) from exc
-
-    async def put(self, local: Path, remote: str, on_progress: Progress | None = None) -> None:
-        """Upload `local` to `remote` (as `<remote>.part`, then renamed), creating its directory."""
-        try:
-            size = local.stat().st_size  # noqa: ASYNC240 (one stat, never slow enough to matter)
-        except OSError as exc:
-            raise TransportError(
-                f"cannot read {local}: {exc.strerror}", hint="check the file exists"
-            ) from exc
-        reported = -1
-
-        def progress(_src: bytes, _dst: bytes, done: int, total: int) -> None:
-            nonlocal reported
-            reported = done
-            if on_progress is not None:
-                on_progress(done, total)
-
-        part = f"{remote}.part"
-        async with self._slots:
-            with self._lost_while(f"uploading {local.name}"):
-                try:
-                    async with await self._open_session(lambda conn: conn.start_sftp_client()) as sftp:
-                        parent = posixpath.dirname(remote)
-                        if parent:
-                            await sftp.makedirs(parent, exist_ok=True)
-                        await sftp.put(
-                            str(local), part, block_size=SFTP_BLOCK_SIZE, progress_handler=progress
-                        )
-                        await sftp.posix_rename(part, remote)
-                except asyncssh.SFTPError as exc:
-                    raise TransportError(
-                        f"uploading {local.name} to {where(self.server)}:{remote} failed: {exc.reason}",
-                        hint="check the server's disk space and the permissions of its tako root",
-                    ) from exc
-        if on_progress is not None and reported != size:
-            on_progress(size, size)  # empty files report no block at all
 
     async def agent(self) -> AgentClient:
         """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`."""
@@ -262,11 +221,15 @@ async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection
         "login_timeout": limit,
         "keepalive_interval": KEEPALIVE_INTERVAL,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        # asyncssh applies ~/.ssh/config silently: its `ForwardAgent yes` must not reach servers.
+        "agent_forwarding": False,
     }
     if server.user:
         options["username"] = server.user
     if server.identity is not None:
+        # Only the configured key is offered, not every key in the user's SSH agent.
         options["client_keys"] = [str(server.identity.expanduser())]
+        options["agent_path"] = None
     return await asyncssh.connect(server.host, server.port, **options)
 
 

@@ -71,6 +71,18 @@ def set_(name: str, config_path: Path, env_name: str | None) -> None:
         value = _read_stdin(f"the value of {name}")
     store.set(env, name, value)
     store.save()
+    if "\n" in value or "\r" in value:
+        click.echo(
+            f"warning: the value of {name} spans lines; output masking hides each of its lines "
+            "of 4 characters or more, shorter lines stay visible",
+            err=True,
+        )
+    if value != value.strip():
+        click.echo(
+            f"warning: the value of {name} starts or ends with whitespace (kept as typed); "
+            "set it again if that was not meant",
+            err=True,
+        )
     key_id = store.key_id(env)
     if not had_key:
         click.echo(

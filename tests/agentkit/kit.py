@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import time
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
 
 from tako_core.transport.agent_client import AgentClient
-from tako_core.transport.agent_zipapp import build_zipapp
+from tako_core.transport.agent_zipapp import BUILD_FILE, build_zipapp
 
 SAMPLE_APP = Path(__file__).with_name("sample_app.py")
 # A Python 3.10 runs the zipapp where one is installed: it proves the agent needs nothing but the
@@ -66,12 +69,25 @@ def agent_command(root: Path, http_port: int, pyz_dir: Path, zipapp: Path | None
 
 
 def start_agent(
-    root: Path, pyz_dir: Path, http_port: int | None = None, zipapp: Path | None = None
+    root: Path,
+    pyz_dir: Path,
+    http_port: int | None = None,
+    zipapp: Path | None = None,
+    *,
+    extra: Sequence[str] = (),
+    max_fds: int | None = None,
 ) -> AgentProcess:
+    """`extra`: more `serve` arguments; `max_fds`: the agent's RLIMIT_NOFILE, soft and hard."""
     port = http_port or free_port()
     # Apps as the agent's own user: per-app users are the fleet's to test (tests/test_app_users.py).
     env = {"PATH": os.environ["PATH"], "HOME": str(root), "LANG": "C.UTF-8", "TAKO_APP_USERS": "0"}
-    proc = subprocess.Popen(agent_command(root, port, pyz_dir, zipapp), env=env, cwd="/")
+
+    def limit() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
+    command = [*agent_command(root, port, pyz_dir, zipapp), *extra]
+    proc = subprocess.Popen(command, env=env, cwd="/", preexec_fn=limit)
     agent = AgentProcess(root, port, proc)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -101,6 +117,7 @@ def pack(dest: Path, version: str, mode: str = "ok", extra: dict[str, str] | Non
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
     return dest
 
@@ -196,3 +213,13 @@ async def get(port: int, host: str) -> tuple[int, str]:
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode().strip()
+
+
+def other_build(cache: Path) -> Path:
+    """The zipapp of this tako (built into `cache`), but saying it is build "other" in its hello."""
+    other = cache / "other" / "tako-agent-other.pyz"
+    other.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(build_zipapp(cache)) as src, zipfile.ZipFile(other, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, b"other" if info.filename == BUILD_FILE else src.read(info))
+    return other
