@@ -131,6 +131,7 @@ def test_a_sigkilled_agent_is_restarted_by_systemd_and_adopts_its_instances(
     second = _agent_pid(container, unit)
     restarted = tako("servers", "setup", "--restart", server.name, cwd=tako_home, timeout=180)
     assert restarted.code == 0, restarted.stderr
+    assert "restarted the agent in place (systemd)" in restarted.stderr
     assert _get(server).startswith("v1 ")
     assert _agent_pid(container, unit) == second  # in place: the unit's main process execs anew
     assert _instances(container, server.root) == instances
@@ -176,7 +177,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
 ) -> None:
     refused = _setup(container.server("ct", "plain", "/opt/tako-plain"), tako_home)
     assert refused.code == 1
-    assert "plain on ct (plain@127.0.0.60" in refused.stderr
+    assert f"plain on ct (plain@{container.address}" in refused.stderr
     assert "may not write /opt/tako-plain and has no passwordless sudo" in refused.stderr
     assert "`echo 'plain ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/tako`" in refused.stderr
     fix = "--user plain --root /home/plain/tako --http-port 8080 --replace`"
@@ -185,7 +186,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
 
     low_port = _setup(container.server("ct", "plain", "/home/plain/tako", http_port=80), tako_home)
     assert low_port.code == 1
-    assert "port 80 on ct (plain@127.0.0.60" in low_port.stderr
+    assert f"port 80 on ct (plain@{container.address}" in low_port.stderr
     assert fix in low_port.stderr
 
     home = _setup(container.server("ct", "plain", "/home/plain/tako"), tako_home)
