@@ -28,7 +28,7 @@ from pathlib import Path
 from fleetlib import ROOT
 
 from tako_core.build import build_artifact
-from tests.agentkit.kit import read_response
+from tests.agentkit.kit import read_keep_alive, read_response
 from tests.fleet import FleetServer, free_port, write_app
 
 APP = "bench"
@@ -311,7 +311,10 @@ class Probe:
                 if writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.write(f"GET / HTTP/1.1\r\nHost: {ROUTE}\r\n\r\n".encode())
-                body = await asyncio.wait_for(read_response(reader), 5)
+                body, keep = await asyncio.wait_for(read_keep_alive(reader), 5)
+                if not keep:
+                    writer.close()
+                    writer = None
                 self.first_seen.setdefault(body, time.time())
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 self.failures += 1

@@ -32,7 +32,9 @@ from tests.fleet import _die_with_parent, _wait_for_banner, free_port
 CACHE = Path("/var/cache/tako-tests")
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo")
-ADDRESS = "127.0.0.60"
+# One address per run: runs at the same time on one machine share the network namespace, and the
+# sudo test binds port 80 on it.
+ADDRESS = f"127.0.{60 + os.getpid() % 190}.60"
 BOOT_TIMEOUT = 90.0
 # The host runs no systemd of its own: no machine registration, no scope unit of our own.
 _NSPAWN = ("systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--console=read-only")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tako_core.agent.daemon import RESTART_SIGNAL
 from tako_core.transport.agent_client import AgentClient, LeaseHeld
 from tako_core.transport.agent_zipapp import build_id, build_zipapp
-from tests.agentkit.kit import START, free_port, get, pack, start_agent
+from tests.agentkit.kit import START, AgentProcess, Load, free_port, get, pack, start_agent
 from tests.procs import alive
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: none of the venv's packages
@@ -75,33 +76,38 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
     assert not (root / "run/tako.sock").exists()
 
 
+async def roll_out(agent: AgentProcess, client: AgentClient, build: str = "r1", instances: int = 2) -> None:
+    """keep/prod: `instances` instances of release `build` (answering its name), routed as keep.test."""
+    pack(agent.root / f"uploads/{build}.tar.zst", build)
+    await client.prepare(
+        "keep",
+        "prod",
+        build,
+        f"{build}.tar.zst",
+        install=None,
+        env_vars={},
+        secrets={},
+        on_output=lambda _: None,
+    )
+    await client.rollout(
+        "keep",
+        "prod",
+        build,
+        start=START,
+        instances=instances,
+        health_path="/",
+        routes=["keep.test"],
+        env_vars={},
+        secrets={},
+        on_progress=lambda d, t: None,
+    )
+
+
 async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_path: Path) -> None:
     agent = start_agent(tmp_path / "root", tmp_path / "pyz")
     try:
         client = await agent.client()
-        pack(agent.root / "uploads/r1.tar.zst", "r1")
-        await client.prepare(
-            "keep",
-            "prod",
-            "r1",
-            "r1.tar.zst",
-            install=None,
-            env_vars={},
-            secrets={},
-            on_output=lambda _: None,
-        )
-        await client.rollout(
-            "keep",
-            "prod",
-            "r1",
-            start=START,
-            instances=2,
-            health_path="/",
-            routes=["keep.test"],
-            env_vars={},
-            secrets={},
-            on_progress=lambda d, t: None,
-        )
+        await roll_out(agent, client)
         [status] = await client.status()
         victim = status.instances[0]
         assert victim.pid is not None
@@ -152,10 +158,70 @@ async def test_instances_are_supervised_and_restored_after_an_agent_restart(tmp_
 
     third = start_agent(tmp_path / "root", tmp_path / "pyz", http_port=agent.http_port)
     try:
-        assert not any(alive(pid) for pid in orphans)  # stopped before the new instances started
         client = await third.client()
         [status] = await client.status()
-        assert len(status.instances) == 2
+        assert sorted(i.pid for i in status.instances if i.pid) == sorted(orphans)  # adopted, not respawned
+        assert all(i.running and i.restarts == 0 for i in status.instances)
+        assert await get(third.http_port, "keep.test") == (200, "r1")
+        os.killpg(orphans[0], signal.SIGKILL)  # an adopted instance dies: restarted as any other
+        for _ in range(100):
+            [status] = await client.status()
+            if any(i.restarts == 1 and i.running for i in status.instances):
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(i.restarts for i in status.instances) == [0, 1]
+        assert orphans[0] not in [i.pid for i in status.instances]
+        pids = [i.pid for i in status.instances if i.pid]
         await client.close()
     finally:
         third.stop()
+    assert not any(alive(pid) for pid in pids)  # SIGTERM: the agent takes adopted ones down too
+
+
+async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_every_instance(
+    tmp_path: Path,
+) -> None:
+    agent = start_agent(tmp_path / "root", tmp_path / "pyz", extra=["--trusted-proxy", "127.0.0.9"])
+    try:
+        client = await agent.client()
+        await roll_out(agent, client)
+        [before] = await client.status()
+        await client.close()
+        load = Load(agent.http_port, "keep.test", max_seconds=30)
+        load.start()
+        await asyncio.sleep(0.5)
+        served_before = len(load.samples)
+        agent.proc.send_signal(RESTART_SIGNAL)
+        for _ in range(200):  # the socket goes, then the same process serves it again
+            await asyncio.sleep(0.05)
+            if not agent.socket.exists():
+                break
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if agent.socket.exists():
+                break
+        client = await agent.client()
+        [after] = await client.status()
+        await client.close()
+        await asyncio.sleep(0.5)
+        await load.stop()
+        assert agent.proc.poll() is None  # the same process, exec'd anew
+        # with the same command line: its router keeps the proxies it trusts
+        cmdline = Path(f"/proc/{agent.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--trusted-proxy" in cmdline
+        assert cmdline[cmdline.index(b"--trusted-proxy") + 1] == b"127.0.0.9"
+        assert [i.pid for i in after.instances] == [i.pid for i in before.instances]
+        assert all(i.running and i.restarts == 0 for i in after.instances)
+        assert len(load.samples) > served_before + 10
+        assert not load.failed, load.errors[:5]
+
+        # A rollout replaces the adopted instances as any others: stopped, and reaped (no zombie).
+        client = await agent.client()
+        await roll_out(agent, client, "r2", instances=1)
+        await client.close()
+        assert await get(agent.http_port, "keep.test") == (200, "r2")
+        for i in before.instances:
+            assert i.pid is not None
+            assert not os.path.exists(f"/proc/{i.pid}")
+    finally:
+        agent.stop()

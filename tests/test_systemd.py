@@ -103,19 +103,38 @@ def test_setup_as_root_installs_a_unit_and_every_app_serves_again_after_a_reboot
     assert _serves_again(server).startswith("v1 ")
 
 
-def test_a_sigkilled_agent_is_restarted_by_systemd_and_its_apps_serve_again(
+def _instances(container: Container, root: str) -> list[str]:
+    """The pids of the sample app's processes under `root` (other tests' agents share the container)."""
+    script = (
+        "for p in $(pgrep -f '^python3 app.py'); do "
+        f"case $(readlink /proc/$p/cwd) in {root}/*) echo $p;; esac; done"
+    )
+    return sorted(container.ssh("root", script).stdout.split())
+
+
+def test_a_sigkilled_agent_is_restarted_by_systemd_and_adopts_its_instances(
     container: Container, tako_home: Path, tmp_path: Path
 ) -> None:
     server = container.server("ct", "root", "/srv/tako-kill")
     _setup_and_deploy(server, tako_home, tmp_path)
     unit = systemd_unit_name(server.root)
-    first = _agent_pid(container, unit)
+    first, instances = _agent_pid(container, unit), _instances(container, server.root)
+    assert len(instances) == 1
     assert container.ssh("root", f"kill -KILL {first}").returncode == 0
-    assert _serves_again(server).startswith("v1 ")
     deadline = time.monotonic() + SERVE_AGAIN_TIMEOUT
     while _agent_pid(container, unit) in (0, first):
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    assert _serves_again(server).startswith("v1 ")
+    assert _instances(container, server.root) == instances  # adopted: no second copy, no port clash
+
+    second = _agent_pid(container, unit)
+    restarted = tako("servers", "setup", "--restart", server.name, cwd=tako_home, timeout=180)
+    assert restarted.code == 0, restarted.stderr
+    assert "restarted the agent in place (systemd)" in restarted.stderr
+    assert _get(server).startswith("v1 ")
+    assert _agent_pid(container, unit) == second  # in place: the unit's main process execs anew
+    assert _instances(container, server.root) == instances
 
 
 def test_setup_through_sudo_is_the_same_as_for_root(
@@ -158,7 +177,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
 ) -> None:
     refused = _setup(container.server("ct", "plain", "/opt/tako-plain"), tako_home)
     assert refused.code == 1
-    assert "plain on ct (plain@127.0.0.60" in refused.stderr
+    assert f"plain on ct (plain@{container.address}" in refused.stderr
     assert "may not write /opt/tako-plain and has no passwordless sudo" in refused.stderr
     assert "`echo 'plain ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/tako`" in refused.stderr
     fix = "--user plain --root /home/plain/tako --http-port 8080 --replace`"
@@ -167,7 +186,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
 
     low_port = _setup(container.server("ct", "plain", "/home/plain/tako", http_port=80), tako_home)
     assert low_port.code == 1
-    assert "port 80 on ct (plain@127.0.0.60" in low_port.stderr
+    assert f"port 80 on ct (plain@{container.address}" in low_port.stderr
     assert fix in low_port.stderr
 
     home = _setup(container.server("ct", "plain", "/home/plain/tako"), tako_home)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from tako_core.config import Server
 from tako_core.errors import AgentError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import ensure_agent, install_agent, systemd_unit, systemd_unit_name
-from tako_core.transport.agent_zipapp import BUILD_FILE, build_zipapp
+from tests.agentkit.kit import other_build
 from tests.fleet import Fleet
 from tests.procs import alive
 
@@ -81,20 +80,21 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         first = s1.agent_pid()
         assert steps[0].startswith("agent not running: installing")
 
-        # Another build of tako installed it: replaced, and the old process is gone.
-        await install_agent(conn, _other_build(tmp_path), steps.append)
-        first = s1.agent_pid()
+        # Another build of tako installed it: replaced, in place (the same process execs the new build).
+        await install_agent(conn, other_build(tmp_path), steps.append)
+        assert steps[-1] == "restarted the agent in place (detached)"
+        assert s1.agent_pid() == first
         steps.clear()
         client = await ensure_agent(conn, on_step=steps.append, cache_dir=tmp_path)
         await client.close()
         assert steps[0].startswith("agent installed from another build of tako: installing tako-agent-")
         second = s1.agent_pid()
-        assert second not in (None, first)
+        assert second == first
         assert first is not None
-        assert not alive(first)
+        assert alive(first)
 
         # Stale but busy with someone's deploy: left alone, and the error names the holder.
-        await install_agent(conn, _other_build(tmp_path), steps.append)
+        await install_agent(conn, other_build(tmp_path), steps.append)
         second = s1.agent_pid()
         client = await conn.agent()
         await client.lease_acquire("web", "production", "ada@laptop (pid 7)", "b1")
@@ -126,16 +126,6 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         await client.close()
         assert steps[0].startswith("agent not running: installing")
         assert s1.agent_pid() not in (None, second)
-
-
-def _other_build(cache: Path) -> Path:
-    """The zipapp of this tako, but saying it is another build in its hello."""
-    other = cache / "other" / "tako-agent-other.pyz"
-    other.parent.mkdir(exist_ok=True)
-    with zipfile.ZipFile(build_zipapp(cache)) as src, zipfile.ZipFile(other, "w") as out:
-        for info in src.infolist():
-            out.writestr(info, b"00000000" if info.filename == BUILD_FILE else src.read(info))
-    return other
 
 
 def test_systemd_unit_runs_the_agent_of_its_root() -> None:

@@ -16,9 +16,11 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     delta          a release assembled from kept releases' files plus a delta archive of what changed
     extract        unpacking an uploaded tar.zst or tar.gz safely
     runs           release commands, detached from any client, their logs resumable by byte offset
-    procs          child processes: their environment, their own process group, their output, killing them
+    procs          child processes: their environment, their own process group, their output, killing them;
+                   instances' output on FIFOs and pidfd watching, so they outlive the agent (adoption)
     rollout        the instances of one app/env and their rolling update, kept in state.json for restarts
-    instances      one instance: the app's `start` process on a loopback port, restarted when it dies
+    instances      one instance: the app's `start` process on a loopback port, restarted when it dies,
+                   left running across an agent restart and adopted by the next agent
     health         probing an instance's health path over loopback HTTP
     logs           instance output of one app/env: stamped lines in a rotated file, read back by cursor
     oneoff         one-off commands (`tako run`): once, in the running release, with the instances' env
@@ -33,7 +35,8 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     http1_h11      the parser over the bundled pure-Python h11, used elsewhere
     layout         where things live under ROOT, and the names allowed in paths
     accounts       one Unix user per app/env (an agent running as root): its name, creating it
-    daemon         running the agent: one per root (a file lock), its router, socket, log and pid file
+    daemon         running the agent: one per root (a file lock), its router, socket, log and pid file;
+                   restarting in place (SIGWINCH): router sockets handed over, instances kept, exec
     cli            the command line: `serve [--trusted-proxy A] [--client-user U] [--detach]`, `version`
     __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
     compat         the Python 3.10 differences the agent must honour

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(layout: Layout, listen: Listen, client_user: str | None, ready_fd: int | None) -> int:
     # Imported here so `version` works even where serving could not (e.g. a missing module).
-    from tako_core.agent.daemon import serve, setup_logging
+    from tako_core.agent.daemon import restart_in_place, serve, setup_logging
 
     os.umask(0o077)  # state, logs and the socket are the agent's own unless opened up on purpose
     setup_logging(layout)
@@ -79,7 +79,9 @@ def _serve(layout: Layout, listen: Listen, client_user: str | None, ready_fd: in
             os.close(ready_fd)
 
     try:
-        asyncio.run(serve(layout, listen, ready, client_user))
+        listeners = asyncio.run(serve(layout, listen, ready, client_user))
+        if listeners:  # restarting in place, already detached when it was asked to
+            restart_in_place(listeners, [sys.executable, *(a for a in sys.orig_argv[1:] if a != "--detach")])
     except Exception as e:
         message = f"tako-agent: {type(e).__name__}: {e}\n"
         if ready_fd is not None:

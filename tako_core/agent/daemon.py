@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,17 @@ def lock_root(layout: Layout) -> int:
     return fd
 
 
+# Restart in place: hand the router's sockets over, leave the instances running, exec the installed
+# build. SIGWINCH because its default action is to ignore it: an agent too old to know it lives on.
+RESTART_SIGNAL = signal.SIGWINCH
+LISTEN_FIRST_FD = 3  # where inherited listening sockets start (systemd's convention, LISTEN_FDS)
+
+
+def _both(*events: asyncio.Event) -> None:
+    for e in events:
+        e.set()
+
+
 @dataclass(frozen=True)
 class Listen:
     """Where the router listens, and whose forwarding headers it keeps."""
@@ -57,18 +69,23 @@ async def serve(
     listen: Listen,
     ready: Callable[[], None] | None = None,
     client_user: str | None = None,
-) -> None:
-    """Serve until SIGTERM or SIGINT; `ready` is called once the socket accepts requests.
+) -> list[socket.socket]:
+    """Serve until SIGTERM or SIGINT (then stop every instance too) or RESTART_SIGNAL: then leave
+    them running and return the router's listening sockets, for `restart_in_place`. `ready` is
+    called once the socket accepts requests.
     `client_user` is the SSH user that drives an agent running as root (see Layout.create)."""
     layout.create(client_user)
     lock = lock_root(layout)
     try:
-        router = Router(listen.host, listen.port, trusted_proxies=listen.trusted_proxies)
-        await router.start()
+        router = Router(
+            listen.host, listen.port, trusted_proxies=listen.trusted_proxies, listeners=_inherited()
+        )
         agent = Agent(layout, router)
         server = AgentServer(agent)
+        stop, leave = asyncio.Event(), asyncio.Event()
         try:
-            await agent.restore()
+            await agent.restore()  # first: a handed-over router must not serve before its routes are back
+            await router.start()
             await server.start(layout.socket)
             layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
@@ -81,17 +98,45 @@ async def serve(
             )
             if ready:
                 ready()
-            stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(RESTART_SIGNAL, _both, leave, stop)
             await stop.wait()
-            log.info("agent %d stopping", os.getpid())
+            log.info(
+                "agent %d %s",
+                os.getpid(),
+                "restarting, instances left running" if leave.is_set() else "stopping",
+            )
         finally:
-            await server.close()
-            await agent.shutdown()
-            await router.stop()
+            # No new requests to the agent, then none to the router.
             layout.socket.unlink(missing_ok=True)
-            layout.pid_file.unlink(missing_ok=True)
+            await server.close()
+            listeners = await router.hand_over() if leave.is_set() else []
+            await agent.shutdown(leave=leave.is_set())
+            await router.stop()
+            if not leave.is_set():
+                layout.pid_file.unlink(missing_ok=True)  # a restart in place keeps its pid
     finally:
         os.close(lock)
+    return listeners
+
+
+def _inherited() -> list[socket.socket]:
+    """Listening sockets this process inherited (from itself before `restart_in_place`)."""
+    count = os.environ.pop("LISTEN_FDS", "")
+    if os.environ.pop("LISTEN_PID", "") != str(os.getpid()) or not count.isdigit():
+        return []
+    return [socket.socket(fileno=LISTEN_FIRST_FD + n) for n in range(int(count))]
+
+
+def restart_in_place(listeners: list[socket.socket], argv: list[str]) -> None:
+    """Exec `argv` (the agent as installed now) as this same process, `listeners` inherited: the
+    pid (systemd's main process, the pid file, the instances' parent) stays and no connection is
+    refused while the new build starts (they wait in the sockets' backlog)."""
+    logging.shutdown()  # before the dups: closing the log file must not close a socket's new fd
+    high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 100) for s in listeners]
+    for n, fd in enumerate(high):
+        os.dup2(fd, LISTEN_FIRST_FD + n)  # inheritable
+    os.environ.update(LISTEN_FDS=str(len(high)), LISTEN_PID=str(os.getpid()))
+    os.execv(argv[0], argv)

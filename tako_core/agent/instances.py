@@ -1,10 +1,14 @@
-"""Instances: the app's `start` processes, each on its own loopback port, restarted when they die."""
+"""Instances: the app's `start` processes, each on its own loopback port, restarted when they die.
+
+An instance outlives the agent: `leave` stops watching it without stopping it, and the next agent
+`adopt`s it (same process, same port) and supervises it as if it had started it."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ class InstanceSpec:
     command: str
     env: dict[str, str]  # without PORT
     masker: Masker
+    pipes: Path  # the directory of the instances' output FIFOs, one per port
     account: Account | None = None  # the app's own user; None: the agent's
 
 
@@ -45,7 +50,7 @@ class Instance:
         self.restarts = 0
         self.exit_code: int | None = None  # of the latest process, once it exited
         self.started_at: float | None = None  # wall clock of the latest process's start
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: procs.Watched | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._pump: asyncio.Future[None] | None = None
@@ -58,21 +63,40 @@ class Instance:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    @property
+    def output_pipe(self) -> Path:
+        return self.spec.pipes / str(self.port)
+
     async def start(self) -> None:
         await self._spawn()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    async def adopt(self, pid: int) -> None:
+        """Supervise `pid`, this instance's process as an earlier agent left it running."""
+        self._proc = procs.Watched(pid)
+        self.started_at = procs.started_at(pid)
+        self._pump = asyncio.ensure_future(self._read(procs.read_output(self.output_pipe)))
         self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def _spawn(self) -> None:
         env = dict(self.spec.env, PORT=str(self.port))
         self.exit_code = None
         self.started_at = time.time()
-        self._proc = await procs.spawn(self.spec.command, self.spec.cwd, env, account=self.spec.account)
-        assert self._proc.stdout is not None
-        self._pump = asyncio.ensure_future(self._read(self._proc.stdout))
+        theirs, ours = procs.open_output(self.output_pipe)
+        try:
+            self._proc = procs.spawn_instance(
+                self.spec.command, self.spec.cwd, env, theirs, self.spec.account
+            )
+        except BaseException:
+            os.close(ours)
+            raise
+        finally:
+            os.close(theirs)
+        self._pump = asyncio.ensure_future(self._read(ours))
 
-    async def _read(self, stdout: asyncio.StreamReader) -> None:
+    async def _read(self, fd: int) -> None:
         source = f"{self.spec.build}#{self.index}"
-        async for line in procs.lines(stdout, self.spec.masker):
+        async for line in procs.lines(await procs.output_reader(fd), self.spec.masker):
             masked = clip(line)
             self.tail.append(masked)
             self.output.write(source, masked)
@@ -108,6 +132,15 @@ class Instance:
             self._supervisor.cancel()
         if self._proc is not None:
             await procs.kill_group(self._proc.pid, grace)
-            if self._proc.returncode is None:
-                await self._proc.wait()
-            self.exit_code = self._proc.returncode
+            self.exit_code = await self._proc.wait()
+        self.output_pipe.unlink(missing_ok=True)
+
+    async def leave(self) -> None:
+        """Stop supervising, leave the process running (for the next agent to adopt)."""
+        self._stopping = True
+        for task in (self._supervisor, self._pump):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._supervisor, self._pump) if t), return_exceptions=True)
+        if self._proc is not None:
+            self._proc.forget()

@@ -127,6 +127,11 @@ class AppLayout:
         return self.base / "state.json"
 
     @property
+    def pipes(self) -> Path:
+        """The instances' output FIFOs (the agent's alone; each instance holds its own open)."""
+        return self.base / "pipes"
+
+    @property
     def instance_log(self) -> Path:
         return self.base / "instances.log"
 

@@ -145,6 +145,7 @@ class AppRuntime:
             command=state.start,
             env=self.environment(state),
             masker=Masker(state.secrets.values()),
+            pipes=self.layout.pipes,
             account=self.layout.account(),
         )
 
@@ -220,22 +221,52 @@ class AppRuntime:
         return releases.prune(self.layout, keep, protected)
 
     async def restore(self) -> None:
-        """Start what state.json says was running, routed at once: it is the best there is."""
+        """Bring back what state.json says was running, routed at once: the instances an earlier
+        agent left running are adopted (same process, same port), the rest started anew. Leftovers
+        of another build or of an agent that did not leave them (their output not on our FIFO) are
+        stopped: they would hold ports and serve what is no longer current."""
         state = self.state
         if state is None or not releases.is_complete(self.layout, state.build):
             return
-        if self.layout.releases.is_dir():
-            orphans = procs.orphaned_instances(self.layout.releases)
-            await asyncio.gather(*(procs.kill_group(pid, STOP_GRACE) for pid in orphans))
-            if orphans:
-                log.warning("%s: stopped %d instance(s) left by an earlier agent", self.key, len(orphans))
         spec = self._spec(state)
-        for index in range(state.instances):
-            instance = Instance(spec, index=index, port=health.free_port(), output=self.output)
+        stale = []
+        for left in procs.leftover_instances(self.layout.releases) if self.layout.releases.is_dir() else []:
+            instance = Instance(spec, index=len(self.instances), port=left.port, output=self.output)
+            if left.build != state.build or left.output != str(instance.output_pipe) or self._full(state):
+                stale.append(left.pid)
+                continue
+            try:
+                await instance.adopt(left.pid)
+            except OSError as e:  # gone meanwhile, or no pidfd_open (Linux < 5.3)
+                log.warning("%s: cannot adopt instance %d: %s", self.key, left.pid, e)
+                stale.append(left.pid)
+                continue
+            self.instances.append(instance)
+        await asyncio.gather(*(procs.kill_group(pid, STOP_GRACE) for pid in stale))
+        if stale:
+            log.warning("%s: stopped %d instance(s) left by an earlier agent", self.key, len(stale))
+        adopted = len(self.instances)
+        while not self._full(state):
+            instance = Instance(spec, index=len(self.instances), port=health.free_port(), output=self.output)
             await instance.start()
             self.instances.append(instance)
         self._route(state.routes, self.instances)
-        log.info("restored %s: %d instance(s) of %s", self.key, len(self.instances), state.build)
+        log.info(
+            "restored %s: %d instance(s) of %s, %d of them adopted",
+            self.key,
+            len(self.instances),
+            state.build,
+            adopted,
+        )
+
+    def _full(self, state: AppState) -> bool:
+        return len(self.instances) >= state.instances
+
+    async def leave(self) -> None:
+        """The agent is restarting: leave the instances running for the next one to adopt."""
+        await asyncio.gather(*(i.leave() for i in self.instances), return_exceptions=True)
+        self.instances = []
+        self.output.close()
 
     async def stop(self) -> None:
         await asyncio.gather(*(i.stop() for i in self.instances), return_exceptions=True)

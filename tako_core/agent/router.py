@@ -32,9 +32,11 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import resource
+import socket
 from collections.abc import Sequence
 
 from tako_core.agent.heads import reply
@@ -54,6 +56,8 @@ BODY_TIMEOUT = 60.0  # seconds a request body may stall (a phone going through a
 REQUEST_TIMEOUT = 900.0  # seconds a request body may take in all (100 MB at ~1 Mbit/s)
 MAX_PER_CLIENT = 256  # connections from one address (a browser opens 6 per host)
 FD_RESERVE = 256  # file descriptors kept from the router (or half the limit, if that is less)
+HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed without a last response
+HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
 
 
 def raise_fd_limit() -> int:
@@ -109,7 +113,10 @@ class Router:
         max_connections: int | None = None,
         max_per_client: int = MAX_PER_CLIENT,
         trusted_proxies: Sequence[str] = (),
+        listeners: Sequence[socket.socket] = (),
     ) -> None:
+        self._listeners = listeners  # already listening (handed over by the previous agent), else bind
+        self._closing = False  # handing over: every connection ends after its next response
         self._host = host
         self._port = port
         self._backend = select_backend(backend)
@@ -125,7 +132,7 @@ class Router:
         self._proxy = Proxy(self._table, self._backend, max_head)
         self._clients: set[_ClientStream] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -135,9 +142,7 @@ class Router:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            return self._port
-        sockets = self._server.sockets
+        sockets = [s for server in self._servers for s in server.sockets]
         return int(sockets[0].getsockname()[1]) if sockets else self._port
 
     async def start(self) -> None:
@@ -148,14 +153,43 @@ class Router:
             self._max_connections = max((limit - min(FD_RESERVE, limit // 2)) // 3, 1)
         backlog = min(1024, self._max_connections)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=backlog
-        )
+        if self._listeners:
+            for sock in self._listeners:
+                server = await loop.create_server(lambda: _ClientStream(self), sock=sock, backlog=backlog)
+                self._servers.append(server)
+        else:
+            server = await loop.create_server(
+                lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=backlog
+            )
+            self._servers.append(server)
         self._sweeper = loop.create_task(self._sweep_idle())
 
+    async def hand_over(self, timeout: float = HANDOVER_TIMEOUT) -> list[socket.socket]:  # noqa: ASYNC109
+        """Stop accepting and return the listening sockets, for the next agent: connections that
+        arrive meanwhile wait in their backlog, none is refused. Every client connection ends after
+        its next response, which says `Connection: close` (so no client races a request into a
+        connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed.
+        Then stop."""
+        listeners = [socket.fromfd(s.fileno(), s.family, s.type) for v in self._servers for s in v.sockets]
+        for server in self._servers:
+            server.close()  # closes its own descriptors; ours keep the sockets and their backlog
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while self._clients and loop.time() - started < timeout:
+            for conn in list(self._clients):
+                if (
+                    conn.idle_since is not None
+                    and loop.time() - max(conn.idle_since, started) > HANDOVER_IDLE
+                ):
+                    conn.close()
+            await asyncio.sleep(0.02)
+        await self.stop()
+        return listeners
+
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         tasks = list(self._tasks)
         if self._sweeper is not None:
             tasks.append(self._sweeper)
@@ -164,9 +198,9 @@ class Router:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._table.close_idle()  # after the tasks: none of them can pool a connection any more
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers = []
 
     # --- routes (synchronous, so each change is atomic for the event loop) -------------------------
 
@@ -241,7 +275,7 @@ class Router:
                 stream.idle_since = None
                 if not isinstance(ev, Request):
                     return
-                req = ev
+                req = dataclasses.replace(ev, keep_alive=False) if self._closing else ev
                 if not await self._proxy.exchange(client, req):
                     return
         except ParseError as e:

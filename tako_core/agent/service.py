@@ -137,9 +137,12 @@ class Agent:
             except (ProtocolError, OSError) as e:
                 log.error("cannot restore %s: %s", env_dir, e)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, leave: bool = False) -> None:
+        """Stop every app's instances; or, when the agent restarts (`leave`), leave them running
+        for the next agent to adopt. Release commands and one-off runs are stopped either way."""
         await self.runs.shutdown()
-        await asyncio.gather(*(r.stop() for r in self._apps.values()), return_exceptions=True)
+        ending = (r.leave() if leave else r.stop() for r in self._apps.values())
+        await asyncio.gather(*ending, return_exceptions=True)
 
     @handles(Op.HELLO)
     async def hello(self, p: Params, emit: Emit) -> AgentInfo:

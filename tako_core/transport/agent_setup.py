@@ -42,20 +42,42 @@ echo "$how $(id -un) $writable $low $HOME"
 """
 
 # The install itself in one command (each command over SSH costs a login shell), run as root when
-# we may: checks the server, takes the zipapp from stdin, stops the agent named in the pid file
-# (only if that pid really is a tako agent: it holds the root's lock, so it must be gone before the
-# new one starts), starts the new one with systemd when it runs and we are root, else detached.
-# Says which on stdout.
+# we may: checks the server and takes the zipapp from stdin. Then the agent named in the pid file
+# (only if that pid really is a tako agent) restarts in place when it runs the command it would be
+# started with (and, under systemd, the unit is unchanged): it stops answering (its socket goes),
+# hands its router over and execs the build just installed, same pid, instances kept, and we wait
+# for the new socket; an agent too old for that ignores SIGWINCH. Otherwise it is stopped (it
+# holds the root's lock, so it must be gone before the new one starts) and the new one started
+# with systemd when it runs and we are root, else detached. Says which on stdout:
+# "systemd|detached started|in-place".
 _INSTALL = """
 mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin || exit 3
 command -v python3 >/dev/null || {{ echo "no python3 on the server" >&2; exit 3; }}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
     echo "python3 on the server is $(python3 -V 2>&1), tako needs 3.10 or newer" >&2; exit 3; }}
 cat > {pyz}.tmp && chmod 755 {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3
+mode=detached; same_unit=yes
+if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
+    mode=systemd  # a changed unit needs systemd to restart the agent
+    printf '%s' {unit} | cmp -s - {unit_path} || same_unit=no
+fi
 pidfile={pid_file}
 pid=$(cat "$pidfile" 2>/dev/null)
 case "$pid" in ''|*[!0-9]*) pid= ;; esac
-if [ -n "$pid" ] && tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q tako-agent; then
+if [ -n "$pid" ] && ! tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q tako-agent; then pid=; fi
+if [ -n "$pid" ] && [ $same_unit = yes ] && tr '\\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- {command}; then
+    before=$(stat -c '%i %z' {socket} 2>/dev/null)
+    kill -WINCH "$pid"
+    i=0
+    while [ "$(stat -c '%i %z' {socket} 2>/dev/null)" = "$before" ] && [ $i -lt 50 ]; do
+        sleep 0.1; i=$((i+1))
+    done
+    if [ $i -lt 50 ]; then  # it took the signal: wait for its successor's socket (hand-over <= 20 s)
+        while [ ! -S {socket} ] && [ $i -lt 350 ]; do sleep 0.1; i=$((i+1)); done
+        echo $mode in-place; exit 0
+    fi
+fi
+if [ -n "$pid" ]; then
     kill -TERM "$pid" 2>/dev/null
     i=0
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do
@@ -64,12 +86,11 @@ if [ -n "$pid" ] && tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q ta
     done
     kill -KILL "$pid" 2>/dev/null
 fi
-if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
-    echo systemd
+echo $mode started
+if [ $mode = systemd ]; then
     printf '%s' {unit} > {unit_path}.tmp && mv {unit_path}.tmp {unit_path} && systemctl daemon-reload \\
         && systemctl enable {unit_name} 2>/dev/null && systemctl restart {unit_name}
 else
-    echo detached
     {detached}
 fi
 """
@@ -98,6 +119,10 @@ def systemd_unit_name(root: str) -> str:
 def systemd_unit(server: Server, client_user: str | None = None, python: str = "/usr/bin/env python3") -> str:
     """The unit that keeps the agent of `server.root` running (restarted by systemd if it dies).
 
+    KillMode=process: the apps' instances outlive an agent that is killed or restarts, and the
+    next agent adopts them; `systemctl stop` still stops them all, as the agent stops its
+    instances on SIGTERM (only processes an app moved out of its instance's process group stay).
+
     Hardening: only options that leave the agent able to switch users and run installs, so no
     ProtectSystem= (creating an app's user writes /etc), no capability bounding set and no
     ProtectHome= (a root may live under /home)."""
@@ -111,7 +136,7 @@ def systemd_unit(server: Server, client_user: str | None = None, python: str = "
         f"ExecStart={python} {command}\n"
         "Restart=always\n"
         "RestartSec=1\n"
-        "KillMode=mixed\n"
+        "KillMode=process\n"
         "TimeoutStopSec=60\n"
         "LimitNOFILE=65536\n"
         "UMask=0077\n"
@@ -148,12 +173,13 @@ async def inspect_agent(conn: Connection, build: str) -> AgentState:
 
 
 async def ensure_agent(
-    conn: Connection, *, on_step: Step | None = None, cache_dir: Path | None = None
+    conn: Connection, *, on_step: Step | None = None, cache_dir: Path | None = None, restart: bool = False
 ) -> AgentClient:
-    """A client for an agent of this client's exact build: installed and (re)started when needed."""
+    """A client for an agent of this client's exact build: installed and (re)started when needed,
+    or when asked to `restart` (an upgrade takes the same path: in place, instances kept)."""
     zipapp = await asyncio.to_thread(build_zipapp, cache_dir or agent_cache_dir())
     state = await inspect_agent(conn, zipapp.stem)
-    if state.current and state.client is not None:
+    if state.current and state.client is not None and not restart:
         return state.client
     if state.client is not None:
         busy = [a for a in await state.client.status() if a.lease is not None]
@@ -163,12 +189,12 @@ async def ensure_agent(
             a = busy[0]
             assert a.lease is not None
             raise AgentError(
-                f"the agent on {where(conn.server)} needs an upgrade ({state.reason}), but "
+                f"the agent on {where(conn.server)} needs a restart ({state.reason or 'asked for'}), but "
                 f"{a.app}/{a.env} is being deployed by {a.lease.holder}",
                 hint="wait until that deploy ends, then run this again",
             )
     step = on_step or (lambda _: None)
-    step(f"agent {state.reason}: installing {zipapp.name}")
+    step(f"agent {state.reason or 'current'}: installing {zipapp.name}")
     await install_agent(conn, zipapp, step)
     client = await _wait_for_agent(conn)
     if client.info.agent_version != tako_core.__version__:
@@ -200,8 +226,8 @@ class Login:
 
 
 async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
-    """Install `zipapp` as `<root>/bin/tako-agent.pyz`, stop the old agent, start the new one:
-    one command after the one asking who we are."""
+    """Install `zipapp` as `<root>/bin/tako-agent.pyz` and restart the agent in place, or stop the
+    old one and start the new one: one command after the one asking who we are."""
     server = conn.server
     login = await _login(conn)
     unit_name = systemd_unit_name(server.root)
@@ -212,11 +238,14 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         unit=shlex.quote(systemd_unit(server, login.client_user)),
         unit_path=f"/etc/systemd/system/{unit_name}",
         unit_name=unit_name,
+        socket=shlex.quote(f"{server.root}/run/tako.sock"),
+        command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
         detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
     data = await asyncio.to_thread(zipapp.read_bytes)
-    mode = (await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)).strip()
-    step(f"started the agent ({mode})")
+    out = await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    mode, how = out.split()[:2]
+    step(f"restarted the agent in place ({mode})" if how == "in-place" else f"started the agent ({mode})")
     if mode == "detached" and login.how == "user":
         step(
             "warning: a detached agent does not come back after a reboot; with passwordless sudo "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -89,9 +90,12 @@ def rm(name: str) -> None:
 
 @servers.command("setup")
 @click.argument("names", nargs=-1, required=True)
-def setup(names: tuple[str, ...]) -> None:
+@click.option(
+    "--restart", is_flag=True, help="Restart the agent even when it is current (apps keep running)."
+)
+def setup(names: tuple[str, ...], restart: bool) -> None:
     """Install (or upgrade) and start the tako agent on the named servers."""
-    _report(asyncio.run(_each(_select(names), _setup_one)), "setup")
+    _report(asyncio.run(_each(_select(names), functools.partial(_setup_one, restart=restart))), "setup")
 
 
 @servers.command("status")
@@ -101,7 +105,7 @@ def status(names: tuple[str, ...]) -> None:
     _report(asyncio.run(_each(_select(names), _status_one)), "status")
 
 
-async def _setup_one(server: Server, say: Say) -> bool:
+async def _setup_one(server: Server, say: Say, *, restart: bool = False) -> bool:
     async with Connection.open(server) as conn:
         installed = False
 
@@ -110,7 +114,7 @@ async def _setup_one(server: Server, say: Say) -> bool:
             installed = True
             say(message)
 
-        client = await ensure_agent(conn, on_step=step)
+        client = await ensure_agent(conn, on_step=step, restart=restart)
         try:
             what = "installed and answering" if installed else "already current"
             info = client.info

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import zstandard
 
 from tako_core.transport.agent_client import AgentClient
-from tako_core.transport.agent_zipapp import build_zipapp
+from tako_core.transport.agent_zipapp import BUILD_FILE, build_zipapp
 
 SAMPLE_APP = Path(__file__).with_name("sample_app.py")
 # A Python 3.10 runs the zipapp where one is installed: it proves the agent needs nothing but the
@@ -166,7 +167,10 @@ class Load:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(self.address, self.port)
                 writer.write(f"GET / HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-                body = await asyncio.wait_for(read_response(reader), 10)
+                body, keep = await asyncio.wait_for(read_keep_alive(reader), 10)
+                if not keep:
+                    writer.close()
+                    writer = None
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
                 self.errors.append(f"{type(e).__name__}: {e}")
                 body = None
@@ -180,15 +184,23 @@ class Load:
 
 async def read_response(reader: asyncio.StreamReader) -> str:
     """The body of one keep-alive HTTP/1.1 200 response (content-length framed); ValueError otherwise."""
+    return (await read_keep_alive(reader))[0]
+
+
+async def read_keep_alive(reader: asyncio.StreamReader) -> tuple[str, bool]:
+    """Like `read_response`, and whether the connection stays open (no `Connection: close`): a
+    client must not send another request on a connection whose response said close."""
     status = await reader.readuntil(b"\r\n")
     if not status.startswith(b"HTTP/1.1 200"):
         raise ValueError(f"status {status!r}")
-    length = 0
+    length, keep = 0, True
     while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    return (await reader.readexactly(length)).decode().strip()
+        if name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+            keep = False
+    return (await reader.readexactly(length)).decode().strip(), keep
 
 
 async def get(port: int, host: str) -> tuple[int, str]:
@@ -201,3 +213,13 @@ async def get(port: int, host: str) -> tuple[int, str]:
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode().strip()
+
+
+def other_build(cache: Path) -> Path:
+    """The zipapp of this tako (built into `cache`), but saying it is build "other" in its hello."""
+    other = cache / "other" / "tako-agent-other.pyz"
+    other.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(build_zipapp(cache)) as src, zipfile.ZipFile(other, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, b"other" if info.filename == BUILD_FILE else src.read(info))
+    return other
