@@ -35,13 +35,12 @@ def _headers(ev: Any, max_head: int, too_large: int) -> Headers:
     return headers
 
 
-class _RequestParser:
-    def __init__(self, max_head: int) -> None:
-        self.events: list[Event] = []
-        self._max_head = max_head
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
-        self._head: Request | None = None
-        self._done = False
+class _H11Parser:
+    """Feeds h11 (a sans-IO connection); `_pump` turns what it yields into `http1` events."""
+
+    events: list[Event]
+    _conn: h11.Connection
+    _done: bool
 
     def feed(self, data: bytes) -> None:
         if not self._done:
@@ -52,6 +51,18 @@ class _RequestParser:
         if not self._done:
             self._conn.receive_data(b"")
             self._pump()
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+
+class _RequestParser(_H11Parser):
+    def __init__(self, max_head: int) -> None:
+        self.events = []
+        self._max_head = max_head
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self._head: Request | None = None
+        self._done = False
 
     def _pump(self) -> None:
         conn = self._conn
@@ -87,9 +98,9 @@ class _RequestParser:
                 return
 
 
-class _ResponseParser:
+class _ResponseParser(_H11Parser):
     def __init__(self, request: Request, max_head: int) -> None:
-        self.events: list[Event] = []
+        self.events = []
         self._max_head = max_head
         self._done = False
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
@@ -100,17 +111,10 @@ class _ResponseParser:
         conn.send(h11.EndOfMessage())
         self._conn = conn
 
-    def feed(self, data: bytes) -> None:
-        if not self._done:
-            self._conn.receive_data(data)
-            self._pump()
-
     def feed_eof(self) -> None:
+        super().feed_eof()
         if not self._done:
-            self._conn.receive_data(b"")
-            self._pump()
-            if not self._done:
-                raise ParseError(502, "upstream closed the connection inside a response")
+            raise ParseError(502, "upstream closed the connection inside a response")
 
     def _pump(self) -> None:
         conn = self._conn
