@@ -17,9 +17,10 @@ import pytest
 from tako_core.agent.contract import upload_name
 from tako_core.errors import TransportError
 from tako_core.transport.agent_client import AgentClient, AgentReplyError
-from tests.agentkit.kit import START, AgentProcess, get, pack, start_agent
+from tests.agentkit.kit import AgentProcess, get, pack, start_agent
 from tests.test_agent import agent as agent
 from tests.test_agent import client as client
+from tests.test_agent import roll
 
 
 @pytest.fixture
@@ -39,22 +40,6 @@ async def prepare(client: AgentClient, agent: AgentProcess, app: str, build: str
     pack(agent.root / "uploads" / upload, build, extra=extra)
     await client.prepare(
         app, "prod", build, upload, install=None, env_vars={}, secrets={}, on_output=lambda _: None
-    )
-
-
-async def roll(client: AgentClient, app: str, build: str) -> None:
-    await client.rollout(
-        app,
-        "prod",
-        build,
-        start=START,
-        instances=1,
-        health_path="/health",
-        routes=[f"{app}.test"],
-        env_vars={},
-        secrets={},
-        on_progress=lambda _d, _t: None,
-        health_timeout=30,
     )
 
 
