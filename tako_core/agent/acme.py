@@ -37,7 +37,15 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tako_core.agent.acme_crypto import AccountKey, AcmeError, b64url, csr, load_or_create_key
+from tako_core.agent.acme_crypto import (
+    AccountKey,
+    AcmeError,
+    b64url,
+    cert_info,
+    csr,
+    load_or_create_key,
+)
+from tako_core.agent.acme_renewal import RenewalWindow, ari_cert_id, parse_renewal_info
 
 HTTP_TIMEOUT = 30.0
 MAX_BODY = 1 << 20
@@ -142,12 +150,16 @@ class AcmeClient:
             self._nonce = result.headers["replay-nonce"]
         return result
 
-    def directory(self, name: str) -> str:
+    def offers(self, name: str) -> bool:
+        """Whether the directory has `name` (e.g. `renewalInfo`); fetched once."""
         if not self._directory:
             resp = self.request("GET", self.directory_url)
             self._check(self.directory_url, resp)
             self._directory = resp.json()
-        url = self._directory.get(name)
+        return isinstance(self._directory.get(name), str)
+
+    def directory(self, name: str) -> str:
+        url = self._directory.get(name) if self.offers(name) else None
         if not isinstance(url, str):
             raise AcmeError(f"the ACME directory {self.directory_url} has no {name}")
         return url
@@ -188,6 +200,16 @@ class AcmeClient:
         created = resp.status == 201
         self.log(f"ACME account {self.kid} {'created' if created else 'reused'}")
         return created
+
+    def renewal_info(self, cert_pem: bytes) -> tuple[RenewalWindow, float | None] | None:
+        """The CA's suggested renewal window (RFC 9773) for `cert_pem` and the response's
+        Retry-After; None when the CA does not offer ARI."""
+        if not self.offers("renewalInfo"):
+            return None
+        url = f"{self.directory('renewalInfo').rstrip('/')}/{ari_cert_id(cert_info(cert_pem))}"
+        resp = self.request("GET", url)
+        self._check(url, resp)
+        return parse_renewal_info(resp.body), retry_after(resp.headers, time.time())
 
     def poll(self, url: str, pending: Sequence[str], deadline: float) -> dict[str, object]:
         """POST-as-GET `url` until its status leaves `pending`, honouring Retry-After."""
