@@ -141,6 +141,16 @@ def test_wildcards_and_ips_are_refused_clearly(
     assert "IP address" in failure.value.detail
 
 
+def test_the_ca_is_trusted_only_through_the_bundle(pebble: Pebble, tmp_path: Path) -> None:
+    key = AccountKey.from_pem(generate_key())
+    with pytest.raises(AcmeError, match=r"cannot reach the ACME server .*CERTIFICATE_VERIFY_FAILED"):
+        AcmeClient(pebble.directory, key, None).account("ops@tako.test")
+    with pytest.raises(AcmeError, match=r"cannot read the ACME CA bundle .*missing\.pem"):
+        AcmeClient(pebble.directory, key, tmp_path / "missing.pem")
+    with pytest.raises(AcmeError, match=r"must be an https:// URL"):
+        AcmeClient(pebble.directory.replace("https:", "http:"), key, pebble.ca_bundle)
+
+
 @pytest.fixture(scope="module")
 def noisy_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     """A second pebble rejecting half of the good nonces."""

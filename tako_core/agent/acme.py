@@ -31,7 +31,7 @@ import http.client
 import json
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -58,7 +58,7 @@ PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
 class AcmeProblem(AcmeError):
     """A problem document (RFC 7807) from the CA."""
 
-    def __init__(self, url: str, problem: dict[str, object], retry_after: float | None) -> None:
+    def __init__(self, url: str, problem: Mapping[str, object], retry_after: float | None) -> None:
         self.type = str(problem.get("type", "about:blank"))
         self.detail = str(problem.get("detail", ""))
         self.retry_after = retry_after
@@ -120,7 +120,10 @@ class AcmeClient:
     def __post_init__(self) -> None:
         if urlsplit(self.directory_url).scheme != "https":
             raise AcmeError(f"the ACME directory must be an https:// URL, not {self.directory_url}")
-        self._context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+        try:
+            self._context = ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as err:
+            raise AcmeError(f"cannot read the ACME CA bundle {self.ca_bundle}: {err}") from err
 
     def request(
         self, method: str, url: str, body: bytes | None = None, accept: str = "application/json"
