@@ -7,8 +7,12 @@ where each test runs a `ChallengeResponder` fed by the client's `publish`.
 
 from __future__ import annotations
 
+import http.server
+import json
+import ssl
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -229,7 +233,7 @@ def test_the_ari_directory_entry_as_pebble_offers_it(pebble: Pebble, tmp_path: P
     if not client.offers("renewalInfo"):
         assert client.renewal_info(pem) is None
         return
-    pebble.point("ari.tako.test", RESPONDER)  # pragma: no cover - a newer pebble
+    pebble.point("ari.tako.test", RESPONDER)  # a newer pebble: a real window
     with ChallengeResponder(RESPONDER, pebble.http_port).running() as responder:
         chain, _ = _obtain(pebble, responder, tmp_path, ["ari.tako.test"], [])
     answer = client.renewal_info(chain.encode())
@@ -237,6 +241,51 @@ def test_the_ari_directory_entry_as_pebble_offers_it(pebble: Pebble, tmp_path: P
     window, _ = answer
     info = cert_info(chain.encode())
     assert info.not_before < window.start < window.end < info.not_after
+
+
+def test_renewal_info_is_fetched_by_the_certificates_id(
+    pebble: Pebble, responder: ChallengeResponder, tmp_path: Path
+) -> None:
+    """Pebble 2.4 has no ARI, so a stand-in CA (HTTPS with pebble's own directory certificate)
+    serves a directory with `renewalInfo` and one window, for a certificate pebble really issued."""
+    pebble.point("ari-id.tako.test", RESPONDER)
+    chain, _ = _obtain(pebble, responder, tmp_path, ["ari-id.tako.test"], [])
+    paths: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            base = f"https://{self.headers['Host']}"
+            ari = b'{"suggestedWindow": {"start": "2030-01-02T04:00:00Z", "end": "2030-01-03T04:00:00Z"}}'
+            body = json.dumps({"renewalInfo": f"{base}/ari/"}).encode() if self.path == "/dir" else ari
+            self.send_response(200)
+            self.send_header("Retry-After", "21600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pebble.ca_bundle.with_name("cert.pem"), pebble.ca_bundle.with_name("key.pem"))
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        directory = f"https://127.0.0.1:{server.server_address[1]}/dir"
+        client = AcmeClient(directory, AccountKey.from_pem(generate_key()), pebble.ca_bundle)
+        answer = client.renewal_info(chain.encode())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert paths == ["/dir", f"/ari/{ari_cert_id(cert_info(chain.encode()))}"]
+    assert answer is not None
+    window, retry = answer
+    assert window.start == rfc3339("2030-01-02T04:00:00Z")
+    assert 21590 < (retry or 0) <= 21600
 
 
 def test_the_ari_cert_id_of_an_issued_certificate(
