@@ -32,6 +32,9 @@ import pytest
 from tests.fleet import _die_with_parent, free_port
 
 ADDRESS = "127.0.0.1"
+# Where tests answer challenges (pebble's httpPort is free there), and where nothing listens.
+RESPONDER = "127.0.2.1"
+NOWHERE = "127.0.2.2"
 START_TIMEOUT = 15.0
 
 
@@ -114,7 +117,8 @@ def start_pebble(workdir: Path, *, nonce_reject: int | None = None) -> Pebble:
     """Pebble + its mock DNS in `workdir`; `nonce_reject` overrides pebble's 5% (percent)."""
     workdir.mkdir(parents=True, exist_ok=True)
     _make_tls(workdir)
-    acme, management, http_port = free_port(ADDRESS), free_port(ADDRESS), free_port(ADDRESS)
+    acme, management = free_port(ADDRESS), free_port(ADDRESS)
+    http_port = free_port(RESPONDER)
     dns, dns_management = free_port(ADDRESS), free_port(ADDRESS)
     config = {
         "pebble": {

@@ -40,10 +40,14 @@ from tako_core.agent.acme_renewal import (
     renew_at,
     rfc3339,
 )
-from tests.pebble import ChallengeResponder, Pebble, require_pebble, start_pebble
-
-RESPONDER = "127.0.0.2"
-NOWHERE = "127.0.0.3"  # nothing listens here: the CA's connection is refused
+from tests.pebble import (
+    NOWHERE,
+    RESPONDER,
+    ChallengeResponder,
+    Pebble,
+    require_pebble,
+    start_pebble,
+)
 
 
 @pytest.fixture
