@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +54,7 @@ BAD_NONCE_RETRIES = 20
 MAX_POLLS = 100
 MAX_POLL_WAIT = 60.0
 PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{22,256}")  # base64url, at least 128 bits (RFC 8555 8.3)
 
 
 class AcmeProblem(AcmeError):
@@ -243,7 +245,9 @@ class AcmeClient:
                 if authz.get("status") == "valid":
                     continue
                 challenge = _http01(authz, name)
-                token = str(challenge["token"])
+                token = str(challenge.get("token", ""))
+                if not _TOKEN.fullmatch(token):  # it becomes a URL path the router serves
+                    raise AcmeError(f"the CA sent an invalid http-01 token for {name}")
                 publish(token, f"{token}.{self.key.thumbprint}")
                 published.append(token)
                 self.post(str(challenge["url"]), {})
