@@ -187,6 +187,7 @@ class Container:
             known_hosts=self.known_hosts,
             root=root,
             http_port=http_port or free_port(self.address),
+            https_port=free_port(self.address),
             http_host=self.address,
         )
 

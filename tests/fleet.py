@@ -303,6 +303,7 @@ class FleetServer:
     port: int
     root: Path
     http_port: int
+    https_port: int
     http_host: str
     user: str
     identity: Path
@@ -325,6 +326,7 @@ class FleetServer:
             known_hosts=self.known_hosts,
             root=str(self.root),
             http_port=self.http_port,
+            https_port=self.https_port,
             http_host=self.http_host,
         )
 
@@ -385,13 +387,16 @@ class Fleet:
             name = f"s{first + offset + 1}"
             root = self._dir / name
             root.mkdir()
+            http_port = free_port(host.address)
+            https_port = next(p for p in (free_port(host.address) for _ in range(10)) if p != http_port)
             added.append(
                 FleetServer(
                     name=name,
                     address=host.address,
                     port=host.port,
                     root=root,
-                    http_port=free_port(host.address),
+                    http_port=http_port,
+                    https_port=https_port,
                     http_host=host.address,
                     user=user,
                     identity=self.pool.identity,

@@ -15,7 +15,8 @@ import pytest
 from tako_core.agent.certs import Certs
 from tako_core.agent.router import Router
 from tests.agentkit.kit import Load
-from tests.test_router import App, Client, apps, raw_exchange  # noqa: F401 - apps is a fixture
+from tests.test_router import App, Client, raw_exchange
+from tests.test_router import apps as apps
 from tests.tlskit import Pair, TestCA
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,12 +79,16 @@ async def test_https_reaches_the_app_with_forwarded_proto_https_over_keep_alive(
         client.close()
 
 
-async def test_a_client_cannot_claim_https_over_plain_http(router: Router, apps: Callable[[str], App]) -> None:
+async def test_a_client_cannot_claim_https_over_plain_http(
+    router: Router, apps: Callable[[str], App]
+) -> None:
     a = await apps("a").start()
     router.set_route("other", ["plain.test"], [a.upstream])
     client = await Client(router.port).open()
     try:
-        reply = await client.request(target="/headers", host="plain.test", headers=[("X-Forwarded-Proto", "https")])
+        reply = await client.request(
+            target="/headers", host="plain.test", headers=[("X-Forwarded-Proto", "https")]
+        )
         assert json.loads(reply.body)["x-forwarded-proto"] == "http"
     finally:
         client.close()
@@ -154,11 +159,15 @@ async def test_acme_challenges_are_answered_on_the_http_port_for_any_host(router
     ("request_bytes", "status"),
     [
         (
-            b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
             b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n",
             400,
         ),
-        (b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
         (b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
     ],
     ids=["cl-and-te", "two-lengths", "gzip-te"],
@@ -186,7 +195,8 @@ async def test_smuggling_is_refused_over_tls_too(
 async def test_a_certificate_swap_under_keep_alive_load_fails_no_request(
     router: Router, ca: TestCA, apps: Callable[[str], App]
 ) -> None:
-    assert router.certs is not None and router.https_port
+    assert router.certs is not None
+    assert router.https_port
     a = await apps("a").start()
     router.set_route("shop/prod", ["shop.test"], [a.upstream])
     load = Load(router.https_port, "shop.test", connections=4, max_seconds=20, tls=trusting(ca))
@@ -197,7 +207,8 @@ async def test_a_certificate_swap_under_keep_alive_load_fails_no_request(
     after = len(load.samples)
     await asyncio.sleep(0.5)
     await load.stop()
-    assert load.failed == [] and load.errors == []
+    assert load.failed == []
+    assert load.errors == []
     assert len(load.samples) > after > 0  # requests went on over the connections made before the swap
     # A new handshake gets the new certificate.
     _, writer = await asyncio.open_connection(
@@ -205,7 +216,9 @@ async def test_a_certificate_swap_under_keep_alive_load_fails_no_request(
     )
     try:
         leaf = renewed.chain.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
-        assert writer.get_extra_info("ssl_object").getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(leaf)
+        assert writer.get_extra_info("ssl_object").getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(
+            leaf
+        )
     finally:
         writer.close()
 

@@ -56,9 +56,9 @@ def _bad(message: str) -> ProtocolError:
 def inspect(chain: Path) -> tuple[tuple[str, ...], str, float]:
     """The leaf's DNS names, its issuer and its expiry (epoch seconds), read with `openssl x509`."""
     try:
+        command = ["openssl", "x509", "-in", str(chain), "-noout", "-nameopt", "RFC2253"]
         out = subprocess.run(
-            ["openssl", "x509", "-in", str(chain), "-noout", "-nameopt", "RFC2253", "-issuer", "-enddate",
-             "-ext", "subjectAltName"],  # fmt: skip
+            [*command, "-issuer", "-enddate", "-ext", "subjectAltName"],
             capture_output=True,
             text=True,
             timeout=OPENSSL_TIMEOUT,

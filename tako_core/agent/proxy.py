@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from tako_core.agent.heads import (
     CONTINUE,
-    answer,
     BodyFraming,
+    answer,
     interim_head,
     reply,
     request_head,
@@ -51,7 +51,9 @@ class ClientConnection:
 
     __slots__ = ("body_since", "events", "parser", "peer", "pos", "stream", "tls", "trusted", "waiting_since")
 
-    def __init__(self, stream: Stream, parser: Parser, peer: str, trusted: bool, *, tls: bool = False) -> None:
+    def __init__(
+        self, stream: Stream, parser: Parser, peer: str, trusted: bool, *, tls: bool = False
+    ) -> None:
         self.stream = stream
         self.parser = parser
         self.events = parser.events
@@ -165,7 +167,12 @@ class Proxy:
 
     @staticmethod
     async def refuse(
-        client: ClientConnection, req: Request, status: int, text: str, *, body: bytes | None = None,
+        client: ClientConnection,
+        req: Request,
+        status: int,
+        text: str,
+        *,
+        body: bytes | None = None,
         headers: bytes = b"",
     ) -> bool:
         """Answer `req` without an upstream (`text`, or `body` as is); True when the connection stays open."""
@@ -173,8 +180,9 @@ class Proxy:
         keep = req.keep_alive and not (req.chunked or req.content_length)
         if keep:
             await client.next()  # the END of a bodyless request
-        client.stream.write(answer(req, status, f"{text}\n".encode() if body is None else body, keep=keep,
-                                   headers=headers))
+        client.stream.write(
+            answer(req, status, f"{text}\n".encode() if body is None else body, keep=keep, headers=headers)
+        )
         return keep
 
     async def _forward(
@@ -188,8 +196,8 @@ class Proxy:
         clean = False
         try:
             head = request_head(
-                    req, peer=client.peer, trusted=client.trusted, authority=state.authority, tls=client.tls
-                )
+                req, peer=client.peer, trusted=client.trusted, authority=state.authority, tls=client.tls
+            )
             if has_body:
                 if req.expect_continue and req.minor == 1:
                     client.stream.write(CONTINUE)  # the router has an upstream to send the body to

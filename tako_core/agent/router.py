@@ -233,7 +233,9 @@ class Router:
         connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed.
         Then stop. Each socket comes with its kind, "http" or "https"."""
         listeners = [
-            (kind, socket.fromfd(s.fileno(), s.family, s.type)) for kind, v in self._servers for s in v.sockets
+            (kind, socket.fromfd(s.fileno(), s.family, s.type))
+            for kind, v in self._servers
+            for s in v.sockets
         ]
         for _, server in self._servers:
             server.close()  # closes its own descriptors; ours keep the sockets and their backlog

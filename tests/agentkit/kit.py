@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 import io
 import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
