@@ -165,3 +165,45 @@ def test_a_bad_pair_or_a_missing_secret_stops_the_deploy_before_anything_changes
     assert mismatch.code != 0
     assert "the certificate and key do not load together: KEY_VALUES_MISMATCH" in mismatch.stderr
     assert not (app_dir(s1) / "current").exists()
+
+
+async def test_a_certificate_swap_and_an_agent_restart_under_https_load_fail_no_request(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, secrets_key: None
+) -> None:
+    import asyncio
+    import ssl
+
+    from tests.agentkit.kit import Load
+
+    (s1,) = fleet(1)
+    ca = TestCA(tmp_path / "ca")
+    cfg = sample_app(tmp_path, [s1])
+    cfg.write_text(cfg.read_text() + BRING)
+    bring_certificate(cfg, ca, "web.test")
+    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    trust = ssl.create_default_context(cafile=str(ca.cert))
+    agent_pid = s1.agent_pid()
+
+    async def under_load(*args: str, cwd: Path) -> Load:
+        load = Load(s1.https_port, "web.test", address=s1.address, connections=4, max_seconds=90, tls=trust)
+        load.start()
+        await asyncio.sleep(0.3)
+        proc = await asyncio.create_subprocess_exec(*TAKO, *args, cwd=cwd, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        await asyncio.sleep(0.3)
+        await load.stop()
+        assert proc.returncode == 0, err.decode()
+        return load
+
+    renewed = bring_certificate(cfg, ca, "web.test")  # a new leaf and key for the same name
+    swap = await under_load("deploy", "--no-tui", "--yes", cwd=cfg.parent)
+    assert swap.failed == [], swap.errors[:5]
+    assert len(swap.samples) > 20
+    key_file = s1.root / "tls" / "web" / "production" / "key.pem"
+    assert key_file.read_text().strip() == renewed.strip()
+
+    restart = await under_load("servers", "setup", "--restart", "s1", cwd=tako_home)
+    assert restart.failed == [], restart.errors[:5]
+    assert len(restart.samples) > 20
+    assert s1.agent_pid() == agent_pid  # restarted in place: the HTTPS socket was handed over
+    assert curl(s1, ca, "web.test").returncode == 0
