@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tako_core.agent.certs import Certs
-from tako_core.agent.router import Router
+from tako_core.agent.router import Router, Upstream
 from tests.agentkit.kit import Load
 from tests.test_router import App, Client, raw_exchange
 from tests.test_router import apps as apps
@@ -242,3 +242,28 @@ async def test_the_https_socket_is_handed_over(
             client.close()
     finally:
         await follower.stop()
+
+
+async def test_a_tunnel_over_tls_ends_when_the_app_closes_it(router: Router, ca: TestCA) -> None:
+    """TLS has no half-close: when the app ends an upgraded connection, the client's closes too."""
+
+    async def switch_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nbye")
+        await writer.drain()
+        writer.close()
+
+    app = await asyncio.start_server(switch_then_close, "127.0.0.1", 0)
+    try:
+        router.set_route("shop/prod", ["shop.test"], [Upstream("127.0.0.1", app.sockets[0].getsockname()[1])])
+        assert router.https_port
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", router.https_port, ssl=trusting(ca), server_hostname="shop.test"
+        )
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert await asyncio.wait_for(reader.read(), 5) == b"bye"
+        writer.close()
+    finally:
+        app.close()

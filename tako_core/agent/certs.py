@@ -16,6 +16,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ class Certs:
         self._certs: dict[str, Certificate] = {}
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wild: dict[str, ssl.SSLContext] = {}  # "example.com" for *.example.com
+        self._lock = threading.Lock()  # install and remove run in threads (the openssl command)
 
     def load(self) -> None:
         """Every stored pair; one that no longer loads is logged and skipped, never fatal."""
@@ -114,6 +116,14 @@ class Certs:
         """Check the pair, then replace `key`'s atomically: new handshakes get it, open connections
         keep theirs."""
         target = self._dir(key)
+        with self._lock:
+            cert = self._write(key, target, chain_pem, key_pem)
+            self._certs[key] = cert
+            self._index()
+        log.info("tls: installed the certificate of %s for %s", key, ", ".join(cert.info.names))
+        return cert.info
+
+    def _write(self, key: str, target: Path, chain_pem: str, key_pem: str) -> Certificate:
         target.mkdir(parents=True, exist_ok=True)
         for d in (self.root, target.parent, target):
             os.chmod(d, 0o700)
@@ -127,19 +137,17 @@ class Certs:
             write_private(target / "chain.pem", chain_pem.encode())
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._certs[key] = cert
-        self._index()
-        log.info("tls: installed the certificate of %s for %s", key, ", ".join(cert.info.names))
-        return cert.info
+        return cert
 
     def remove(self, key: str) -> bool:
         """Forget `key`'s certificate (True if there was one)."""
         target = self._dir(key)
-        had = self._certs.pop(key, None) is not None
-        if target.exists():
-            shutil.rmtree(target)
-            had = True
-        self._index()
+        with self._lock:
+            had = self._certs.pop(key, None) is not None
+            if target.exists():
+                shutil.rmtree(target)
+                had = True
+            self._index()
         return had
 
     def get(self, key: str) -> CertificateInfo | None:
