@@ -186,21 +186,22 @@ class Router:
         self._sweeper = loop.create_task(self._sweep_idle())
 
     async def _listen(self, kind: str, port: int, tls: ssl.SSLContext | None, backlog: int) -> None:
-        """Serve `kind` on the socket the previous agent handed over, else on a new one."""
+        """Serve `kind` on the sockets the previous agent handed over, else on new ones."""
         loop = asyncio.get_running_loop()
-        handed = [sock for name, sock in self._listeners if name == kind]
         timeout = TLS_HANDSHAKE_TIMEOUT if tls is not None else None
-        if handed:
+
+        def stream() -> _ClientStream:
+            return _ClientStream(self, tls=tls is not None)
+
+        handed = [sock for name, sock in self._listeners if name == kind]
+        for sock in handed:
             server = await loop.create_server(
-                lambda: _ClientStream(self, tls=tls is not None),
-                sock=handed[0],
-                backlog=backlog,
-                ssl=tls,
-                ssl_handshake_timeout=timeout,
+                stream, sock=sock, backlog=backlog, ssl=tls, ssl_handshake_timeout=timeout
             )
-        else:
+            self._servers.append((kind, server))
+        if not handed:
             server = await loop.create_server(
-                lambda: _ClientStream(self, tls=tls is not None),
+                stream,
                 self._host,
                 port,
                 reuse_address=True,
@@ -208,7 +209,7 @@ class Router:
                 ssl=tls,
                 ssl_handshake_timeout=timeout,
             )
-        self._servers.append((kind, server))
+            self._servers.append((kind, server))
 
     def _tls_context(self) -> ssl.SSLContext:
         """The listener's context: it holds no certificate, the SNI callback swaps in the name's own."""
@@ -367,35 +368,34 @@ class Router:
         proxy the request as it is."""
         path = req.target.split(b"?", 1)[0]
         if req.method in (b"GET", b"HEAD") and path.startswith(CHALLENGE_PREFIX):
-            token = path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace")
-            authorization = self.challenge(token)
+            authorization = await self.challenge(path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace"))
             if authorization is None:
                 return await self._proxy.refuse(client, req, 404, "no such ACME challenge")
             return await self._proxy.refuse(client, req, 200, "", body=authorization.encode())
         https_port = self.https_port
         if self.certs is None or https_port is None or req.host is None:
             return None
-        host = _host_name(req.host.decode("ascii", "replace"))
-        if self.certs.context_for(host) is None:
+        host = _host_name(req.host)
+        if self.certs.context_for(host.decode("ascii", "replace")) is None:
             return None
-        port = "" if https_port == 443 else f":{https_port}"
-        target = req.target.decode("ascii", "replace")
-        if not target.startswith("/"):  # absolute-form: keep its path and query only
+        target = req.target
+        if not target.startswith(b"/"):  # absolute-form: keep its path and query only
             parts = urlsplit(target)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        location = f"https://{host}{port}{target}"
+            target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+        port = b"" if https_port == 443 else b":%d" % https_port
+        location = b"https://" + host + port + target
         return await self._proxy.refuse(
-            client, req, 308, f"moved to {location}", headers=f"Location: {location}\r\n".encode()
+            client, req, 308, "moved to HTTPS", headers=b"Location: " + location + b"\r\n"
         )
 
-    def challenge(self, token: str) -> str | None:
+    async def challenge(self, token: str) -> str | None:
         """The key authorization for an HTTP-01 `token` this agent holds. The one hook for a
         multi-server env: ask the env's leader here for a token it holds and this server does not."""
         return self.challenges.get(token)
 
 
-def _host_name(host: str) -> str:
+def _host_name(host: bytes) -> bytes:
     """A Host header's name without its port."""
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if ":" in host else host
+    if host.startswith(b"["):
+        return host.split(b"]", 1)[0] + b"]"
+    return host.rsplit(b":", 1)[0] if b":" in host else host
