@@ -77,7 +77,7 @@ def test_bad_pairs_are_refused_without_echoing_the_key(tmp_path: Path, ca: TestC
     install(certs, "shop/prod", good)
     cases = [
         (good.chain.read_text(), other.key.read_text(), "KEY_VALUES_MISMATCH"),
-        ("garbage", good.key.read_text(), "not a PEM certificate"),
+        ("garbage", good.key.read_text(), "cannot read the certificate"),
         (
             good.chain.read_text(),
             "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",

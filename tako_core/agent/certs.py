@@ -4,30 +4,26 @@ Each env's pair lives in ROOT/tls/<app>/<env>/ (chain.pem, key.pem), both 0600 i
 agent's user alone (0700): app users never read a key. A pair is checked before it replaces anything
 (loaded into an `ssl.SSLContext`: a key that does not match the leaf is refused) and written
 atomically. Python's `ssl` has no public X.509 parser, so the names, issuer and expiry come from the
-`openssl` command (there wherever `ca-certificates` is; `servers setup` checks for it).
+`openssl` command (`acme_crypto.cert_info`; there wherever `ca-certificates` is, `servers setup`
+checks for it).
 """
 
 from __future__ import annotations
 
-import calendar
 import logging
 import os
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tako_core.agent.acme_crypto import AcmeError, cert_info
 from tako_core.agent.contract import BAD_REQUEST, CertificateInfo, ProtocolError
 from tako_core.agent.layout import check_name, write_private
 
 log = logging.getLogger(__name__)
-
-OPENSSL_TIMEOUT = 10.0
-_SAN = "X509v3 Subject Alternative Name"
 
 
 @dataclass(frozen=True)
@@ -55,37 +51,14 @@ def _bad(message: str) -> ProtocolError:
 
 
 def inspect(chain: Path) -> tuple[tuple[str, ...], str, float]:
-    """The leaf's DNS names, its issuer and its expiry (epoch seconds), read with `openssl x509`."""
+    """The leaf's DNS names (lowercase), its issuer and its expiry (epoch seconds)."""
     try:
-        command = ["openssl", "x509", "-in", str(chain), "-noout", "-nameopt", "RFC2253"]
-        out = subprocess.run(
-            [*command, "-issuer", "-enddate", "-ext", "subjectAltName"],
-            capture_output=True,
-            text=True,
-            timeout=OPENSSL_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise ProtocolError(
-            BAD_REQUEST, "the openssl command is missing on this server", hint="install openssl"
-        ) from None
-    if out.returncode != 0:
-        raise _bad(f"not a PEM certificate: {out.stderr.strip().splitlines()[-1:]}")
-    lines = out.stdout.splitlines()
-    issuer = not_after = ""
-    names: list[str] = []
-    for n, line in enumerate(lines):
-        if line.startswith("issuer="):
-            issuer = line.removeprefix("issuer=").strip()
-        elif line.startswith("notAfter="):
-            not_after = line.removeprefix("notAfter=").strip()
-        elif line.startswith(_SAN) and n + 1 < len(lines):
-            entries = (e.strip() for e in lines[n + 1].split(","))
-            names = [e.removeprefix("DNS:").lower() for e in entries if e.startswith("DNS:")]
-    if not names:
+        info = cert_info(chain.read_bytes())
+    except AcmeError as e:
+        raise _bad(f"cannot read the certificate: {e}") from None
+    if not info.names:
         raise _bad("the certificate names no DNS name (subjectAltName)")
-    expiry = calendar.timegm(time.strptime(not_after, "%b %d %H:%M:%S %Y GMT"))
-    return tuple(names), issuer, float(expiry)
+    return tuple(name.lower() for name in info.names), info.issuer, info.not_after
 
 
 class Certs:
