@@ -43,7 +43,7 @@ import logging
 import resource
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from tako_core.agent.certs import Certs, server_context
@@ -68,6 +68,8 @@ HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed
 HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to complete its TLS handshake
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+SYNC_PATH = b"/.well-known/tako/certificate"  # an env's leader hands its certificate to followers
+FORWARDED_MARK = b"x-tako-forwarded"  # a challenge request one router forwarded to another
 MAX_UNKNOWN_NAMES = 1024  # SNI names without a certificate logged (once each), then no more
 
 
@@ -135,6 +137,11 @@ class Router:
         self.certs = certs
         # ACME HTTP-01: token -> key authorization, filled by whoever orders a certificate.
         self.challenges: dict[str, str] = {}
+        # Set by the agent's automatic certificates (autocerts): a follower asks its env's leader
+        # for a token it does not hold (token, host); a leader answers the sync path on HTTPS
+        # (host, Authorization header) with a JSON body, or None for a 404.
+        self.forward_challenge: Callable[[str, str], Awaitable[str | None]] | None = None
+        self.certificate_sync: Callable[[str, bytes], bytes | None] | None = None
         self._unknown_names: set[str] = set()
         self._closing = False  # handing over: every connection ends after its next response
         self._host = host
@@ -345,7 +352,10 @@ class Router:
                 if not isinstance(ev, Request):
                     return
                 req = dataclasses.replace(ev, keep_alive=False) if self._closing else ev
-                local = None if stream.tls else await self._plain_http(client, req)
+                if stream.tls:
+                    local = await self._sync(client, req) if self._is_sync(req) else None
+                else:
+                    local = await self._plain_http(client, req)
                 if not (await self._proxy.exchange(client, req) if local is None else local):
                     return
         except ParseError as e:
@@ -368,7 +378,11 @@ class Router:
         proxy the request as it is."""
         path = req.target.split(b"?", 1)[0]
         if req.method in (b"GET", b"HEAD") and path.startswith(CHALLENGE_PREFIX):
-            authorization = await self.challenge(path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace"))
+            token = path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace")
+            forwarded = any(name.lower() == FORWARDED_MARK for name, _ in req.headers)
+            # A forwarded request is never forwarded again: two routers cannot ask each other forever.
+            name = "" if forwarded or req.host is None else _host_name(req.host).decode("ascii", "replace")
+            authorization = await self.challenge(token, name)
             if authorization is None:
                 return await self._proxy.refuse(client, req, 404, "no such ACME challenge")
             return await self._proxy.refuse(client, req, 200, "", body=authorization.encode())
@@ -388,10 +402,26 @@ class Router:
             client, req, 308, "moved to HTTPS", headers=b"Location: " + location + b"\r\n"
         )
 
-    async def challenge(self, token: str) -> str | None:
-        """The key authorization for an HTTP-01 `token` this agent holds. The one hook for a
-        multi-server env: ask the env's leader here for a token it holds and this server does not."""
-        return self.challenges.get(token)
+    async def challenge(self, token: str, host: str = "") -> str | None:
+        """The key authorization for an HTTP-01 `token`: this agent's own, else (a follower of an
+        env naming `host`; "" never forwards) what the env's leader answers."""
+        answer = self.challenges.get(token)
+        if answer is None and host and self.forward_challenge is not None:
+            answer = await self.forward_challenge(token, host.lower())
+        return answer
+
+    def _is_sync(self, req: Request) -> bool:
+        return self.certificate_sync is not None and req.target.split(b"?", 1)[0] == SYNC_PATH
+
+    async def _sync(self, client: ClientConnection, req: Request) -> bool:
+        """The leader's side of the certificate sync (HTTPS only, never proxied to an app)."""
+        assert self.certificate_sync is not None
+        auth = next((value for name, value in req.headers if name.lower() == b"authorization"), b"")
+        host = _host_name(req.host).decode("ascii", "replace").lower() if req.host else ""
+        body = self.certificate_sync(host, auth) if req.method == b"GET" else None
+        if body is None:
+            return await self._proxy.refuse(client, req, 404, "not found")
+        return await self._proxy.refuse(client, req, 200, "", body=body)
 
 
 def _host_name(host: bytes) -> bytes:
