@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -186,7 +188,7 @@ async def test_a_forced_renewal_reaches_every_server_under_load_and_survives_a_r
     fleet: Fleet, tako_home: Path, tmp_path: Path, ca: Pebble, http_port: int
 ) -> None:
     servers = auto_fleet(fleet, tako_home, http_port)
-    _leader, follower, _ = servers
+    leader, follower, other = servers
     ca.point(NAME, follower.address)
     cfg = auto_app(tmp_path, servers, ca)
     proc = await asyncio.create_subprocess_exec(
@@ -221,12 +223,41 @@ async def test_a_forced_renewal_reaches_every_server_under_load_and_survives_a_r
     assert [orders(s) for s in servers] == [2, 0, 0]
 
     # A follower's agent restarted: its certificate is still there and served.
+    await restart_agent(follower, cfg.parent)
+    assert (await asyncio.to_thread(https, follower, ca))[1] in after
+
+    # The leader down: a renewal fails naming it; the followers keep serving the certificate they
+    # have, across a restart too (which fetches from the leader at once, and fails).
+    pid = leader.agent_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await restart_agent(other, cfg.parent)
+    assert (await asyncio.to_thread(https, other, ca))[1] in after
+    failed = await asyncio.to_thread(tako, "tls", "renew", cwd=cfg.parent)
+    assert failed.code == 1
+    assert f"{leader.name}: failed: no tako agent answers" in failed.stdout, failed.stdout
+    assert (
+        f"{follower.name}: failed: not asked: the leader {leader.name} has no new certificate"
+        in failed.stdout
+    )
+    for s in (follower, other):
+        assert (await asyncio.to_thread(https, s, ca))[1] in after
+
+
+async def restart_agent(server: FleetServer, cwd: Path) -> None:
+    """`tako servers setup NAME --restart`: the agent restarts in place."""
     restart = await asyncio.create_subprocess_exec(
-        *TAKO, "servers", "setup", follower.name, "--restart", stderr=subprocess.PIPE, stdout=subprocess.PIPE
+        *TAKO,
+        "servers",
+        "setup",
+        server.name,
+        "--restart",
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(restart.communicate(), 120)
     assert restart.returncode == 0, (out + err).decode()
-    assert (await asyncio.to_thread(https, follower, ca))[1] in after
 
 
 def test_dns_not_pointing_here_is_a_warning_with_the_cas_error_and_the_deploy_succeeds(
@@ -247,3 +278,18 @@ def test_dns_not_pointing_here_is_a_warning_with_the_cas_error_and_the_deploy_su
     status = tako("status", cwd=cfg.parent)
     assert "auto certificate: leader (orders), pending: the CA could not validate" in status.stdout
     assert "; next attempt " in status.stdout
+
+    # The CA unreachable: the same, with what failed.
+    base = cfg.read_text()
+    cfg.write_text(base.replace(ca.directory, f"https://{NOWHERE}:9/dir"))
+    run = tako("deploy", "--json", "--yes", cwd=cfg.parent, timeout=180)
+    assert run.code == 0, run.stderr
+    warnings = [e["message"] for e in run.events() if e["event"] == "Notice" and e["level"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert f"cannot reach the ACME server at https://{NOWHERE}:9/dir" in warnings[0]
+
+    # tls = "off": the env's automatic certificate task stops, its settings go.
+    cfg.write_text(base + '\ntls = "off"\n')
+    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    assert not (servers[0].root / "acme" / "web" / "production" / "auto.json").exists()
+    assert "auto certificate" not in tako("status", cwd=cfg.parent).stdout

@@ -386,6 +386,8 @@ class Router:
             if authorization is None:
                 return await self._proxy.refuse(client, req, 404, "no such ACME challenge")
             return await self._proxy.refuse(client, req, 200, "", body=authorization.encode())
+        if path == SYNC_PATH:  # the certificate sync is HTTPS only, and never an app's
+            return await self._proxy.refuse(client, req, 404, "not found")
         https_port = self.https_port
         if self.certs is None or https_port is None or req.host is None:
             return None
