@@ -191,11 +191,10 @@ async def test_a_forced_renewal_reaches_every_server_under_load_and_survives_a_r
     leader, follower, other = servers
     ca.point(NAME, follower.address)
     cfg = auto_app(tmp_path, servers, ca)
-    proc = await asyncio.create_subprocess_exec(
-        *TAKO, "deploy", "--no-tui", "--yes", cwd=cfg.parent, stderr=subprocess.PIPE
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, err.decode()
+    run = await asyncio.to_thread(tako, "deploy", "--json", "--yes", cwd=cfg.parent, timeout=180)
+    assert run.code == 0, run.stderr
+    notices = [e["message"] for e in run.events() if e["event"] == "Notice"]
+    assert sum(m.startswith(f"HTTPS: certificate for {NAME}") for m in notices) == 3, notices
     before = {(await asyncio.to_thread(https, s, ca))[1] for s in servers}
     assert len(before) == 1
 

@@ -79,6 +79,7 @@ FOLLOW_FIRST = 1.0  # the first retry while the leader has none; doubled up to F
 FOLLOW_CAP = 300.0
 ERROR_CHARS = 500
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_PIN = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
 
@@ -417,6 +418,8 @@ def params_from(p: Params) -> AutoParams:
             token=lp.str("token"),
             pin=lp.str("pin"),
         )
+        if not _TOKEN.fullmatch(leader.token) or not _PIN.fullmatch(leader.pin):
+            raise ProtocolError(BAD_REQUEST, "the leader's token or pin is malformed")
     names = [n.lower() for n in names]
     return AutoParams(tuple(names), directory, p.opt_str("email"), p.opt_str("ca_pem"), leader)
 

@@ -137,13 +137,14 @@ class Certs:
 
     def pair(self, key: str) -> tuple[str, str] | None:
         """`key`'s chain and private key as installed (PEM), or None."""
-        if key not in self._certs:
-            return None
         target = self._dir(key)
-        try:
-            return (target / "chain.pem").read_text(), (target / "key.pem").read_text()
-        except OSError:
-            return None
+        with self._lock:  # never a new key with the old chain, halfway through an install
+            if key not in self._certs:
+                return None
+            try:
+                return (target / "chain.pem").read_text(), (target / "key.pem").read_text()
+            except OSError:
+                return None
 
     def infos(self) -> list[CertificateInfo]:
         return [c.info for _, c in sorted(self._certs.items())]
