@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from tako_core.agent.contract import AgentInfo
 from tako_core.config import Server, add_server, inventory_path, load_inventory, remove_server
 from tako_core.errors import BadInput, TakoError
 from tako_core.transport import Connection
@@ -118,7 +119,7 @@ async def _setup_one(server: Server, say: Say, *, restart: bool = False) -> bool
         try:
             what = "installed and answering" if installed else "already current"
             info = client.info
-            say(f"agent {info.agent_version} {what} ({_describe(info.hostname, info.python)})")
+            say(f"agent {info.agent_version} {what} ({_describe(info)})")
         finally:
             await client.close()
     return True
@@ -138,7 +139,7 @@ async def _status_one(server: Server, say: Say) -> bool:
             await state.client.close()
     line = (
         f"agent {info.agent_version} (protocol {info.protocol}) up, "
-        f"{_describe(info.hostname, info.python)}, {size(info.free_bytes)} free"
+        f"{_describe(info)}, {size(info.free_bytes)} free"
     )
     if not state.current:
         say(f"{line}; stale: {state.reason}: run `tako servers setup {server.name}`")
@@ -193,8 +194,9 @@ def _select(names: Sequence[str]) -> list[Server]:
     return [inventory.servers[name] for name in dict.fromkeys(names)]
 
 
-def _describe(hostname: str, python: str) -> str:
-    return f"host {hostname}, python {python}"
+def _describe(info: AgentInfo) -> str:
+    parser = f", HTTP parser {info.http_parser}" if info.http_parser else ""
+    return f"host {info.hostname}, python {info.python}{parser}"
 
 
 def _local_path(text: str | None) -> Path | None:
