@@ -22,6 +22,7 @@ import ctypes.util
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -58,16 +59,22 @@ def _skip_liboqs_probe() -> Iterator[None]:
         ctypes.util.find_library = find
 
 
+_lock = threading.Lock()
+_module: ModuleType | None = None  # set once the import is complete (sys.modules has it from its start)
+
+
 def _import() -> ModuleType:
-    if "asyncssh" not in sys.modules:
-        with _skip_liboqs_probe():
-            return importlib.import_module("asyncssh")
-    return sys.modules["asyncssh"]
+    global _module
+    with _lock:
+        if _module is None:
+            with _skip_liboqs_probe():
+                _module = importlib.import_module("asyncssh")
+        return _module
 
 
 async def load() -> None:
     """asyncssh imported, in a thread so that the event loop (and a build beside it) go on meanwhile."""
-    if "asyncssh" not in sys.modules:
+    if _module is None:
         await asyncio.to_thread(_import)
 
 
