@@ -193,6 +193,7 @@ class Container:
 
 def start_container() -> tuple[Container, Path]:
     """A booted container in a fresh work directory (removed by `stop_container`)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
     for stale in CACHE.glob("run-*"):  # left by a session that was killed
         with contextlib.suppress(ValueError):
             if not Path(f"/proc/{int(stale.name.split('-')[1])}").exists():
