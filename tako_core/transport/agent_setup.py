@@ -274,10 +274,9 @@ async def _ship_parser(conn: Connection, login: Login, cache_dir: Path, step: St
         step(f"HTTP parser: h11, pure Python ({fetched.reason})")
         return
     if fetched.wheel.name != login.wheel:
-        lib = f"{conn.server.root}/bin/lib"
-        unpack = unpack_command(lib, fetched.wheel)
+        unpack = unpack_command(f"{conn.server.root}/bin/lib", fetched.wheel)
         data = await asyncio.to_thread(fetched.wheel.read_bytes)
-        await _checked(conn, login.as_root(f"mkdir -p {shlex.quote(lib)} && {unpack}"), input=data)
+        await _checked(conn, login.as_root(unpack), input=data)
     step(f"HTTP parser: httptools, from {fetched.wheel.name}")
 
 

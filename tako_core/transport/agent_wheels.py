@@ -33,6 +33,7 @@ _UNPACK = """
 import io, os, shutil, sys, zipfile
 lib, name = sys.argv[1], sys.argv[2]
 tmp, old = lib + ".tmp", lib + ".old"
+os.makedirs(os.path.dirname(lib), exist_ok=True)
 for path in (tmp, old):
     shutil.rmtree(path, ignore_errors=True)
 zipfile.ZipFile(io.BytesIO(sys.stdin.buffer.read())).extractall(tmp)
