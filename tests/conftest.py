@@ -6,7 +6,8 @@
         s1.drop_connections()      # cut its SSH sessions (kills the sshd processes serving them)
 
 `any_fleet` runs a test over both kinds of host ("sshd" and "inprocess"); plain `fleet` uses sshd
-where installed (and fails in CI when it is not).
+where installed (and fails in CI when it is not). `pebble` is a real ACME CA for the session
+(tests/pebble.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tako_core.demo.processes import end_processes_under
 from tests.container import Container, missing_tools, start_container, stop_container
 from tests.delayproxy import DelayProxy, Link, via_proxy
 from tests.fleet import Fleet, FleetServer, HostPool, Kind, default_kind
+from tests.pebble import Pebble, require_pebble, start_pebble
 from tests.tmux import Tmux
 
 
@@ -143,3 +145,14 @@ def container() -> Iterator[Container]:
         yield booted
     finally:
         stop_container(booted, workdir)
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    """Pebble and its mock DNS for the session (5% of good nonces rejected, as by default)."""
+    require_pebble()
+    ca = start_pebble(tmp_path_factory.mktemp("pebble"))
+    try:
+        yield ca
+    finally:
+        ca.stop()

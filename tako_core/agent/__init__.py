@@ -34,6 +34,9 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     http1_llhttp   the parser over httptools (llhttp), used where the host has it or setup shipped its wheel
     http1_h11      the parser over the bundled pure-Python h11, used elsewhere
     layout         where things live under ROOT, and the names allowed in paths
+    acme           the ACME client (RFC 8555, HTTP-01): `obtain` a certificate chain from a CA's directory
+    acme_crypto    the ACME client's crypto through the `openssl` command: keys, ES256 JWS, CSR, cert_info
+    acme_renewal   when to renew: a third of the lifetime left, ACME Renewal Information, backoff
     accounts       one Unix user per app/env (an agent running as root): its name, creating it
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file;
                    restarting in place (SIGWINCH): router sockets handed over, instances kept, exec
