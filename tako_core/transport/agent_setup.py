@@ -21,6 +21,7 @@ import tako_core
 from tako_core.config import Server
 from tako_core.errors import AgentError
 from tako_core.transport.agent_client import AgentClient
+from tako_core.transport.agent_wheels import PROBE, ServerPython, fetch_httptools, unpack_command
 from tako_core.transport.agent_zipapp import build_zipapp
 from tako_core.transport.connection import Connection
 from tako_core.transport.failures import AgentNotRunning, where
@@ -31,9 +32,12 @@ Step = Callable[[str], None]
 START_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.1
 
-# Who we are on the server: root, a user with passwordless sudo, or a user on their own; plus
-# what a user on their own may do (write the root? bind the port?).
+# Who we are on the server: its python3 (for the parser's wheel) and the wheel unpacked for it last
+# time, one line each; then root, a user with passwordless sudo, or a user on their own, plus what
+# a user on their own may do (write the root? bind the port?).
 _WHO = """
+{probe}
+printf '%s\\n' "$(cat {wheel_marker} 2>/dev/null)"
 if [ "$(id -u)" = 0 ]; then how=root; elif sudo -n true 2>/dev/null; then how=sudo; else how=user; fi
 writable=no
 if [ $how = user ] && mkdir -p {root} 2>/dev/null && [ -w {root} ]; then writable=yes; fi
@@ -217,6 +221,8 @@ class Login:
     how: str  # "root", "sudo" (passwordless) or "user" (on their own)
     user: str
     home: str
+    python: ServerPython | None  # None: no python3 answered (the install then says so)
+    wheel: str  # the name of the httptools wheel unpacked in bin/lib; "" when none is
 
     def as_root(self, script: str) -> str:
         """`script` run as root where we may (else as the user, who then needs the root's rights)."""
@@ -245,6 +251,7 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
         detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
+    await _ship_parser(conn, login, zipapp.parent, step)
     data = await asyncio.to_thread(zipapp.read_bytes)
     out = await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
     mode, how = out.split()[:2]
@@ -256,13 +263,37 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         )
 
 
+async def _ship_parser(conn: Connection, login: Login, cache_dir: Path, step: Step) -> None:
+    """The router's fast parser for the server's python3: its own httptools, else the wheel fetched
+    here unpacked into the agent's bin/lib (unless it is there already), else h11."""
+    python = login.python
+    if python is None:
+        return
+    if python.has_httptools:
+        step("HTTP parser: httptools (the server's python3 has it)")
+        return
+    fetched = await asyncio.to_thread(fetch_httptools, python, cache_dir)
+    if fetched.wheel is None:
+        step(f"HTTP parser: h11, pure Python ({fetched.reason})")
+        return
+    if fetched.wheel.name != login.wheel:
+        unpack = unpack_command(f"{conn.server.root}/bin/lib", fetched.wheel)
+        data = await asyncio.to_thread(fetched.wheel.read_bytes)
+        await _checked(conn, login.as_root(unpack), input=data)
+    step(f"HTTP parser: httptools, from {fetched.wheel.name}")
+
+
 async def _login(conn: Connection) -> Login:
     """Who we are; a user without sudo gets the choices that work, before anything is changed."""
     server = conn.server
-    how, user, writable, low, home = (await _checked(conn, _WHO.format(root=shlex.quote(server.root)))).split(
-        maxsplit=4
+    script = _WHO.format(
+        root=shlex.quote(server.root),
+        probe=PROBE,
+        wheel_marker=shlex.quote(f"{server.root}/bin/lib/.wheel"),
     )
-    login = Login(how, user, home.strip())
+    probe, wheel, who = (await _checked(conn, script)).split("\n", 2)
+    how, user, writable, low, home = who.split(maxsplit=4)
+    login = Login(how, user, home.strip(), ServerPython.parse(probe), wheel.strip())
     if how != "user":
         return login
     own_root = f"{login.home}/tako"
