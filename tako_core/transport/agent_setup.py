@@ -63,6 +63,10 @@ command -v openssl >/dev/null || {{
     echo "no openssl command on the server (the router reads HTTPS certificates with it):" \
         "install the openssl package" >&2; exit 3; }}
 cat > {pyz}.tmp && chmod 755 {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3
+i=0  # the parser's wheel is unpacked by a command beside this one: the agent must start with it
+while [ -n {wheel} ] && [ "$(cat {root}/bin/lib/.wheel 2>/dev/null)" != {wheel} ] && [ $i -lt 200 ]; do
+    sleep 0.05; i=$((i+1))
+done
 mode=detached; same_unit=yes
 if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
     mode=systemd  # a changed unit needs systemd to restart the agent
@@ -236,13 +240,16 @@ class Login:
 
 async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
     """Install `zipapp` as `<root>/bin/tako-agent.pyz` and restart the agent in place, or stop the
-    old one and start the new one: one command after the one asking who we are."""
+    old one and start the new one: one command after the one asking who we are (and, when the
+    router's parser wheel must be unpacked, a second one beside it, not after it)."""
     server = conn.server
     login = await _login(conn)
+    wheel = await _parser_wheel(conn, login, zipapp.parent, step)
     unit_name = systemd_unit_name(server.root)
     script = _INSTALL.format(
         root=shlex.quote(server.root),
         pyz=shlex.quote(f"{server.root}/bin/tako-agent.pyz"),
+        wheel=shlex.quote(wheel.name if wheel else ""),
         pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
         unit=shlex.quote(systemd_unit(server, login.client_user)),
         unit_path=f"/etc/systemd/system/{unit_name}",
@@ -251,9 +258,18 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
         detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
-    await _ship_parser(conn, login, zipapp.parent, step)
     data = await asyncio.to_thread(zipapp.read_bytes)
-    out = await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    install = _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    if wheel is None:
+        out = await install
+    else:
+        unpack = unpack_command(f"{server.root}/bin/lib", wheel)
+        unpacked = _checked(conn, login.as_root(unpack), input=await asyncio.to_thread(wheel.read_bytes))
+        results = await asyncio.gather(unpacked, install, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        out = str(results[1])
     mode, how = out.split()[:2]
     step(f"restarted the agent in place ({mode})" if how == "in-place" else f"started the agent ({mode})")
     if mode == "detached" and login.how == "user":
@@ -263,24 +279,21 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         )
 
 
-async def _ship_parser(conn: Connection, login: Login, cache_dir: Path, step: Step) -> None:
+async def _parser_wheel(conn: Connection, login: Login, cache_dir: Path, step: Step) -> Path | None:
     """The router's fast parser for the server's python3: its own httptools, else the wheel fetched
-    here unpacked into the agent's bin/lib (unless it is there already), else h11."""
+    here, to unpack into the agent's bin/lib (None: it is there already, or none is needed), else h11."""
     python = login.python
     if python is None:
-        return
+        return None
     if python.has_httptools:
         step("HTTP parser: httptools (the server's python3 has it)")
-        return
+        return None
     fetched = await asyncio.to_thread(fetch_httptools, python, cache_dir)
     if fetched.wheel is None:
         step(f"HTTP parser: h11, pure Python ({fetched.reason})")
-        return
-    if fetched.wheel.name != login.wheel:
-        unpack = unpack_command(f"{conn.server.root}/bin/lib", fetched.wheel)
-        data = await asyncio.to_thread(fetched.wheel.read_bytes)
-        await _checked(conn, login.as_root(unpack), input=data)
+        return None
     step(f"HTTP parser: httptools, from {fetched.wheel.name}")
+    return fetched.wheel if fetched.wheel.name != login.wheel else None
 
 
 async def _login(conn: Connection) -> Login:
