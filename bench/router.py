@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,13 +242,28 @@ def _version(module: str) -> str:
         return "(not installed)"
 
 
-def _host_python_httptools() -> str | None:
-    """The httptools version the host's python3 imports ("" when none); None without a python3."""
+def _host_bundle(tmp: Path) -> tuple[Path, str] | None:
+    """What the agent finds beside tako_core on a server whose python3 is HOST_PYTHON, and how to
+    name it: h11 (as in the zipapp), plus the httptools wheel `tako servers setup` would ship to it
+    (unpacked as setup does) unless that python3 has its own. None without a HOST_PYTHON."""
+    # Imported here: the router process runs this file under the host python, without tako_core.
+    from tako_core.transport.agent_wheels import PROBE, ServerPython, fetch_httptools
+
     if not Path(HOST_PYTHON).exists():
         return None
-    probe = subprocess.run([HOST_PYTHON, "-c", "import httptools; print(httptools.__version__)"],
-                           capture_output=True, text=True, cwd="/")
-    return probe.stdout.strip() if probe.returncode == 0 else ""
+    bundle = tmp / "bundle"
+    shutil.copytree(Path(h11.__file__).parent, bundle / "h11")
+    env = {**os.environ, "PATH": f"{Path(HOST_PYTHON).parent}:{os.environ['PATH']}"}
+    probe = subprocess.run(["sh", "-c", PROBE], capture_output=True, text=True, env=env, check=False)
+    python = ServerPython.parse(probe.stdout)
+    if python is None or python.has_httptools:
+        return bundle, "its own httptools" if python else "no python3 answered"
+    fetched = fetch_httptools(python, tmp)
+    if fetched.wheel is None:
+        return bundle, f"no httptools: h11; {fetched.reason}"
+    with zipfile.ZipFile(fetched.wheel) as wheel:
+        wheel.extractall(bundle)
+    return bundle, f"httptools wheel shipped by setup: {fetched.wheel.name.split('-')[1]}"
 
 
 Target = tuple[str, int, int]  # name, port, pid of the process whose CPU time is measured
@@ -371,16 +387,13 @@ def main() -> None:
         up2, _ = procs.upstream()
         port, pid = procs.router([up, up2], "httptools", switch_every=0.1)
         targets.append(("tako router (httptools), switching every 100 ms", port, pid))
-        # As on a server: the host's python3 with only h11 beside tako_core (as in the zipapp), and
-        # whatever httptools the distribution packages (Debian 12: python3-httptools 0.1.1).
-        host_httptools = _host_python_httptools()
-        if host_httptools is not None:
-            bundle = procs.tmp / "bundle"
-            shutil.copytree(Path(h11.__file__).parent, bundle / "h11")
-            env = {**os.environ, "PYTHONPATH": str(bundle)}
+        # As on a server: the host's python3 with h11 beside tako_core (as in the zipapp), and the
+        # httptools wheel setup ships to a python3 without one.
+        host = _host_bundle(procs.tmp)
+        if host is not None:
+            env = {**os.environ, "PYTHONPATH": str(host[0])}
             port, pid = procs.router([up], "auto", python=HOST_PYTHON, env=env)
-            version = f"python3-httptools {host_httptools}" if host_httptools else "no httptools: h11"
-            targets.append((f"tako router, {HOST_PYTHON} ({version})", port, pid))
+            targets.append((f"tako router, {HOST_PYTHON} ({host[1]})", port, pid))
         else:
             print(f"({HOST_PYTHON} is missing: no row for the host's own Python)", file=sys.stderr)
         caddy_port = _free_port()
@@ -407,8 +420,9 @@ def main() -> None:
             f"Each proxy runs in its own process in front of the same raw asyncio app. The router rows "
             f"without a path run under the venv's Python with httptools {_version('httptools')} or "
             f"h11 {_version('h11')}; the `{HOST_PYTHON}` row runs as the agent does on a server: the "
-            f"host's Python, h11 beside tako_core as in the zipapp, and the distribution's httptools "
-            f"if any (picked automatically). \"switching\" swaps the route between two app processes "
+            f"host's Python (no httptools of its own), h11 beside tako_core as in the zipapp, and "
+            f"the httptools wheel `tako servers setup` ships to it (picked automatically). "
+            f"\"switching\" swaps the route between two app processes "
             f"every 100 ms and drains the old one, as a rollout does, while wrk runs.\n\n"
             f"### Under load: `wrk -t2 -c{args.connections} -d{args.duration}s --latency`, "
             f"after a 1 s warm-up\n\n{table}\n\n"

@@ -4,13 +4,19 @@ reused venv keeps working after the release that built it is gone; unused instal
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import shutil
 import subprocess
+import sys
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tako_core.config.template import detect
 from tako_core.transport.agent_client import AgentClient
 from tests.agentkit.kit import AgentProcess, pack, start_agent
 
@@ -40,7 +46,14 @@ async def client(agent: AgentProcess) -> AsyncIterator[AgentClient]:
 
 
 async def ship(
-    agent: AgentProcess, client: AgentClient, build: str, files: dict[str, str], inputs: tuple[str, ...] = ()
+    agent: AgentProcess,
+    client: AgentClient,
+    build: str,
+    files: dict[str, str],
+    inputs: tuple[str, ...] = (),
+    *,
+    install: str = INSTALL,
+    env_vars: dict[str, str] | None = None,
 ) -> list[str]:
     """Prepare `build` with `files` beside the sample app; returns the install's output."""
     pack(agent.root / "uploads" / f"{build}.tar.zst", build, extra=files)
@@ -50,9 +63,9 @@ async def ship(
         "prod",
         build,
         f"{build}.tar.zst",
-        install=INSTALL,
+        install=install,
         install_inputs=inputs,
-        env_vars={},
+        env_vars=env_vars or {},
         secrets={},
         on_output=output.append,
     )
@@ -110,3 +123,54 @@ async def test_install_inputs_are_part_of_the_key_and_no_input_means_no_reuse(
     assert "installing" in await ship(agent, client, "n1", {"deps.txt": "alpha\n"})
     assert "installing" in await ship(agent, client, "n2", {"deps.txt": "alpha\n"})
     assert not (Path(agent.root / "apps/deps/prod/releases/n2/.venv")).is_symlink()
+
+
+def _wheel(dest: Path) -> Path:
+    """A one-module wheel, installable from its path without any index."""
+    info = "tinydep-1.0.dist-info"
+    files = {
+        "tinydep.py": b'NAME = "tinydep"\n',
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: tinydep\nVersion: 1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for name, data in files.items()
+    )
+    path = dest / "tinydep-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in {**files, f"{info}/RECORD": f"{record}{info}/RECORD,,\n".encode()}.items():
+            wheel.writestr(name, data)
+    return path
+
+
+async def test_the_python_preset_installs_with_uv_where_the_server_has_it_else_pip(
+    agent: AgentProcess, client: AgentClient, tmp_path: Path
+) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app/requirements.txt").write_text("")
+    install = detect(tmp_path / "app").install
+    assert install is not None
+    wheel = _wheel(tmp_path)
+    assert shutil.which("uv", path=os.environ["PATH"]) is None  # the agent's PATH: no uv
+    with_uv = tmp_path / "bin"
+    with_uv.mkdir()
+    (with_uv / "uv").symlink_to(Path(sys.executable).parent / "uv")  # the dev install's uv
+    env = {"PATH": f"{with_uv}:{os.environ['PATH']}"}
+    base = agent.root / "apps/deps/prod"
+
+    await ship(agent, client, "u1", {"requirements.txt": f"{wheel}\n"}, install=install, env_vars=env)
+    assert (
+        in_release(agent, "u1", ".venv/bin/python", "-c", "import tinydep; print(tinydep.NAME)")
+        == "tinydep\n"
+    )
+    assert not (base / "releases/u1/.venv/bin/pip").exists()  # uv's venvs have no pip
+    assert any((base / "cache/uv").iterdir())  # uv's cache is the app's own
+
+    # Without uv on the server: pip.
+    await ship(agent, client, "u2", {"requirements.txt": f"{wheel}\n# pip\n"}, install=install)
+    assert (
+        in_release(agent, "u2", ".venv/bin/python", "-c", "import tinydep; print(tinydep.NAME)")
+        == "tinydep\n"
+    )
+    assert (base / "releases/u2/.venv/bin/pip").exists()

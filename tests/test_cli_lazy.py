@@ -24,7 +24,14 @@ def loaded_after(code: str) -> list[str]:
 def test_importing_the_cli_loads_no_command_nor_asyncssh_textual_or_cryptography() -> None:
     assert loaded_after("import tako_tui.cli") == []
     # The probe sees imports: a command's module does pull them in.
-    assert "asyncssh" in loaded_after("import tako_tui.commands.deploy")
+    assert "tako_core.deploy" in loaded_after("import tako_tui.commands.deploy")
+
+
+def test_a_deploy_imports_asyncssh_only_to_connect() -> None:
+    """asyncssh is imported by `Connection.open` (in a thread, beside the build), not at the start."""
+    assert not [m for m in loaded_after("import tako_tui.commands.deploy") if m.startswith("asyncssh")]
+    code = "import asyncio\nfrom tako_core.transport.sshlib import load\nasyncio.run(load())"
+    assert "asyncssh" in loaded_after(code)
 
 
 def test_help_lists_every_command_without_importing_one() -> None:

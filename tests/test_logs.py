@@ -37,7 +37,8 @@ def test_logs_of_three_servers_in_time_order_masked(
 ) -> None:
     servers = fleet(3)
     cfg = deployed(tmp_path, servers, monkeypatch)
-    time.sleep(0.5)  # a few ticks each
+    # 60 lines at 20 ticks a second per server: about 1 s of ticks, however fast `tako logs` starts.
+    time.sleep(1.0)
 
     got = tako("logs", "--json", "-n", "60", cwd=cfg.parent)
     assert got.code == 0, got.stderr

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -228,3 +231,30 @@ async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_i
     finally:
         agent.terminate()
         await agent.wait()
+
+
+_PROBES = """
+import ctypes.util, sys
+asked = []
+find = ctypes.util.find_library
+ctypes.util.find_library = lambda name: asked.append(name) or find(name)
+from tako_core.transport.sshlib import asyncssh
+asyncssh.connect  # the first use imports it
+print(" ".join(asked))
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/etc/ld.so.cache").is_file() or b"liboqs" in Path("/etc/ld.so.cache").read_bytes(),
+    reason="needs a Linux linker cache without liboqs",
+)
+def test_asyncssh_is_imported_without_the_liboqs_probe_unless_a_search_path_is_set() -> None:
+    def asked(**env: str) -> list[str]:
+        environ = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LIBRARY_PATH")}
+        command = [sys.executable, "-c", _PROBES]
+        result = subprocess.run(command, env={**environ, **env}, capture_output=True, text=True, check=True)
+        return result.stdout.split()
+
+    assert "oqs" not in asked()
+    assert "nettle" in asked()  # other libraries are looked up as before
+    assert {"oqs", "liboqs"} <= set(asked(LD_LIBRARY_PATH="/nonexistent"))

@@ -17,6 +17,7 @@ from tako_core.config import Server
 from tako_core.errors import AgentError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import ensure_agent, install_agent, systemd_unit, systemd_unit_name
+from tako_core.transport.agent_wheels import ServerPython
 from tests.agentkit.kit import other_build
 from tests.fleet import Fleet
 from tests.procs import alive
@@ -24,8 +25,8 @@ from tests.procs import alive
 TAKO = [sys.executable, "-m", "tako_tui.cli"]
 
 
-def _tako(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TAKO_HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")}
+def _tako(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TAKO_HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"), **(env or {})}
     return subprocess.run([*TAKO, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -61,6 +62,36 @@ def test_status_names_servers_without_an_agent_or_unreachable(fleet: Fleet, tako
     )
     assert "error: status: 2 server(s) not ready: s1, s2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_setup_ships_httptools_to_a_python_without_it(fleet: Fleet, tako_home: Path) -> None:
+    (s1,) = fleet(1)
+    # The fleet's python3 has no httptools of its own (setup would say so and ship nothing); the
+    # agent's memory map proves the router loaded the shipped copy.
+    result = _tako("servers", "setup", "s1", home=tako_home)
+    assert result.returncode == 0, result.stderr
+    assert "s1  HTTP parser: httptools, from httptools-" in result.stderr
+    assert "HTTP parser httptools)" in result.stderr
+    pid = s1.agent_pid()
+    assert pid is not None
+    loaded = [line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()]
+    ours = str(s1.root / "bin" / "lib" / "httptools")
+    assert any(path.startswith(ours) and path.endswith(".so") for path in loaded), loaded
+
+    status = _tako("servers", "status", home=tako_home)
+    assert "HTTP parser httptools," in status.stderr
+    again = _tako("servers", "setup", "s1", "--restart", home=tako_home)
+    assert again.returncode == 0, again.stderr
+    assert "HTTP parser: httptools, from httptools-" in again.stderr  # the same wheel: not sent again
+
+
+def test_setup_falls_back_to_h11_when_the_wheel_cannot_be_fetched(fleet: Fleet, tako_home: Path) -> None:
+    fleet(1)
+    offline = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    result = _tako("servers", "setup", "s1", home=tako_home, env=offline)
+    assert result.returncode == 0, result.stderr
+    assert "s1  HTTP parser: h11, pure Python (pip could not fetch httptools" in result.stderr
+    assert "HTTP parser h11)" in result.stderr
 
 
 def test_setup_of_an_unknown_server_is_bad_input(fleet: Fleet, tako_home: Path) -> None:
@@ -157,3 +188,14 @@ async def test_the_agent_channel_survives_a_dropped_connection(any_fleet: Fleet,
         client = await conn.agent()
         assert client.info.agent_version == tako_core.__version__
         await client.close()
+
+
+def test_the_wheel_fits_the_server_glibc_and_machine() -> None:
+    platforms = ServerPython("cpython", "3.12", "aarch64", "glibc-2.28", False).platforms()
+    assert isinstance(platforms, list)
+    assert platforms[0] == "manylinux_2_28_aarch64"
+    assert platforms[-2:] == ["manylinux_2_17_aarch64", "manylinux2014_aarch64"]
+    musl = ServerPython("cpython", "3.12", "x86_64", "-", False)
+    assert musl.platforms() == "no manylinux wheel fits libc '-'"
+    assert ServerPython("pypy", "3.10", "x86_64", "glibc-2.36", False).platforms() == "pypy is not CPython"
+    assert ServerPython.parse("none") is None

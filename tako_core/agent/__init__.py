@@ -33,7 +33,7 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     proxy          one proxied exchange: request forwarded, response relayed, bodies re-framed, tunnels
     heads          the heads the router writes: to upstreams (hop-by-hop dropped, X-Forwarded-*), to clients
     http1          HTTP/1.1 parsing: typed events, the framing and smuggling rules, one Parser protocol
-    http1_llhttp   the parser over httptools (llhttp), used where the host has it
+    http1_llhttp   the parser over httptools (llhttp), used where the host has it or setup shipped its wheel
     http1_h11      the parser over the bundled pure-Python h11, used elsewhere
     layout         where things live under ROOT, and the names allowed in paths
     acme           the ACME client (RFC 8555, HTTP-01): `obtain` a certificate chain from a CA's directory

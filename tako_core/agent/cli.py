@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
     app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"
     layout = Layout(args.root.absolute(), app_users=app_users)
+    # Last on the path: a python3 with its own httptools keeps it; one without finds the wheel that
+    # setup unpacked for it (a C extension cannot load from the zipapp). A wheel for another Python
+    # has no module file this one looks for, so the router falls back to h11.
+    sys.path.append(str(layout.lib))
     from tako_core.agent.daemon import Listen
 
     listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy), args.https_port)

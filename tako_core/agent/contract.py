@@ -190,6 +190,7 @@ class AgentInfo(Message):
     free_bytes: int
     codecs: tuple[str, ...]  # what the server can unpack: "zst", "gz"
     build_id: str | None = None  # the zipapp's content hash; None when not run from a zipapp
+    http_parser: str = ""  # the router's: "httptools" or "h11"; "" from agents that did not say
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,5 +1,6 @@
 """The router's fast parser: llhttp (C) through `httptools`, when the host has it (e.g. Debian's
-python3-httptools); never required. Its callbacks are turned into `http1` events."""
+python3-httptools) or `tako servers setup` unpacked its wheel into the agent's `bin/lib`; never
+required. Its callbacks are turned into `http1` events."""
 
 from __future__ import annotations
 

@@ -35,6 +35,11 @@ class Layout:
         return self.root / "bin"
 
     @property
+    def lib(self) -> Path:
+        """The httptools wheel `tako servers setup` unpacked for this server's python3 (if any)."""
+        return self.bin / "lib"
+
+    @property
     def run(self) -> Path:
         return self.root / "run"
 

@@ -164,6 +164,7 @@ class Agent:
             free_bytes=shutil.disk_usage(self.layout.root).free,
             codecs=extract.codecs(),
             build_id=_build_id(),
+            http_parser=self.router.backend,
         )
 
     @handles(Op.LEASE_ACQUIRE)

@@ -71,10 +71,14 @@ def _python(folder: Path) -> Project:
         if (folder / "manage.py").exists()
         else ".venv/bin/alembic upgrade head"
     )
+    # uv where the server has it (UV_CACHE_DIR is the app's own, as PIP_CACHE_DIR), pip otherwise; both
+    # into a venv of the server's python3.
+    uv = f"uv venv -q --python python3 .venv && uv pip install -q --python .venv/bin/python {requirements}"
+    pip = f"python3 -m venv .venv && .venv/bin/pip install {requirements}"
     return Project(
         "python",
         None,
-        f"python3 -m venv .venv && .venv/bin/pip install {requirements}",
+        f"if command -v uv >/dev/null; then {uv}; else {pip}; fi",
         ".venv/bin/gunicorn --bind 127.0.0.1:$PORT app:app",
         migrate,
         # `pip install .` installs the project's own code too: reuse that install only while it is unchanged.

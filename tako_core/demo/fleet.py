@@ -16,11 +16,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncssh
-
 from tako_core.config import Server, add_server
 from tako_core.demo.processes import stop_agents
 from tako_core.transport.inprocess import LocalSSHHost, known_hosts_line, write_host_key
+from tako_core.transport.sshlib import asyncssh
 
 T = TypeVar("T")
 FIRST_ADDRESS = 11  # server i listens on 127.0.0.(10+i)

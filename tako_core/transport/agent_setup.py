@@ -21,6 +21,7 @@ import tako_core
 from tako_core.config import Server
 from tako_core.errors import AgentError
 from tako_core.transport.agent_client import AgentClient
+from tako_core.transport.agent_wheels import PROBE, ServerPython, fetch_httptools, unpack_command
 from tako_core.transport.agent_zipapp import build_zipapp
 from tako_core.transport.connection import Connection
 from tako_core.transport.failures import AgentNotRunning, where
@@ -31,9 +32,12 @@ Step = Callable[[str], None]
 START_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.1
 
-# Who we are on the server: root, a user with passwordless sudo, or a user on their own; plus
-# what a user on their own may do (write the root? bind the port?).
+# Who we are on the server: its python3 (for the parser's wheel) and the wheel unpacked for it last
+# time, one line each; then root, a user with passwordless sudo, or a user on their own, plus what
+# a user on their own may do (write the root? bind the port?).
 _WHO = """
+{probe}
+printf '%s\\n' "$(cat {wheel_marker} 2>/dev/null)"
 if [ "$(id -u)" = 0 ]; then how=root; elif sudo -n true 2>/dev/null; then how=sudo; else how=user; fi
 writable=no
 if [ $how = user ] && mkdir -p {root} 2>/dev/null && [ -w {root} ]; then writable=yes; fi
@@ -59,6 +63,10 @@ command -v openssl >/dev/null || {{
     echo "no openssl command on the server (the router reads HTTPS certificates with it):" \
         "install the openssl package" >&2; exit 3; }}
 cat > {pyz}.tmp && chmod 755 {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3
+i=0  # the parser's wheel is unpacked by a command beside this one: the agent must start with it
+while [ -n {wheel} ] && [ "$(cat {root}/bin/lib/.wheel 2>/dev/null)" != {wheel} ] && [ $i -lt 200 ]; do
+    sleep 0.05; i=$((i+1))
+done
 mode=detached; same_unit=yes
 if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
     mode=systemd  # a changed unit needs systemd to restart the agent
@@ -217,6 +225,8 @@ class Login:
     how: str  # "root", "sudo" (passwordless) or "user" (on their own)
     user: str
     home: str
+    python: ServerPython | None  # None: no python3 answered (the install then says so)
+    wheel: str  # the name of the httptools wheel unpacked in bin/lib; "" when none is
 
     def as_root(self, script: str) -> str:
         """`script` run as root where we may (else as the user, who then needs the root's rights)."""
@@ -230,13 +240,16 @@ class Login:
 
 async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
     """Install `zipapp` as `<root>/bin/tako-agent.pyz` and restart the agent in place, or stop the
-    old one and start the new one: one command after the one asking who we are."""
+    old one and start the new one: one command after the one asking who we are (and, when the
+    router's parser wheel must be unpacked, a second one beside it, not after it)."""
     server = conn.server
     login = await _login(conn)
+    wheel = await _parser_wheel(conn, login, zipapp.parent, step)
     unit_name = systemd_unit_name(server.root)
     script = _INSTALL.format(
         root=shlex.quote(server.root),
         pyz=shlex.quote(f"{server.root}/bin/tako-agent.pyz"),
+        wheel=shlex.quote(wheel.name if wheel else ""),
         pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
         unit=shlex.quote(systemd_unit(server, login.client_user)),
         unit_path=f"/etc/systemd/system/{unit_name}",
@@ -246,7 +259,17 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
     data = await asyncio.to_thread(zipapp.read_bytes)
-    out = await _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    install = _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    if wheel is None:
+        out = await install
+    else:
+        unpack = unpack_command(f"{server.root}/bin/lib", wheel)
+        unpacked = _checked(conn, login.as_root(unpack), input=await asyncio.to_thread(wheel.read_bytes))
+        results = await asyncio.gather(unpacked, install, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        out = str(results[1])
     mode, how = out.split()[:2]
     step(f"restarted the agent in place ({mode})" if how == "in-place" else f"started the agent ({mode})")
     if mode == "detached" and login.how == "user":
@@ -256,13 +279,34 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         )
 
 
+async def _parser_wheel(conn: Connection, login: Login, cache_dir: Path, step: Step) -> Path | None:
+    """The router's fast parser for the server's python3: its own httptools, else the wheel fetched
+    here, to unpack into the agent's bin/lib (None: it is there already, or none is needed), else h11."""
+    python = login.python
+    if python is None:
+        return None
+    if python.has_httptools:
+        step("HTTP parser: httptools (the server's python3 has it)")
+        return None
+    fetched = await asyncio.to_thread(fetch_httptools, python, cache_dir)
+    if fetched.wheel is None:
+        step(f"HTTP parser: h11, pure Python ({fetched.reason})")
+        return None
+    step(f"HTTP parser: httptools, from {fetched.wheel.name}")
+    return fetched.wheel if fetched.wheel.name != login.wheel else None
+
+
 async def _login(conn: Connection) -> Login:
     """Who we are; a user without sudo gets the choices that work, before anything is changed."""
     server = conn.server
-    how, user, writable, low, home = (await _checked(conn, _WHO.format(root=shlex.quote(server.root)))).split(
-        maxsplit=4
+    script = _WHO.format(
+        root=shlex.quote(server.root),
+        probe=PROBE,
+        wheel_marker=shlex.quote(f"{server.root}/bin/lib/.wheel"),
     )
-    login = Login(how, user, home.strip())
+    probe, wheel, who = (await _checked(conn, script)).split("\n", 2)
+    how, user, writable, low, home = who.split(maxsplit=4)
+    login = Login(how, user, home.strip(), ServerPython.parse(probe), wheel.strip())
     if how != "user":
         return login
     own_root = f"{login.home}/tako"

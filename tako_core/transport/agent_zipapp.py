@@ -8,12 +8,11 @@ as nothing changed and a server can tell a stale agent from the name alone.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 import zipfile
 from pathlib import Path
-
-import h11
 
 import tako_core
 
@@ -31,11 +30,19 @@ def sources() -> dict[str, bytes]:
         "tako_core/mask.py": (core / "mask.py").read_bytes(),
         "__main__.py": MAIN,
     }
-    for package, base in (("tako_core/agent", core / "agent"), ("h11", Path(h11.__file__).parent)):
+    for package, base in (("tako_core/agent", core / "agent"), ("h11", _package_dir("h11"))):
         for path in sorted(base.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed"):
                 files[f"{package}/{path.relative_to(base).as_posix()}"] = path.read_bytes()
     return dict(sorted(files.items()))
+
+
+def _package_dir(name: str) -> Path:
+    """Where package `name` lives, found without importing it (a client need not run it)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{name} is not installed beside tako")
+    return Path(spec.submodule_search_locations[0])
 
 
 def build_id(files: dict[str, bytes] | None = None) -> str:

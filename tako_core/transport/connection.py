@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import asyncssh
-
 from tako_core.config import Server
 from tako_core.errors import TransportError
 from tako_core.transport.agent_client import AgentClient
 from tako_core.transport.failures import AgentNotRunning, connect_error, known_hosts_path, lost, where
+from tako_core.transport.sshlib import asyncssh, load
 
 # Below OpenSSH's default MaxSessions of 10: with 10 at once an open fails now and then.
 MAX_CHANNELS = 8
@@ -30,9 +29,6 @@ KEEPALIVE_COUNT_MAX = 3
 RECONNECT_DELAYS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 # Waits between attempts to open a session the server refused (about 2 s in all).
 SESSION_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-# Failures that another attempt cannot fix.
-_PERMANENT = (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, asyncssh.KeyImportError)
 
 T = TypeVar("T")
 LineHandler = Callable[[str], None]
@@ -66,6 +62,7 @@ class Connection:
 
     @classmethod
     async def _open(cls, server: Server, timeout: float) -> Connection:  # noqa: ASYNC109 (a connect timeout)
+        await load()
         try:
             conn = await _connect(server, timeout)
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
@@ -164,7 +161,8 @@ class Connection:
             try:
                 self._conn = await _connect(self.server, self._timeout)
                 return
-            except _PERMANENT as exc:
+            except (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, asyncssh.KeyImportError) as exc:
+                # another attempt cannot fix these
                 raise connect_error(self.server, exc) from exc
             except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
                 failure = exc
@@ -176,12 +174,14 @@ class Connection:
 
     @contextlib.contextmanager
     def _lost_while(
-        self, doing: str, failures: type[Exception] | tuple[type[Exception], ...] = (asyncssh.Error, OSError)
+        self, doing: str, failures: type[Exception] | tuple[type[Exception], ...] | None = None
     ) -> Iterator[None]:
-        """An asyncssh or socket failure while `doing` becomes a TransportError that names the server."""
+        """An asyncssh or socket failure (or one of `failures`) while `doing` becomes a TransportError
+        that names the server."""
+        caught = failures or (asyncssh.Error, OSError)
         try:
             yield
-        except failures as exc:
+        except caught as exc:
             raise lost(self.server, exc, doing) from exc
 
     def _lost_during(self, label: str) -> TransportError:

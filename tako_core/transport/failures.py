@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import asyncssh
-
 from tako_core.config import Server
 from tako_core.errors import TransportError
+from tako_core.transport.sshlib import asyncssh
 
 
 class AgentNotRunning(TransportError):

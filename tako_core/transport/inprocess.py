@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-import asyncssh
+from tako_core.transport.sshlib import asyncssh
 
 # What a login through sshd gives a command: a fixed PATH plus who and where the user is.
 _LOGIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -125,7 +125,8 @@ async def _setup_one(server: Server, say: Say, *, restart: bool = False) -> bool
         try:
             what = "installed and answering" if installed else "already current"
             info = client.info
-            say(f"agent {info.agent_version} {what} ({_describe(info.hostname, info.python)})")
+            described = _describe(info.hostname, info.python, info.http_parser)
+            say(f"agent {info.agent_version} {what} ({described})")
         finally:
             await client.close()
     return True
@@ -145,7 +146,7 @@ async def _status_one(server: Server, say: Say) -> bool:
             await state.client.close()
     line = (
         f"agent {info.agent_version} (protocol {info.protocol}) up, "
-        f"{_describe(info.hostname, info.python)}, {size(info.free_bytes)} free"
+        f"{_describe(info.hostname, info.python, info.http_parser)}, {size(info.free_bytes)} free"
     )
     if not state.current:
         say(f"{line}; stale: {state.reason}: run `tako servers setup {server.name}`")
@@ -204,8 +205,9 @@ def _select(names: Sequence[str]) -> list[Server]:
     return [inventory.servers[name] for name in dict.fromkeys(names)]
 
 
-def _describe(hostname: str, python: str) -> str:
-    return f"host {hostname}, python {python}"
+def _describe(hostname: str, python: str, http_parser: str) -> str:
+    parser = f", HTTP parser {http_parser}" if http_parser else ""  # "": an agent too old to say
+    return f"host {hostname}, python {python}{parser}"
 
 
 def _local_path(text: str | None) -> Path | None:
