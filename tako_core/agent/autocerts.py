@@ -119,6 +119,8 @@ class _Env:
     last_error: str | None = None
     next_attempt: float | None = None
     waiters: list[asyncio.Future[CertificateInfo]] = field(default_factory=list)
+    # Those asked before the attempt under way began: it answers them (a later ask gets a later one).
+    answering: list[asyncio.Future[CertificateInfo]] = field(default_factory=list)
 
 
 async def in_thread(work: Callable[[], T]) -> T:
@@ -208,6 +210,9 @@ class AutoCerts:
             env.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await env.task
+            for waiter in (*env.answering, *env.waiters):  # a `tls renew` under way gets its answer
+                if not waiter.done():
+                    waiter.set_exception(SyncError("the env's automatic certificate was turned off"))
         folder = self._folder(key)
         (folder / "auto.json").unlink(missing_ok=True)
         if folder.exists() and not any(folder.iterdir()):
@@ -251,8 +256,10 @@ class AutoCerts:
     async def _run(self, env: _Env) -> None:
         while True:
             env.wake.clear()
+            env.answering, env.waiters = env.waiters, []
+            forced, env.force = env.force, False
             try:
-                wait = await (self._lead(env) if env.params.leader is None else self._follow(env))
+                wait = await (self._lead(env, forced) if env.params.leader is None else self._follow(env))
             except Exception as err:  # a bug must cost a retry, never the env's task
                 log.exception("tls auto: %s failed unexpectedly", env.key)
                 wait = self._failed(env, err, acme_renewal.after_failure(time.time(), env.failures + 1))
@@ -263,7 +270,7 @@ class AutoCerts:
     def _failed(self, env: _Env, err: BaseException, retry_at: float) -> float:
         env.failures += 1
         env.last_error = _short(err)
-        waiters, env.waiters = env.waiters, []
+        waiters, env.answering = env.answering, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(SyncError(env.last_error))
@@ -271,25 +278,24 @@ class AutoCerts:
 
     def _succeeded(self, env: _Env, info: CertificateInfo) -> None:
         env.failures, env.last_error = 0, None
-        waiters, env.waiters = env.waiters, []
+        waiters, env.answering = env.answering, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(info)
 
-    async def _lead(self, env: _Env) -> float:
+    async def _lead(self, env: _Env, forced: bool) -> float:
         """Order when needed; seconds until the next look."""
         p, now = env.params, time.time()
         key_pem = await in_thread(lambda: load_or_create_key(env.folder / "key.pem"))
         pair = self.certs.pair(env.key)
         info = self.certs.get(env.key)
         ours = pair is not None and pair[1].encode() == key_pem
-        if not env.force and ours and info is not None and set(info.names) == set(p.names):
+        if not forced and ours and info is not None and set(info.names) == set(p.names):
             assert pair is not None
             due = await in_thread(lambda: self._next_look(env, pair[0].encode(), now))
             if due > now:
-                self._succeeded(env, info)  # a renewal asked meanwhile finds nothing to do
+                self._succeeded(env, info)
                 return due - now
-        env.force = False
         try:
             chain = await in_thread(lambda: self._obtain(env, key_pem))
             info = await in_thread(lambda: self.certs.install(env.key, chain, key_pem.decode()))
@@ -346,7 +352,6 @@ class AutoCerts:
     async def _follow(self, env: _Env) -> float:
         p = env.params
         assert p.leader is not None
-        env.force = False
         try:
             pair = await fetch_certificate(p.leader, p.names[0])
         except SyncError as err:
