@@ -130,7 +130,7 @@ async def _get(
 
     try:
         return await asyncio.wait_for(exchange(), FETCH_TIMEOUT)
+    except WaitTimeout:  # first: from 3.11 on it is the builtin TimeoutError, an OSError
+        raise SyncError(f"the leader at {host}:{port} did not answer within {FETCH_TIMEOUT:g} s") from None
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as err:
         raise SyncError(f"cannot reach the leader at {host}:{port}: {_short(err)}") from None
-    except WaitTimeout:
-        raise SyncError(f"the leader at {host}:{port} did not answer within {FETCH_TIMEOUT:.0f} s") from None
