@@ -352,25 +352,34 @@ class AutoCerts:
     async def _follow(self, env: _Env) -> float:
         p = env.params
         assert p.leader is not None
+        soon = time.time() + min(FOLLOW_FIRST * 2**env.failures, FOLLOW_CAP)  # while the leader has none
         try:
             pair = await fetch_certificate(p.leader, p.names[0])
         except SyncError as err:
             log.info("tls auto: %s: no certificate from the leader yet: %s", env.key, err)
-            return self._failed(env, err, time.time() + min(FOLLOW_FIRST * 2**env.failures, FOLLOW_CAP))
-        if pair != self.certs.pair(env.key) and await in_thread(lambda: self._newer(env.key, pair[0])):
+            return self._failed(env, err, soon)
+        if await in_thread(lambda: self._takes(env.key, pair)):
             try:
                 await in_thread(lambda: self.certs.install(env.key, pair[0], pair[1]))
             except ProtocolError as err:
                 return self._failed(env, err, time.time() + FOLLOW_CAP)
         info = self.certs.get(env.key)
-        if info is None:
-            return self._failed(env, SyncError("no certificate"), time.time() + FOLLOW_CAP)
+        if info is None or set(info.names) != set(p.names):
+            # The leader is still ordering for these names.
+            return self._failed(env, SyncError("the leader has no certificate for these names yet"), soon)
         self._succeeded(env, info)
         return FOLLOW_POLL
 
-    def _newer(self, key: str, chain: str) -> bool:
-        own = self.certs.get(key)
-        return own is None or cert_info(chain.encode()).not_after >= own.not_after
+    def _takes(self, key: str, pair: tuple[str, str]) -> bool:
+        """Whether the leader's pair replaces this server's: one of another key (a brought
+        certificate, an older leader's) always, one of the same key when it expires no sooner."""
+        own = self.certs.pair(key)
+        if own == pair:
+            return False
+        own_info = self.certs.get(key)
+        if own is None or own_info is None or own[1] != pair[1]:
+            return True
+        return cert_info(pair[0].encode()).not_after >= own_info.not_after
 
     async def forward_challenge(self, token: str, host: str) -> str | None:
         """A follower's answer for a token it does not hold: what the env's leader answers."""
