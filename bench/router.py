@@ -164,11 +164,14 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def _wrk(name: str, port: int, duration: int, connections: int, pid: int | None = None) -> Result:
+def _wrk(name: str, port: int, duration: int, connections: int, pid: int | None = None, *,
+         url: str | None = None, options: tuple[str, ...] = ()) -> Result:
+    """wrk against http://127.0.0.1:port/ (or `url`), with more wrk `options` (e.g. a header)."""
     cpu_before = _cpu_seconds(pid) if pid else 0.0
     threads = min(2, connections)
     out = subprocess.run(
-        [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *options,
+         url or f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True, timeout=duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -216,10 +219,10 @@ def _latency_table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
-def _write_section(section: str) -> None:
+def _write_section(section: str, heading: str = "Router") -> None:
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     # Replace our own section (up to the next "## " heading) and leave everyone else's alone.
-    pattern = re.compile(r"^## Router\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

@@ -31,7 +31,7 @@ from tests.fleet import _die_with_parent, _wait_for_banner, free_port
 
 CACHE = Path("/var/cache/tako-tests")
 SUITE = "bookworm"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo", "openssl")
 # One address per run: runs at the same time on one machine share the network namespace, and the
 # sudo test binds port 80 on it.
 ADDRESS = f"127.0.{60 + os.getpid() % 190}.60"
@@ -187,6 +187,7 @@ class Container:
             known_hosts=self.known_hosts,
             root=root,
             http_port=http_port or free_port(self.address),
+            https_port=free_port(self.address),
             http_host=self.address,
         )
 

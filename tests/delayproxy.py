@@ -289,16 +289,13 @@ def via_proxy(servers: Sequence[FleetServer], proxy: DelayProxy, known_hosts: Pa
     since OpenSSH and asyncssh look a host key up by host and port."""
     # Imported here so that the proxy's own process, which runs this file, stays stdlib-only.
     from tako_core.transport.inprocess import known_hosts_line
-    from tests.fleet import free_port
 
     if [(s.address, s.port) for s in servers] != proxy.targets:
         raise ValueError(f"the proxy forwards to {proxy.targets}, not to these servers")
-    # The fleet chose each HTTP port by binding and closing it, before the proxy bound its own ports
-    # to port 0, so the kernel may have handed the proxy one of them: choose them again while the
-    # proxy holds its ports.
+    # The fleet's HTTP(S) ports come from below the ephemeral range (fleet.router_port): the proxy's
+    # port-0 binds cannot have taken one of them, so they stay.
     moved = [
-        replace(s, port=port, known_hosts=known_hosts, http_port=free_port(s.address))
-        for s, port in zip(servers, proxy.ports, strict=True)
+        replace(s, port=port, known_hosts=known_hosts) for s, port in zip(servers, proxy.ports, strict=True)
     ]
     known_hosts.write_text("".join(known_hosts_line(s.address, s.port, s.host.host_key) for s in moved))
     return moved

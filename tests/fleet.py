@@ -18,6 +18,7 @@ import ctypes
 import getpass
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -82,6 +83,28 @@ def free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
+
+
+# Ports a test picks now and an agent binds later: drawn below Linux's ephemeral range (32768+), so
+# no port-0 bind in between (a delay proxy, an sshd, another test) can take one first.
+_ROUTER_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
+def router_port(address: str) -> int:
+    """A port free on `address` for an agent's router, none handed out twice in this process."""
+    for _ in range(200):
+        port = random.choice(_ROUTER_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free router port on {address}")
 
 
 def _wait_for_banner(address: str, port: int, deadline: float, alive: Callable[[], bool]) -> None:
@@ -303,6 +326,7 @@ class FleetServer:
     port: int
     root: Path
     http_port: int
+    https_port: int
     http_host: str
     user: str
     identity: Path
@@ -325,6 +349,7 @@ class FleetServer:
             known_hosts=self.known_hosts,
             root=str(self.root),
             http_port=self.http_port,
+            https_port=self.https_port,
             http_host=self.http_host,
         )
 
@@ -385,13 +410,15 @@ class Fleet:
             name = f"s{first + offset + 1}"
             root = self._dir / name
             root.mkdir()
+            http_port, https_port = router_port(host.address), router_port(host.address)
             added.append(
                 FleetServer(
                     name=name,
                     address=host.address,
                     port=host.port,
                     root=root,
-                    http_port=free_port(host.address),
+                    http_port=http_port,
+                    https_port=https_port,
                     http_host=host.address,
                     user=user,
                     identity=self.pool.identity,

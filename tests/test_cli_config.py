@@ -69,6 +69,7 @@ def test_show_json_release_and_leader(servers: Path, tmp_path: Path, case: str) 
         "release_timeout": 600,
         "vars": {"A": "1", "B": "2"},
         "secrets": [],
+        "tls": "off",  # no routes: nothing to certify
     }
 
 
@@ -293,6 +294,8 @@ def test_servers_add_ls_rm(tako_home: Path, tmp_path: Path, monkeypatch: pytest.
         "/srv/tako",
         "--http-port",
         "8080",
+        "--https-port",
+        "8443",
         "--http-host",
         "127.0.0.2",
     )
@@ -311,6 +314,7 @@ def test_servers_add_ls_rm(tako_home: Path, tmp_path: Path, monkeypatch: pytest.
             "known_hosts": "~/kh",
             "root": "/srv/tako",
             "http_port": 8080,
+            "https_port": 8443,
             "http_host": "127.0.0.2",
         },
         {
@@ -322,19 +326,21 @@ def test_servers_add_ls_rm(tako_home: Path, tmp_path: Path, monkeypatch: pytest.
             "known_hosts": None,
             "root": "/opt/tako",
             "http_port": 80,
+            "https_port": 443,
             "http_host": "0.0.0.0",
         },
     ]
     table = tako("servers", "ls").stdout.splitlines()
-    assert table[0].split() == ["NAME", "SSH", "ROOT", "HTTP", "IDENTITY"]
+    assert table[0].split() == ["NAME", "SSH", "ROOT", "HTTP", "HTTPS", "IDENTITY"]
     assert table[1].split() == [
         "web-1",
         "deploy@127.0.0.2:2222",
         "/srv/tako",
         "127.0.0.2:8080",
+        "8443",
         str(tmp_path / "keys/id"),
     ]
-    assert table[2].split() == ["web-2", "h2:22", "/opt/tako", "0.0.0.0:80", "-"]
+    assert table[2].split() == ["web-2", "h2:22", "/opt/tako", "0.0.0.0:80", "443", "-"]
 
     duplicate = tako("servers", "add", "web-2", "--host", "h3")
     assert duplicate.exit_code == 2

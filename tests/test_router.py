@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -168,14 +169,18 @@ class Reply:
 
 
 class Client:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         self.port = port
+        self.tls = tls
+        self.server_name = server_name
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.conn = h11.Connection(h11.CLIENT)
 
     async def open(self) -> Client:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.tls, server_hostname=self.server_name
+        )
         return self
 
     def close(self) -> None:
@@ -489,8 +494,10 @@ async def test_trailers_never_become_request_headers(router: Router, apps: Calla
     router.set_route("a", ["a.test"], [a.upstream])
     c = await client(router)
     assert c.writer is not None
-    c.writer.write(b"POST /headers HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                   b"3\r\nabc\r\n0\r\nX-Trailer: dropped\r\n\r\n")  # head, body and trailer in one read
+    c.writer.write(
+        b"POST /headers HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: dropped\r\n\r\n"
+    )  # head, body and trailer in one read
     c.expect("POST", "/headers")
     reply = await c.response()
     assert reply.status == 200
@@ -522,9 +529,14 @@ async def test_forwarded_headers(router: Router, apps: Callable[[str], App]) -> 
     assert seen["x-forwarded-host"] == "a.test:8080"
     assert seen["host"] == "a.test:8080"
     # From a client that is no configured proxy (loopback or not) nothing forwarding gets through.
-    forged = [("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https"),
-              ("Forwarded", "for=1.2.3.4"), ("X-Real-IP", "1.2.3.4"),
-              ("X_Forwarded_For", "1.2.3.4"), ("x-real_ip", "1.2.3.4")]
+    forged = [
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=1.2.3.4"),
+        ("X-Real-IP", "1.2.3.4"),
+        ("X_Forwarded_For", "1.2.3.4"),
+        ("x-real_ip", "1.2.3.4"),
+    ]
     seen = json.loads((await c.request("GET", "/headers", headers=forged)).body)
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
@@ -539,9 +551,20 @@ async def test_forwarded_headers_of_a_trusted_proxy(backend: str, apps: Callable
         a = await apps("a").start()
         r.set_route("a", ["a.test"], [a.upstream])
         c = await Client(r.port).open()
-        seen = json.loads((await c.request("GET", "/headers", headers=[
-            ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https"), ("X-Real-IP", "203.0.113.9"),
-            ("X_Forwarded_For", "1.2.3.4")])).body)
+        seen = json.loads(
+            (
+                await c.request(
+                    "GET",
+                    "/headers",
+                    headers=[
+                        ("X-Forwarded-For", "203.0.113.9"),
+                        ("X-Forwarded-Proto", "https"),
+                        ("X-Real-IP", "203.0.113.9"),
+                        ("X_Forwarded_For", "1.2.3.4"),
+                    ],
+                )
+            ).body
+        )
         assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"  # the chain kept and extended
         assert seen["x-forwarded-proto"] == "https"
         assert seen["x-real-ip"] == "203.0.113.9"

@@ -180,7 +180,7 @@ def test_a_user_without_sudo_is_told_the_choices_and_can_run_under_its_home(
     assert f"plain on ct (plain@{container.address}" in refused.stderr
     assert "may not write /opt/tako-plain and has no passwordless sudo" in refused.stderr
     assert "`echo 'plain ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/tako`" in refused.stderr
-    fix = "--user plain --root /home/plain/tako --http-port 8080 --replace`"
+    fix = "--user plain --root /home/plain/tako --http-port 8080 --https-port 8443 --replace`"
     assert fix in refused.stderr
     assert "Traceback" not in refused.stderr
 

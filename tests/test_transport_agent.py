@@ -164,7 +164,7 @@ def test_systemd_unit_runs_the_agent_of_its_root() -> None:
     unit = systemd_unit(server)
     assert (
         "ExecStart=/usr/bin/env python3 /srv/tako/bin/tako-agent.pyz serve --root /srv/tako "
-        "--http-host 10.0.0.5 --http-port 8080\n" in unit
+        "--http-host 10.0.0.5 --http-port 8080 --https-port 443\n" in unit
     )
     hardening = ("Restart=always", "LimitNOFILE=65536", "UMask=0077", "NoNewPrivileges=yes", "PrivateTmp=yes")
     for line in hardening:

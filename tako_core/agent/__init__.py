@@ -24,7 +24,9 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     health         probing an instance's health path over loopback HTTP
     logs           instance output of one app/env: stamped lines in a rotated file, read back by cursor
     oneoff         one-off commands (`tako run`): once, in the running release, with the instances' env
-    router         the HTTP router's public side (Router, Upstream): listening, a task per client, idle sweeps
+    router         the HTTP router's public side (Router, Upstream): listening (HTTP, and HTTPS by SNI),
+                   a task per client, idle sweeps, ACME challenges and the 308 to HTTPS on the HTTP port
+    certs          the router's certificates: per app/env a chain + key in ROOT/tls (0600), chosen by SNI
     route_table    pure logic: Host -> route -> upstream (round robin), atomic switches, in-flight, drains
     upstream_pool  connections to one upstream: idle keep-alive ones reused, new ones opened with a deadline
     stream         one asyncio Protocol per socket (client or upstream): reads, writes, flow control
@@ -40,7 +42,23 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     accounts       one Unix user per app/env (an agent running as root): its name, creating it
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file;
                    restarting in place (SIGWINCH): router sockets handed over, instances kept, exec
-    cli            the command line: `serve [--trusted-proxy A] [--client-user U] [--detach]`, `version`
+    cli            the command line: `serve [--https-port P] [--trusted-proxy A] [--client-user U]
+                   [--detach]`, `version`
     __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
     compat         the Python 3.10 differences the agent must honour
+
+HTTPS. The router terminates TLS itself (stdlib `ssl`, TLS 1.2+, ALPN http/1.1) on `--https-port`,
+beside the HTTP listener: asyncio's TLS transport does the handshake, then the connection is served
+by the very same stream/proxy code as plain HTTP (framing, smuggling checks, deadlines), with
+`X-Forwarded-Proto: https` to the app. The listener's context holds no certificate: its SNI callback
+swaps in the context of the app/env whose certificate names the server name (`certs`), and a name
+without one gets an `unrecognized_name` alert. Certificates arrive by Op.CERT_INSTALL (the client's
+deploy with a brought certificate; the private key only ever crosses the SSH channel and lands in a
+0600 file of the agent's user, in a 0700 folder no app user can enter) and leave by Op.CERT_REMOVE;
+a swap is one dict assignment: new handshakes get the new certificate, open connections keep theirs.
+On the HTTP port, `/.well-known/acme-challenge/<token>` is answered from `Router.challenges` (filled
+by whoever orders a certificate; `Router.challenge` is the hook for forwarding to an env's leader),
+and any other request for a host with a certificate gets a 308 to https://. STATUS shows each
+app/env's certificate (names, issuer, expiry). The HTTPS socket is handed over on a restart in place
+like the HTTP one (LISTEN_FDNAMES says which is which).
 """

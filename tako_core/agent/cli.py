@@ -1,5 +1,5 @@
-"""The agent's command line: `serve --root R --http-host H --http-port P [--trusted-proxy A]...
-[--client-user U] [--detach]` and `version`.
+"""The agent's command line: `serve --root R --http-host H --http-port P [--https-port P]
+[--trusted-proxy A]... [--client-user U] [--detach]` and `version`.
 
 This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
 and stderr.
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, type=Path, help="the agent's root directory")
     serve.add_argument("--http-host", default="0.0.0.0", help="address the HTTP router binds")
     serve.add_argument("--http-port", type=int, default=80, help="port the HTTP router binds")
+    serve.add_argument("--https-port", type=int, help="port the HTTPS router binds (none: no HTTPS)")
     serve.add_argument(
         "--trusted-proxy",
         action="append",
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.append(str(layout.lib))
     from tako_core.agent.daemon import Listen
 
-    listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy))
+    listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy), args.https_port)
     if args.detach:
         return _detach(layout, listen, args.client_user)
     return _serve(layout, listen, args.client_user, None)

@@ -112,6 +112,8 @@ class Op(Enum):
     EXEC = "exec"
     EXEC_INPUT = "exec_input"
     EXEC_RESIZE = "exec_resize"
+    CERT_INSTALL = "cert_install"
+    CERT_REMOVE = "cert_remove"
 
 
 M = TypeVar("M", bound="Message")
@@ -260,6 +262,24 @@ class InstanceStatus(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CertificateInfo(Message):
+    """cert_install, and in status: an app/env's certificate: its DNS names, issuer, expiry (epoch s)."""
+
+    app: str
+    env: str
+    names: tuple[str, ...]
+    issuer: str
+    not_after: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertRemoved(Message):
+    """cert_remove: whether the env had a certificate to remove."""
+
+    removed: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class AppStatus(Message):
     app: str
     env: str
@@ -270,6 +290,7 @@ class AppStatus(Message):
     lease: LeaseInfo | None
     user: str  # the Unix user its install, release command and instances run as
     shares_agent_user: bool  # no user of its own: every app runs as the agent's user
+    certificate: CertificateInfo | None = None  # the HTTPS certificate its routes are served with
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tako_core.agent.certs import Certs
 from tako_core.agent.layout import Layout, write_private
 from tako_core.agent.router import Router
 from tako_core.agent.server import AgentServer
@@ -62,6 +63,7 @@ class Listen:
     host: str
     port: int
     trusted_proxies: tuple[str, ...] = ()
+    https_port: int | None = None  # None: no HTTPS listener
 
 
 async def serve(
@@ -69,7 +71,7 @@ async def serve(
     listen: Listen,
     ready: Callable[[], None] | None = None,
     client_user: str | None = None,
-) -> list[socket.socket]:
+) -> list[tuple[str, socket.socket]]:
     """Serve until SIGTERM or SIGINT (then stop every instance too) or RESTART_SIGNAL: then leave
     them running and return the router's listening sockets, for `restart_in_place`. `ready` is
     called once the socket accepts requests.
@@ -77,8 +79,15 @@ async def serve(
     layout.create(client_user)
     lock = lock_root(layout)
     try:
+        certs = Certs(layout.tls)
+        certs.load()
         router = Router(
-            listen.host, listen.port, trusted_proxies=listen.trusted_proxies, listeners=_inherited()
+            listen.host,
+            listen.port,
+            trusted_proxies=listen.trusted_proxies,
+            listeners=_inherited(),
+            https_port=listen.https_port,
+            certs=certs,
         )
         agent = Agent(layout, router)
         server = AgentServer(agent)
@@ -90,11 +99,12 @@ async def serve(
             layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())
             log.info(
-                "agent %d serving on %s, router on %s:%d",
+                "agent %d serving on %s, router on %s:%d (https: %s)",
                 os.getpid(),
                 layout.socket,
                 listen.host,
                 router.port,
+                router.https_port or "off",
             )
             if ready:
                 ready()
@@ -122,21 +132,30 @@ async def serve(
     return listeners
 
 
-def _inherited() -> list[socket.socket]:
-    """Listening sockets this process inherited (from itself before `restart_in_place`)."""
+def _inherited() -> list[tuple[str, socket.socket]]:
+    """Listening sockets this process inherited (from itself before `restart_in_place`), each with
+    its kind from LISTEN_FDNAMES (an agent from before HTTPS names none: all were "http")."""
     count = os.environ.pop("LISTEN_FDS", "")
+    names = os.environ.pop("LISTEN_FDNAMES", "").split(":")
     if os.environ.pop("LISTEN_PID", "") != str(os.getpid()) or not count.isdigit():
         return []
-    return [socket.socket(fileno=LISTEN_FIRST_FD + n) for n in range(int(count))]
+    return [
+        (names[n] if n < len(names) and names[n] else "http", socket.socket(fileno=LISTEN_FIRST_FD + n))
+        for n in range(int(count))
+    ]
 
 
-def restart_in_place(listeners: list[socket.socket], argv: list[str]) -> None:
+def restart_in_place(listeners: list[tuple[str, socket.socket]], argv: list[str]) -> None:
     """Exec `argv` (the agent as installed now) as this same process, `listeners` inherited: the
     pid (systemd's main process, the pid file, the instances' parent) stays and no connection is
     refused while the new build starts (they wait in the sockets' backlog)."""
     logging.shutdown()  # before the dups: closing the log file must not close a socket's new fd
-    high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 100) for s in listeners]
+    high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 100) for _, s in listeners]
     for n, fd in enumerate(high):
         os.dup2(fd, LISTEN_FIRST_FD + n)  # inheritable
-    os.environ.update(LISTEN_FDS=str(len(high)), LISTEN_PID=str(os.getpid()))
+    os.environ.update(
+        LISTEN_FDS=str(len(high)),
+        LISTEN_FDNAMES=":".join(kind for kind, _ in listeners),
+        LISTEN_PID=str(os.getpid()),
+    )
     os.execv(argv[0], argv)

@@ -36,9 +36,9 @@ class BodyFraming(enum.Enum):
     UNTIL_CLOSE = "until close"
 
 
-def request_head(req: Request, *, peer: bytes, trusted: bool, authority: bytes) -> bytes:
-    """The head sent upstream for `req` from `peer`; `authority` is the Host when `req` has none. An
-    upgrade request keeps its Upgrade header and `Connection: upgrade`."""
+def request_head(req: Request, *, peer: bytes, trusted: bool, authority: bytes, tls: bool = False) -> bytes:
+    """The head sent upstream for `req` from `peer` (over TLS: `tls`); `authority` is the Host when
+    `req` has none. An upgrade request keeps its Upgrade header and `Connection: upgrade`."""
     upgrade = req.upgrade
     lines = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     drop = _HOP_BY_HOP | req.conn_tokens if req.conn_tokens else _HOP_BY_HOP
@@ -71,7 +71,7 @@ def request_head(req: Request, *, peer: bytes, trusted: bool, authority: bytes) 
         lines += (b"Host: ", authority, b"\r\n")
     lines += (b"X-Forwarded-For: ", xff, peer, b"\r\n")
     if not forwarded_proto:
-        lines.append(b"X-Forwarded-Proto: http\r\n")
+        lines.append(b"X-Forwarded-Proto: https\r\n" if tls else b"X-Forwarded-Proto: http\r\n")
     if not forwarded_host and req.host is not None:
         lines += (b"X-Forwarded-Host: ", req.host, b"\r\n")
     if upgrade:
@@ -121,9 +121,13 @@ def switch_head(info: InformationalResponse) -> bytes:
     return b"".join(lines)
 
 
-def reply(req: Request | None, status: int, text: str, *, keep: bool) -> bytes:
+def reply(req: Request | None, status: int, text: str, *, keep: bool, headers: bytes = b"") -> bytes:
     """A short plain-text answer from the router itself (`req`: what it answers, if it was parsed)."""
-    body = f"{text}\n".encode()
+    return answer(req, status, f"{text}\n".encode(), keep=keep, headers=headers)
+
+
+def answer(req: Request | None, status: int, body: bytes, *, keep: bool, headers: bytes = b"") -> bytes:
+    """A plain-text `body` as is, with `headers` (whole lines) added to the head."""
     if not keep:
         conn = b"Connection: close\r\n"
     else:
@@ -131,9 +135,10 @@ def reply(req: Request | None, status: int, text: str, *, keep: bool) -> bytes:
     length = len(body)
     if req is not None and req.method == b"HEAD":
         body = b""
-    return b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n%s" % (
+    return b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s%s\r\n%s" % (
         _status_line(status),
         length,
+        headers,
         conn,
         body,
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from tako_core.agent.heads import (
     CONTINUE,
     BodyFraming,
+    answer,
     interim_head,
     reply,
     request_head,
@@ -48,15 +49,18 @@ class ClientConnection:
     """One client connection: its stream, its requests parsed on demand and in order (pipelined ones
     wait here), and who is at the other end."""
 
-    __slots__ = ("body_since", "events", "parser", "peer", "pos", "stream", "trusted", "waiting_since")
+    __slots__ = ("body_since", "events", "parser", "peer", "pos", "stream", "tls", "trusted", "waiting_since")
 
-    def __init__(self, stream: Stream, parser: Parser, peer: str, trusted: bool) -> None:
+    def __init__(
+        self, stream: Stream, parser: Parser, peer: str, trusted: bool, *, tls: bool = False
+    ) -> None:
         self.stream = stream
         self.parser = parser
         self.events = parser.events
         self.pos = 0
         self.peer = peer.encode()
         self.trusted = trusted  # a configured proxy: its forwarding headers are kept
+        self.tls = tls  # the client came over the HTTPS listener
         # For the router's deadlines: when the body being read began, and when the router began
         # waiting for more of it (None: not reading a body, not waiting).
         self.body_since: float | None = None
@@ -120,7 +124,7 @@ class Proxy:
             raise ParseError(501, "CONNECT is not supported")  # not a forward proxy
         route = self._table.lookup(req.host)
         if route is None:
-            return await self._refuse(client, req, 404, "no app is routed for this host")
+            return await self.refuse(client, req, 404, "no app is routed for this host")
         has_body = req.chunked or bool(req.content_length)
         if req.upgrade:
             if has_body:
@@ -128,7 +132,7 @@ class Proxy:
             return await self._tunnel(client, req, route)
         state = route.pick()
         if state is None:
-            return await self._refuse(client, req, 503, "no instance of this app is ready")
+            return await self.refuse(client, req, 503, "no instance of this app is ready")
         if not has_body and not client.skip():  # the request's END, parsed along with its head in practice
             await client.next()
         replayable = req.method in _IDEMPOTENT and not has_body
@@ -161,12 +165,24 @@ class Proxy:
                 self._table.end(current)
         return False  # pragma: no cover - the loop always returns
 
-    async def _refuse(self, client: ClientConnection, req: Request, status: int, text: str) -> bool:
+    @staticmethod
+    async def refuse(
+        client: ClientConnection,
+        req: Request,
+        status: int,
+        text: str,
+        *,
+        body: bytes | None = None,
+        headers: bytes = b"",
+    ) -> bool:
+        """Answer `req` without an upstream (`text`, or `body` as is); True when the connection stays open."""
         # An unread body would be taken for the next request: close instead of reading it.
         keep = req.keep_alive and not (req.chunked or req.content_length)
         if keep:
             await client.next()  # the END of a bodyless request
-        client.reply(req, status, text, keep=keep)
+        client.stream.write(
+            answer(req, status, f"{text}\n".encode() if body is None else body, keep=keep, headers=headers)
+        )
         return keep
 
     async def _forward(
@@ -179,7 +195,9 @@ class Proxy:
             up = await pool.connect()
         clean = False
         try:
-            head = request_head(req, peer=client.peer, trusted=client.trusted, authority=state.authority)
+            head = request_head(
+                req, peer=client.peer, trusted=client.trusted, authority=state.authority, tls=client.tls
+            )
             if has_body:
                 if req.expect_continue and req.minor == 1:
                     client.stream.write(CONTINUE)  # the router has an upstream to send the body to
@@ -314,7 +332,9 @@ class Proxy:
                 client.reply(req, 502, "the app's instance is not reachable", keep=False)
                 return False
             try:
-                head = request_head(req, peer=client.peer, trusted=client.trusted, authority=state.authority)
+                head = request_head(
+                    req, peer=client.peer, trusted=client.trusted, authority=state.authority, tls=client.tls
+                )
                 up.write(head)
                 _, _, switched = await self._relay(client, up, req, may_retry=False)
                 if switched is not None:

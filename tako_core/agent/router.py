@@ -27,6 +27,11 @@ Choices worth knowing:
   counts as in flight until either side closes. CONNECT is refused (501): this is not a forward proxy.
 - Forwarding headers are kept only from `trusted_proxies` (addresses, none by default): see `heads`.
 - Trailers of chunked messages are dropped.
+- HTTPS (when given `https_port` and `certs`): a second listener, served by the very same code once
+  asyncio's TLS transport has done the handshake. The SNI callback swaps in the context holding the
+  name's certificate (`certs`); a name without one gets an `unrecognized_name` alert. On the HTTP port
+  ACME HTTP-01 challenges are answered from `challenges`, and a request for a host with a certificate
+  gets a 308 to its https:// URL; other hosts are proxied over plain HTTP.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ import ipaddress
 import logging
 import resource
 import socket
+import ssl
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
+from tako_core.agent.certs import Certs, server_context
 from tako_core.agent.heads import reply
 from tako_core.agent.http1 import ParseError, Request, select_backend
 from tako_core.agent.proxy import ClientConnection, Proxy
@@ -58,6 +66,9 @@ MAX_PER_CLIENT = 256  # connections from one address (a browser opens 6 per host
 FD_RESERVE = 256  # file descriptors kept from the router (or half the limit, if that is less)
 HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed without a last response
 HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to complete its TLS handshake
+CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+MAX_UNKNOWN_NAMES = 1024  # SNI names without a certificate logged (once each), then no more
 
 
 def raise_fd_limit() -> int:
@@ -84,9 +95,10 @@ def _address(peer: str) -> str:
 
 
 class _ClientStream(Stream):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, *, tls: bool = False) -> None:
         super().__init__()
         self._router = router
+        self.tls = tls
         # When the connection started waiting for its next request head; None while one is served.
         self.idle_since: float | None = asyncio.get_running_loop().time()
         self.client: ClientConnection | None = None
@@ -113,9 +125,17 @@ class Router:
         max_connections: int | None = None,
         max_per_client: int = MAX_PER_CLIENT,
         trusted_proxies: Sequence[str] = (),
-        listeners: Sequence[socket.socket] = (),
+        listeners: Sequence[tuple[str, socket.socket]] = (),
+        https_port: int | None = None,
+        certs: Certs | None = None,
     ) -> None:
-        self._listeners = listeners  # already listening (handed over by the previous agent), else bind
+        # Already listening ("http" or "https", handed over by the previous agent), else bound here.
+        self._listeners = listeners
+        self._https_port = https_port
+        self.certs = certs
+        # ACME HTTP-01: token -> key authorization, filled by whoever orders a certificate.
+        self.challenges: dict[str, str] = {}
+        self._unknown_names: set[str] = set()
         self._closing = False  # handing over: every connection ends after its next response
         self._host = host
         self._port = port
@@ -132,7 +152,7 @@ class Router:
         self._proxy = Proxy(self._table, self._backend, max_head)
         self._clients: set[_ClientStream] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[tuple[str, asyncio.Server]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -142,8 +162,15 @@ class Router:
 
     @property
     def port(self) -> int:
-        sockets = [s for server in self._servers for s in server.sockets]
-        return int(sockets[0].getsockname()[1]) if sockets else self._port
+        return self._bound("http") or self._port
+
+    @property
+    def https_port(self) -> int | None:
+        return self._bound("https") or self._https_port
+
+    def _bound(self, kind: str) -> int | None:
+        sockets = [s for name, server in self._servers if name == kind for s in server.sockets]
+        return int(sockets[0].getsockname()[1]) if sockets else None
 
     async def start(self) -> None:
         limit = raise_fd_limit()
@@ -153,25 +180,65 @@ class Router:
             self._max_connections = max((limit - min(FD_RESERVE, limit // 2)) // 3, 1)
         backlog = min(1024, self._max_connections)
         loop = asyncio.get_running_loop()
-        if self._listeners:
-            for sock in self._listeners:
-                server = await loop.create_server(lambda: _ClientStream(self), sock=sock, backlog=backlog)
-                self._servers.append(server)
-        else:
-            server = await loop.create_server(
-                lambda: _ClientStream(self), self._host, self._port, reuse_address=True, backlog=backlog
-            )
-            self._servers.append(server)
+        await self._listen("http", self._port, None, backlog)
+        if self._https_port is not None:
+            await self._listen("https", self._https_port, self._tls_context(), backlog)
         self._sweeper = loop.create_task(self._sweep_idle())
 
-    async def hand_over(self, timeout: float = HANDOVER_TIMEOUT) -> list[socket.socket]:  # noqa: ASYNC109
+    async def _listen(self, kind: str, port: int, tls: ssl.SSLContext | None, backlog: int) -> None:
+        """Serve `kind` on the sockets the previous agent handed over, else on new ones."""
+        loop = asyncio.get_running_loop()
+        timeout = TLS_HANDSHAKE_TIMEOUT if tls is not None else None
+
+        def stream() -> _ClientStream:
+            return _ClientStream(self, tls=tls is not None)
+
+        handed = [sock for name, sock in self._listeners if name == kind]
+        for sock in handed:
+            server = await loop.create_server(
+                stream, sock=sock, backlog=backlog, ssl=tls, ssl_handshake_timeout=timeout
+            )
+            self._servers.append((kind, server))
+        if not handed:
+            server = await loop.create_server(
+                stream,
+                self._host,
+                port,
+                reuse_address=True,
+                backlog=backlog,
+                ssl=tls,
+                ssl_handshake_timeout=timeout,
+            )
+            self._servers.append((kind, server))
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The listener's context: it holds no certificate, the SNI callback swaps in the name's own."""
+        ctx = server_context()
+        ctx.sni_callback = self._sni
+        return ctx
+
+    def _sni(self, sslobj: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> int | None:
+        chosen = self.certs.context_for(name) if self.certs is not None and name else None
+        if chosen is None:
+            if name not in self._unknown_names and len(self._unknown_names) < MAX_UNKNOWN_NAMES:
+                self._unknown_names.add(str(name))
+                log.warning("router: TLS handshake for %s refused: no certificate for that name", name)
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = chosen
+        return None
+
+    async def hand_over(self, timeout: float = HANDOVER_TIMEOUT) -> list[tuple[str, socket.socket]]:  # noqa: ASYNC109
         """Stop accepting and return the listening sockets, for the next agent: connections that
         arrive meanwhile wait in their backlog, none is refused. Every client connection ends after
         its next response, which says `Connection: close` (so no client races a request into a
         connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed.
-        Then stop."""
-        listeners = [socket.fromfd(s.fileno(), s.family, s.type) for v in self._servers for s in v.sockets]
-        for server in self._servers:
+        Then stop. Each socket comes with its kind, "http" or "https"."""
+        listeners = [
+            (kind, socket.fromfd(s.fileno(), s.family, s.type))
+            for kind, v in self._servers
+            for s in v.sockets
+        ]
+        for _, server in self._servers:
             server.close()  # closes its own descriptors; ours keep the sockets and their backlog
         self._closing = True
         loop = asyncio.get_running_loop()
@@ -188,7 +255,7 @@ class Router:
         return listeners
 
     async def stop(self) -> None:
-        for server in self._servers:
+        for _, server in self._servers:
             server.close()
         tasks = list(self._tasks)
         if self._sweeper is not None:
@@ -198,7 +265,7 @@ class Router:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._table.close_idle()  # after the tasks: none of them can pool a connection any more
-        for server in self._servers:
+        for _, server in self._servers:
             await server.wait_closed()
         self._servers = []
 
@@ -264,7 +331,9 @@ class Router:
 
     async def _serve(self, stream: _ClientStream) -> None:
         parser = self._backend.request_parser(self._max_head)
-        client = stream.client = ClientConnection(stream, parser, stream.peer, stream.peer in self._trusted)
+        client = stream.client = ClientConnection(
+            stream, parser, stream.peer, stream.peer in self._trusted, tls=stream.tls
+        )
         req: Request | None = None
         try:
             loop = asyncio.get_running_loop()
@@ -276,7 +345,8 @@ class Router:
                 if not isinstance(ev, Request):
                     return
                 req = dataclasses.replace(ev, keep_alive=False) if self._closing else ev
-                if not await self._proxy.exchange(client, req):
+                local = None if stream.tls else await self._plain_http(client, req)
+                if not (await self._proxy.exchange(client, req) if local is None else local):
                     return
         except ParseError as e:
             client.reply(req, e.status, str(e), keep=False)
@@ -290,3 +360,42 @@ class Router:
             if left:
                 self._per_client[stream.peer] = left
             stream.close()
+
+    # --- the HTTP port next to HTTPS ---------------------------------------------------------------------
+
+    async def _plain_http(self, client: ClientConnection, req: Request) -> bool | None:
+        """Answer an ACME challenge or redirect to HTTPS (whether the connection stays open); None:
+        proxy the request as it is."""
+        path = req.target.split(b"?", 1)[0]
+        if req.method in (b"GET", b"HEAD") and path.startswith(CHALLENGE_PREFIX):
+            authorization = await self.challenge(path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace"))
+            if authorization is None:
+                return await self._proxy.refuse(client, req, 404, "no such ACME challenge")
+            return await self._proxy.refuse(client, req, 200, "", body=authorization.encode())
+        https_port = self.https_port
+        if self.certs is None or https_port is None or req.host is None:
+            return None
+        host = _host_name(req.host)
+        if self.certs.context_for(host.decode("ascii", "replace")) is None:
+            return None
+        target = req.target
+        if not target.startswith(b"/"):  # absolute-form: keep its path and query only
+            parts = urlsplit(target)
+            target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+        port = b"" if https_port == 443 else b":%d" % https_port
+        location = b"https://" + host + port + target
+        return await self._proxy.refuse(
+            client, req, 308, "moved to HTTPS", headers=b"Location: " + location + b"\r\n"
+        )
+
+    async def challenge(self, token: str) -> str | None:
+        """The key authorization for an HTTP-01 `token` this agent holds. The one hook for a
+        multi-server env: ask the env's leader here for a token it holds and this server does not."""
+        return self.challenges.get(token)
+
+
+def _host_name(host: bytes) -> bytes:
+    """A Host header's name without its port."""
+    if host.startswith(b"["):
+        return host.split(b"]", 1)[0] + b"]"
+    return host.rsplit(b":", 1)[0] if b":" in host else host

@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 
 import tako_core
 from tako_core.agent import delta, extract, releases, uploads
+from tako_core.agent.certs import Certs
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import (
     BAD_REQUEST,
@@ -25,6 +26,8 @@ from tako_core.agent.contract import (
     PROTOCOL_VERSION,
     AgentInfo,
     AppStatus,
+    CertificateInfo,
+    CertRemoved,
     Cleaned,
     Done,
     Event,
@@ -114,6 +117,7 @@ class Agent:
         self.runs = Runs()
         self.oneoffs = OneOffs()
         self._apps: dict[tuple[str, str], AppRuntime] = {}
+        self.certs = router.certs if router.certs is not None else Certs(layout.tls)
 
     def handler(self, op: Op) -> Handler:
         return functools.partial(_HANDLERS[op], self)
@@ -357,7 +361,19 @@ class Agent:
             lease=lease.info if lease else None,
             user=runtime.layout.user_name(),
             shares_agent_user=not runtime.layout.app_users,
+            certificate=self.certs.get(runtime.key),
         )
+
+    @handles(Op.CERT_INSTALL)
+    async def cert_install(self, p: Params, emit: Emit) -> CertificateInfo:
+        """Serve the app/env's routes over HTTPS with this chain and key (the key never leaves the
+        agent's 0600 files: no log line, event or error carries it)."""
+        runtime = self.runtime(p)
+        return await asyncio.to_thread(self.certs.install, runtime.key, p.str("chain"), p.str("key"))
+
+    @handles(Op.CERT_REMOVE)
+    async def cert_remove(self, p: Params, emit: Emit) -> CertRemoved:
+        return CertRemoved(removed=self.certs.remove(self.runtime(p).key))
 
     @handles(Op.RELEASES)
     async def releases(self, p: Params, emit: Emit) -> Releases:

@@ -106,8 +106,12 @@ class Stream(asyncio.Protocol):
 
     def write_eof(self) -> None:
         t = self.transport
-        if t is not None and not t.is_closing() and t.can_write_eof():
+        if t is None or t.is_closing():
+            return
+        if t.can_write_eof():
             t.write_eof()
+        else:
+            t.close()  # TLS has no half-close (close_notify ends both ways): close once the buffer is sent
 
     def quickack(self) -> None:
         """Acknowledge the next segment at once. An app that writes a response in two pieces without

@@ -26,6 +26,7 @@ from .schema import (
     var_value,
     where,
 )
+from .tls import env_tls, tls_settings
 
 TOP_KEYS = (
     "name",
@@ -39,8 +40,9 @@ TOP_KEYS = (
     "health_path",
     "vars",
     "envs",
+    "tls",
 )
-ENV_KEYS = ("route", "routes", "servers", "release", "instances")
+ENV_KEYS = ("route", "routes", "servers", "release", "instances", "tls")
 PRESETS = ("python", "node", "bun")
 DEFAULT_RELEASE_TIMEOUT = 600.0
 MAX_INSTANCES = 64  # what the agent accepts
@@ -74,7 +76,7 @@ def _app(data: Mapping[str, Any], path: Path, source: str) -> AppConfig:
         raise Invalid(
             ("name",), "missing key 'name' at the top level", 'add name = "myapp" at the top of the file'
         )
-    envs = _envs(data)
+    envs = _envs(data, path.parent)
     plain_vars, env_vars = _vars(data.get("vars", {}), envs)
     return AppConfig(
         path=path,
@@ -92,6 +94,7 @@ def _app(data: Mapping[str, Any], path: Path, source: str) -> AppConfig:
         env_vars=env_vars,
         envs=envs,
         install_inputs=_install_inputs(data),
+        tls=tls_settings(data, path.parent),
         source=source,
     )
 
@@ -145,7 +148,7 @@ def _health_path(data: Mapping[str, Any]) -> str:
     return value
 
 
-def _envs(data: Mapping[str, Any]) -> dict[str, EnvConfig]:
+def _envs(data: Mapping[str, Any], base: Path) -> dict[str, EnvConfig]:
     hint = 'add an environment: [envs.production] with servers = ["web-1"]'
     if "envs" not in data:
         raise Invalid(("envs",), "no environments: [envs.<name>] is missing", hint)
@@ -157,12 +160,12 @@ def _envs(data: Mapping[str, Any]) -> dict[str, EnvConfig]:
         path = ("envs", name)
         check_label_key(name, path, "environment")
         envs[name] = _env(
-            name, expect_table(value, path, f"write the environment as a table: [envs.{name}]"), path
+            name, expect_table(value, path, f"write the environment as a table: [envs.{name}]"), path, base
         )
     return envs
 
 
-def _env(name: str, table: Mapping[str, Any], path: KeyPath) -> EnvConfig:
+def _env(name: str, table: Mapping[str, Any], path: KeyPath, base: Path) -> EnvConfig:
     if "vars" in table:
         raise Invalid(
             (*path, "vars"),
@@ -179,6 +182,7 @@ def _env(name: str, table: Mapping[str, Any], path: KeyPath) -> EnvConfig:
         instances=expect_int(
             table.get("instances", 1), (*path, "instances"), 1, MAX_INSTANCES, instances_hint
         ),
+        tls=env_tls(table, path, base),
     )
 
 

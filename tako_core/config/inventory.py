@@ -42,6 +42,7 @@ SERVER_KEYS = (
     "known_hosts",
     "root",
     "http_port",
+    "https_port",
     "http_host",
     "trusted_proxies",
 )
@@ -167,6 +168,9 @@ def server_from_table(name: str, table: Mapping[str, Any], path: KeyPath, base: 
         root=_root(table.get("root", _DEFAULTS.root), (*path, "root")),
         http_port=expect_int(
             table.get("http_port", _DEFAULTS.http_port), (*path, "http_port"), 1, 65535, port_hint
+        ),
+        https_port=expect_int(
+            table.get("https_port", _DEFAULTS.https_port), (*path, "https_port"), 1, 65535, port_hint
         ),
         http_host=_word(
             table.get("http_host", _DEFAULTS.http_host), (*path, "http_host"), "an address, e.g. 0.0.0.0"

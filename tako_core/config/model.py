@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .tls import OFF, EnvTls, ResolvedTls, TlsSettings
+
 
 @dataclass(frozen=True)
 class Server:
@@ -18,6 +20,7 @@ class Server:
     known_hosts: Path | None = None
     root: str = "/opt/tako"
     http_port: int = 80
+    https_port: int = 443
     http_host: str = "0.0.0.0"  # address the agent's router binds
     trusted_proxies: tuple[str, ...] = ()  # addresses whose forwarding headers the router keeps
 
@@ -39,6 +42,7 @@ class EnvConfig:
     servers: tuple[str, ...]
     release: str | None  # raw: None when the key is absent, "" when cleared
     instances: int = 1
+    tls: EnvTls | None = None  # None: not written ("auto" when the routes allow it)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class AppConfig:
     env_vars: dict[str, dict[str, str]]
     envs: dict[str, EnvConfig]
     install_inputs: tuple[str, ...] = ()  # besides the well-known lockfiles
+    tls: TlsSettings = field(default_factory=TlsSettings)
     source: str = field(default="", repr=False, compare=False)
 
 
@@ -80,3 +85,5 @@ class ResolvedEnv:
     routes: tuple[str, ...]
     instances: int
     install_inputs: tuple[str, ...] = ()
+    tls: ResolvedTls = field(default_factory=lambda: ResolvedTls(OFF))
+    tls_settings: TlsSettings = field(default_factory=TlsSettings)

@@ -7,6 +7,7 @@ from tako_core.errors import BadInput
 from .files import located
 from .model import AppConfig, Inventory, ResolvedEnv, Server
 from .schema import Invalid, suggest
+from .tls import resolve_tls
 
 
 def resolve_release(top: str | None, env: str | None) -> str | None:
@@ -38,6 +39,9 @@ def resolve(config: AppConfig, env: str, inventory: Inventory) -> ResolvedEnv:
         )
     env_config = config.envs[env]
     servers = tuple(_server(config, env, i, name, inventory) for i, name in enumerate(env_config.servers))
+    tls = resolve_tls(env_config.tls, env_config.routes, env)
+    if isinstance(tls, Invalid):
+        raise located(tls, config.path, config.source)
     return ResolvedEnv(
         app=config.name,
         env=env,
@@ -54,6 +58,8 @@ def resolve(config: AppConfig, env: str, inventory: Inventory) -> ResolvedEnv:
         health_path=config.health_path,
         routes=env_config.routes,
         instances=env_config.instances,
+        tls=tls,
+        tls_settings=config.tls,
     )
 
 

@@ -94,7 +94,8 @@ class DemoFleet:
             self._hosts.append(host)
             lines.append(known_hosts_line(address, host.port, host_key))
             http_port = _free_port(address, http_ports)
-            http_ports.add(http_port)
+            https_port = _free_port(address, http_ports | {http_port})
+            http_ports |= {http_port, https_port}
             root = self.directory / "servers" / name
             root.mkdir(parents=True)
             self.servers.append(
@@ -107,6 +108,7 @@ class DemoFleet:
                     known_hosts=known_hosts,
                     root=str(root),
                     http_port=http_port,
+                    https_port=https_port,
                     http_host=address,
                 )
             )

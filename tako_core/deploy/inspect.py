@@ -6,14 +6,30 @@ The types a `ServerView` holds are exported here: front ends take them from the 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from tako_core.config import ResolvedEnv, Server
 from tako_core.errors import TakoError
 from tako_core.transport import Connection
-from tako_core.transport.agent_client import AppStatus, InstanceStatus, LeaseInfo, ReleaseInfo
+from tako_core.transport.agent_client import (
+    AppStatus,
+    CertificateInfo,
+    InstanceStatus,
+    LeaseInfo,
+    ReleaseInfo,
+)
 
-__all__ = ["AppStatus", "InstanceStatus", "LeaseInfo", "ReleaseInfo", "ServerView", "inspect"]
+__all__ = [
+    "AppStatus",
+    "CertificateInfo",
+    "InstanceStatus",
+    "LeaseInfo",
+    "ReleaseInfo",
+    "ServerView",
+    "certificate_line",
+    "inspect",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,14 @@ class ServerView:
     status: AppStatus | None = None  # None: the app/env was never deployed there
     releases: tuple[ReleaseInfo, ...] = ()
     error: str | None = None  # the server could not be asked
+
+
+def certificate_line(cert: CertificateInfo, now: float) -> str:
+    """A certificate for people: its names, issuer and expiry."""
+    expires = time.strftime("%Y-%m-%d", time.gmtime(cert.not_after))
+    days = (cert.not_after - now) / 86400
+    left = f"in {days:.0f} days" if days >= 0 else "EXPIRED"
+    return f"https: {', '.join(cert.names)} (issuer {cert.issuer}), expires {expires} ({left})"
 
 
 async def inspect(target: ResolvedEnv) -> list[ServerView]:

@@ -14,6 +14,7 @@ import contextlib
 from tako_core.agent.contract import STALE_BASE
 from tako_core.build import Artifact, build_artifact
 from tako_core.config import ResolvedEnv
+from tako_core.deploy.certificate import certificate_step
 from tako_core.deploy.delta import Delta, Deltas
 from tako_core.deploy.run import DeployOptions, Run, all_or_nothing
 from tako_core.deploy.session import ServerSession
@@ -67,7 +68,8 @@ class _Deploy(Run):
         prompter: Prompter,
         options: DeployOptions,
     ) -> None:
-        super().__init__(target, secrets, sink, prompter, options)
+        self._certificate, app_secrets = certificate_step(target, secrets)
+        super().__init__(target, app_secrets, sink, prompter, options)
         self.build: str | None = None
         self._gzip: Artifact | None = None
         self._gzip_lock = asyncio.Lock()
@@ -82,6 +84,8 @@ class _Deploy(Run):
         return f"Deploy {self.target.app} to {self.target.env} ({servers})?"
 
     async def prepare(self) -> None:
+        if self.target.tls.warning:
+            self.sink(Notice(message=self.target.tls.warning, level="warning"))
         try:
             await self._ship_everywhere()
         finally:
@@ -152,6 +156,8 @@ class _Deploy(Run):
         finally:
             if present is not None:
                 present.cancel()
+        if self._certificate is not None:  # before the rollout: the new release starts out on HTTPS
+            await session.certificate(self._certificate)
         if check.complete:
             self.board.set(name, Phase.UPLOAD, State.SKIPPED, detail="already on the server")
             self.board.set(name, Phase.INSTALL, State.SKIPPED, detail="already installed")

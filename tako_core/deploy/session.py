@@ -10,6 +10,7 @@ from pathlib import Path
 from tako_core.agent.contract import new_run_id, upload_name
 from tako_core.build import Artifact
 from tako_core.config import ResolvedEnv, Server
+from tako_core.deploy.certificate import CertificateStep
 from tako_core.deploy.delta import Delta
 from tako_core.errors import AgentError, TransportError
 from tako_core.events import EventSink, OutputLine, Phase, RolloutProgress, UploadProgress
@@ -185,6 +186,12 @@ class ServerSession:
         if self.release_run is not None:
             await self.agent.release_stop(*self._app_env, self.release_run)
             self.release_run = None
+
+    async def certificate(self, step: CertificateStep) -> None:
+        if step.chain is not None and step.key is not None:
+            await self.agent.cert_install(*self._app_env, step.chain, step.key)
+        else:
+            await self.agent.cert_remove(*self._app_env)
 
     async def rollout(self, build: str) -> None:
         t = self._target

@@ -20,6 +20,8 @@ from tako_core.agent.contract import (
     UPLOAD_CHUNK,
     AgentInfo,
     AppStatus,
+    CertificateInfo,
+    CertRemoved,
     Cleaned,
     Done,
     Event,
@@ -59,6 +61,7 @@ __all__ = [
     "AgentInfo",
     "AgentReplyError",
     "AppStatus",
+    "CertificateInfo",
     "InstanceStatus",
     "LeaseHeld",
     "LeaseInfo",
@@ -467,6 +470,14 @@ class AgentClient:
         returns the builds pruned."""
         params = {"app": app, "env": env, "build": build, "keep": keep, "release_lease": release_lease}
         return list((await self._call(Op.FINALIZE, params, Finalized)).pruned)
+
+    async def cert_install(self, app: str, env: str, chain: str, key: str) -> CertificateInfo:
+        """Serve the env's routes over HTTPS with `chain` (PEM, leaf first) and its private `key`."""
+        params = {"app": app, "env": env, "chain": chain, "key": key}
+        return await self._call(Op.CERT_INSTALL, params, CertificateInfo)
+
+    async def cert_remove(self, app: str, env: str) -> bool:
+        return (await self._call(Op.CERT_REMOVE, {"app": app, "env": env}, CertRemoved)).removed
 
     async def status(self) -> list[AppStatus]:
         return list((await self._call(Op.STATUS, {}, Status)).apps)

@@ -59,6 +59,9 @@ mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin || exit
 command -v python3 >/dev/null || {{ echo "no python3 on the server" >&2; exit 3; }}
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
     echo "python3 on the server is $(python3 -V 2>&1), tako needs 3.10 or newer" >&2; exit 3; }}
+command -v openssl >/dev/null || {{
+    echo "no openssl command on the server (the router reads HTTPS certificates with it):" \
+        "install the openssl package" >&2; exit 3; }}
 cat > {pyz}.tmp && chmod 755 {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3
 i=0  # the parser's wheel is unpacked by a command beside this one: the agent must start with it
 while [ -n {wheel} ] && [ "$(cat {root}/bin/lib/.wheel 2>/dev/null)" != {wheel} ] && [ $i -lt 200 ]; do
@@ -311,18 +314,18 @@ async def _login(conn: Connection) -> Login:
         f"either let {user} use sudo without a password (as root on the server: "
         f"`echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/tako`), or run the agent as "
         f"{user} under its home on a port above {int(low) - 1}: `tako servers add {server.name} "
-        f"--host {server.host} --user {user} --root {own_root} --http-port 8080 --replace`"
+        f"--host {server.host} --user {user} --root {own_root} --http-port 8080 --https-port 8443 --replace`"
     )
     if writable != "yes":
         raise AgentError(
             f"{user} on {where(server)} may not write {server.root} and has no passwordless sudo",
             hint=fixes,
         )
-    if server.http_port < int(low):
-        raise AgentError(
-            f"port {server.http_port} on {where(server)} needs root, and {user} has no passwordless sudo",
-            hint=fixes,
-        )
+    for port in (server.http_port, server.https_port):
+        if port < int(low):
+            raise AgentError(
+                f"port {port} on {where(server)} needs root, and {user} has no passwordless sudo", hint=fixes
+            )
     return login
 
 
@@ -363,6 +366,8 @@ def _serve_args(server: Server, client_user: str | None) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
+        "--https-port",
+        str(server.https_port),
         *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
         *(["--client-user", client_user] if client_user else []),
     ]

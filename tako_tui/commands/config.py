@@ -79,6 +79,7 @@ def as_data(resolved: ResolvedEnv, secrets: SecretsSummary) -> dict[str, object]
         "vars": resolved.vars,
         "secrets": secrets.names,
         "secrets_key": secrets.key_problem is None,
+        "tls": resolved.tls.describe,
     }
 
 
@@ -97,6 +98,7 @@ def as_text(resolved: ResolvedEnv, secrets: SecretsSummary) -> str:
         ("release", resolved.release if resolved.release is not None else "- (none)"),
         ("release_timeout", f"{_number(resolved.release_timeout)}s"),
         ("health_path", resolved.health_path),
+        ("tls", resolved.tls.describe),
     ]
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label:<{width}}{value}" for label, value in rows]

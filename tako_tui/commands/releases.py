@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from tako_core.config import ResolvedEnv
 from tako_core.deploy import DeployOptions, rollback
-from tako_core.deploy.inspect import ServerView, inspect
+from tako_core.deploy.inspect import ServerView, certificate_line, inspect
 from tako_core.events import DeployFinished, EventSink, Job, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_core.units import ago
@@ -63,6 +63,8 @@ def _status_line(view: ServerView) -> str:
     if s.lease is not None:
         since = ago(s.lease.started_at, time.time())
         line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {since}"
+    if s.certificate is not None:
+        line += f"\n  {certificate_line(s.certificate, time.time())}"
     return line
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import click
 
 from tako_core.config import Server, add_server, inventory_path, load_inventory, remove_server
+from tako_core.deploy.inspect import certificate_line
 from tako_core.errors import BadInput, TakoError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import agent_cache_dir, ensure_agent, inspect_agent
@@ -35,6 +37,9 @@ def servers() -> None:
 @click.option("--known-hosts", help="known_hosts file to verify the host key against.")
 @click.option("--root", default="/opt/tako", show_default=True, help="tako's folder on the server.")
 @click.option("--http-port", type=int, default=80, show_default=True, help="Port the agent's router serves.")
+@click.option(
+    "--https-port", type=int, default=443, show_default=True, help="Port the agent's router serves HTTPS on."
+)
 @click.option("--http-host", default="0.0.0.0", show_default=True, help="Address the agent's router binds.")
 @click.option("--replace", is_flag=True, help="Overwrite a server of the same name.")
 def add(
@@ -46,6 +51,7 @@ def add(
     known_hosts: str | None,
     root: str,
     http_port: int,
+    https_port: int,
     http_host: str,
     replace: bool,
 ) -> None:
@@ -59,6 +65,7 @@ def add(
         known_hosts=_local_path(known_hosts),
         root=root,
         http_port=http_port,
+        https_port=https_port,
         http_host=http_host,
     )
     add_server(server, replace=replace)
@@ -148,6 +155,8 @@ async def _status_one(server: Server, say: Say) -> bool:
     for app in apps:
         shared = " (the agent's own user: apps share it)" if app.shares_agent_user else ""
         say(f"  {app.app}/{app.env} runs as {app.user}{shared}")
+        if app.certificate is not None:
+            say(f"    {certificate_line(app.certificate, time.time())}")
     return True
 
 
@@ -217,18 +226,20 @@ def _as_data(server: Server) -> dict[str, object]:
         "known_hosts": str(server.known_hosts) if server.known_hosts else None,
         "root": server.root,
         "http_port": server.http_port,
+        "https_port": server.https_port,
         "http_host": server.http_host,
     }
 
 
 def _table(servers: list[Server]) -> str:
-    header = ("NAME", "SSH", "ROOT", "HTTP", "IDENTITY")
+    header = ("NAME", "SSH", "ROOT", "HTTP", "HTTPS", "IDENTITY")
     rows = [
         (
             server.name,
             f"{server.user + '@' if server.user else ''}{server.host}:{server.port}",
             server.root,
             f"{server.http_host}:{server.http_port}",
+            str(server.https_port),
             str(server.identity) if server.identity else "-",
         )
         for server in servers

@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -140,6 +141,7 @@ class Load:
     connections: int = 4
     max_requests: int = 20000
     max_seconds: float = 60.0
+    tls: ssl.SSLContext | None = None  # HTTPS: SNI is `host`
     samples: list[Sample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -165,7 +167,9 @@ class Load:
             sent = time.monotonic()
             try:
                 if writer is None:
-                    reader, writer = await asyncio.open_connection(self.address, self.port)
+                    reader, writer = await asyncio.open_connection(
+                        self.address, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None
+                    )
                 writer.write(f"GET / HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
                 body, keep = await asyncio.wait_for(read_keep_alive(reader), 10)
                 if not keep:

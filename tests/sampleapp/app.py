@@ -45,6 +45,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         healthy = os.environ.get("SAMPLE_HEALTHY", "1") == "1"
         say = os.environ.get("SAMPLE_SAY")  # a var of tako.toml, when a test sets one
         body = f"{VERSION} {BUILD}{' ' + say if say else ''}\n".encode()
+        if self.path.startswith("/forwarded"):  # what the router told the app about the request
+            seen = (self.headers.get(h, "-") for h in ("X-Forwarded-Proto", "X-Forwarded-Host"))
+            body = f"{' '.join(seen)} {self.path}\n".encode()
         self.send_response(200 if healthy else 500)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
