@@ -366,8 +366,9 @@ def _serve_args(server: Server, client_user: str | None) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
-        "--https-port",
-        str(server.https_port),
+        # The agent's default (443) is left out: the command line of an agent set up before HTTPS
+        # then stays the same, so an upgrade restarts it in place.
+        *(["--https-port", str(server.https_port)] if server.https_port != 443 else []),
         *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
         *(["--client-user", client_user] if client_user else []),
     ]
