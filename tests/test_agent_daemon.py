@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -43,6 +44,8 @@ async def test_zipapp_detaches_on_the_system_python(tmp_path: Path) -> None:
         "127.0.0.1",
         "--http-port",
         str(free_port()),
+        "--https-port",
+        "0",
         "--detach",
     ]
     started = system_python(*serve, cwd=tmp_path)
@@ -225,3 +228,22 @@ async def test_a_restart_in_place_under_keep_alive_load_drops_nothing_and_keeps_
             assert not os.path.exists(f"/proc/{i.pid}")
     finally:
         agent.stop()
+
+
+async def test_an_https_port_it_cannot_bind_leaves_http_serving(tmp_path: Path) -> None:
+    # As for port 443 under an agent set up before HTTPS without root: it starts, says why, serves HTTP.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = start_agent(tmp_path / "root", tmp_path / "pyz", extra=["--https-port", str(port)])
+        try:
+            client = await agent.client()
+            await roll_out(agent, client)
+            await client.close()
+            assert await get(agent.http_port, "keep.test") == (200, "r1")
+        finally:
+            agent.stop()
+    assert agent.proc.returncode == 0
+    log = (tmp_path / "root" / "log" / "agent.log").read_text()
+    assert f"router: no HTTPS: cannot listen on 127.0.0.1:{port}" in log, log

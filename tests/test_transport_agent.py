@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,10 +163,13 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
 def test_systemd_unit_runs_the_agent_of_its_root() -> None:
     server = Server(name="web1", host="10.0.0.5", root="/srv/tako", http_port=8080, http_host="10.0.0.5")
     unit = systemd_unit(server)
+    # The default HTTPS port is left out: the unit (and command line) of an agent set up before HTTPS
+    # stays the same, so upgrading it restarts it in place and its instances keep running.
     assert (
         "ExecStart=/usr/bin/env python3 /srv/tako/bin/tako-agent.pyz serve --root /srv/tako "
-        "--http-host 10.0.0.5 --http-port 8080 --https-port 443\n" in unit
+        "--http-host 10.0.0.5 --http-port 8080\n" in unit
     )
+    assert " --http-port 8080 --https-port 8443\n" in systemd_unit(replace(server, https_port=8443))
     hardening = ("Restart=always", "LimitNOFILE=65536", "UMask=0077", "NoNewPrivileges=yes", "PrivateTmp=yes")
     for line in hardening:
         assert f"\n{line}\n" in unit

@@ -23,7 +23,7 @@ from tako_core.agent.acme_crypto import AcmeError, cert_info
 from tako_core.agent.contract import BAD_REQUEST, CertificateInfo, ProtocolError
 from tako_core.agent.layout import check_name, write_private
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tako.agent")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, type=Path, help="the agent's root directory")
     serve.add_argument("--http-host", default="0.0.0.0", help="address the HTTP router binds")
     serve.add_argument("--http-port", type=int, default=80, help="port the HTTP router binds")
-    serve.add_argument("--https-port", type=int, help="port the HTTPS router binds (none: no HTTPS)")
+    # 443 when not given: an agent set up before HTTPS existed runs without the flag, and its
+    # command line must stay the same for an upgrade to restart it in place.
+    serve.add_argument("--https-port", type=int, default=443, help="port the HTTPS router binds (0: none)")
     serve.add_argument(
         "--trusted-proxy",
         action="append",
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.append(str(layout.lib))
     from tako_core.agent.daemon import Listen
 
-    listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy), args.https_port)
+    listen = Listen(args.http_host, args.http_port, tuple(args.trusted_proxy), args.https_port or None)
     if args.detach:
         return _detach(layout, listen, args.client_user)
     return _serve(layout, listen, args.client_user, None)

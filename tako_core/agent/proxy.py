@@ -39,7 +39,7 @@ from tako_core.agent.route_table import Route, RouteTable, UpstreamState
 from tako_core.agent.stream import Stream
 from tako_core.agent.upstream_pool import ConnectFailed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tako.agent")
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _NO_BODY, _CHUNKED = BodyFraming.NONE, BodyFraming.CHUNKED  # globals: cheaper than enum lookups per chunk

@@ -56,7 +56,7 @@ from tako_core.agent.upstream_pool import Upstream
 
 __all__ = ["IDLE_TIMEOUT", "MAX_HEAD", "Router", "Upstream"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tako.agent")
 
 MAX_HEAD = 64 * 1024  # bytes of request line + headers a client may send
 IDLE_TIMEOUT = 75.0  # seconds a client connection may wait between requests (or trickle a head)
@@ -173,7 +173,7 @@ class Router:
 
     @property
     def https_port(self) -> int | None:
-        return self._bound("https") or self._https_port
+        return self._bound("https")
 
     def _bound(self, kind: str) -> int | None:
         sockets = [s for name, server in self._servers if name == kind for s in server.sockets]
@@ -189,7 +189,10 @@ class Router:
         loop = asyncio.get_running_loop()
         await self._listen("http", self._port, None, backlog)
         if self._https_port is not None:
-            await self._listen("https", self._https_port, self._tls_context(), backlog)
+            try:
+                await self._listen("https", self._https_port, self._tls_context(), backlog)
+            except OSError as err:  # e.g. port 443 for an agent without root: HTTP keeps serving
+                log.error("router: no HTTPS: cannot listen on %s:%d: %s", self._host, self._https_port, err)
         self._sweeper = loop.create_task(self._sweep_idle())
 
     async def _listen(self, kind: str, port: int, tls: ssl.SSLContext | None, backlog: int) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.stream import Stream
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tako.agent")
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection to an upstream
 _MAX_IDLE = 256  # pooled idle connections kept per upstream

@@ -227,6 +227,7 @@ class Login:
     home: str
     python: ServerPython | None  # None: no python3 answered (the install then says so)
     wheel: str  # the name of the httptools wheel unpacked in bin/lib; "" when none is
+    low: int  # the lowest port the user may bind without root
 
     def as_root(self, script: str) -> str:
         """`script` run as root where we may (else as the user, who then needs the root's rights)."""
@@ -244,6 +245,13 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
     router's parser wheel must be unpacked, a second one beside it, not after it)."""
     server = conn.server
     login = await _login(conn)
+    if login.how == "user" and server.https_port < login.low:
+        # Not an error: an agent set up before HTTPS, on a port above 1023, must keep upgrading.
+        step(
+            f"warning: port {server.https_port} needs root, so this agent serves no HTTPS; for HTTPS: "
+            f"`tako servers add {server.name} --host {server.host} --user {login.user} "
+            f"--root {server.root} --http-port {server.http_port} --https-port 8443 --replace`"
+        )
     wheel = await _parser_wheel(conn, login, zipapp.parent, step)
     unit_name = systemd_unit_name(server.root)
     script = _INSTALL.format(
@@ -306,7 +314,7 @@ async def _login(conn: Connection) -> Login:
     )
     probe, wheel, who = (await _checked(conn, script)).split("\n", 2)
     how, user, writable, low, home = who.split(maxsplit=4)
-    login = Login(how, user, home.strip(), ServerPython.parse(probe), wheel.strip())
+    login = Login(how, user, home.strip(), ServerPython.parse(probe), wheel.strip(), int(low))
     if how != "user":
         return login
     own_root = f"{login.home}/tako"
@@ -321,11 +329,11 @@ async def _login(conn: Connection) -> Login:
             f"{user} on {where(server)} may not write {server.root} and has no passwordless sudo",
             hint=fixes,
         )
-    for port in (server.http_port, server.https_port):
-        if port < int(low):
-            raise AgentError(
-                f"port {port} on {where(server)} needs root, and {user} has no passwordless sudo", hint=fixes
-            )
+    if server.http_port < login.low:
+        raise AgentError(
+            f"port {server.http_port} on {where(server)} needs root, and {user} has no passwordless sudo",
+            hint=fixes,
+        )
     return login
 
 
@@ -366,8 +374,9 @@ def _serve_args(server: Server, client_user: str | None) -> list[str]:
         server.http_host,
         "--http-port",
         str(server.http_port),
-        "--https-port",
-        str(server.https_port),
+        # The agent's default (443) is left out: the command line of an agent set up before HTTPS
+        # then stays the same, so an upgrade restarts it in place.
+        *(["--https-port", str(server.https_port)] if server.https_port != 443 else []),
         *(arg for address in server.trusted_proxies for arg in ("--trusted-proxy", address)),
         *(["--client-user", client_user] if client_user else []),
     ]

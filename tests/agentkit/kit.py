@@ -63,6 +63,7 @@ class AgentProcess:
 def agent_command(root: Path, http_port: int, pyz_dir: Path, zipapp: Path | None = None) -> list[str]:
     """Runs `zipapp` if given, else this tree's agent: its zipapp on PY310 where there is one."""
     args = ["serve", "--root", str(root), "--http-host", "127.0.0.1", "--http-port", str(http_port)]
+    args += ["--https-port", "0"]  # none, unless `extra` names one (the last one given counts)
     if zipapp is None and not PY310.exists():
         return [sys.executable, "-m", "tako_core.agent", *args]
     python = PY310 if PY310.exists() else Path(sys.executable)
