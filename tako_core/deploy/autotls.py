@@ -75,6 +75,7 @@ class AutoTls:
                 answer.set_result(await session.agent.tls_auto(t.app, t.env, self.settings))
             except BaseException as err:
                 answer.set_exception(err if isinstance(err, Exception) else TakoError("cancelled"))
+                answer.exception()  # retrieved: an env without followers must not log it as lost
                 raise
             return
         try:
