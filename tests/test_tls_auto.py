@@ -151,8 +151,10 @@ def test_one_order_for_three_servers_validated_through_a_follower(
     folder = leader.root / "acme" / "web" / "production"
     token = (folder / "token").read_text().strip()
     key = (folder / "key.pem").read_text().strip().splitlines()[1]
+    logs = "".join((s.root / "log" / "agent.log").read_text() for s in servers)
     for secret in (token, key):
         assert secret not in run.stdout + run.stderr
+        assert secret not in logs
     for private in (folder / "token", folder / "key.pem", leader.root / "acme" / "account.key"):
         assert private.stat().st_mode & 0o777 == 0o600
     assert (follower.root / "acme" / "web" / "production" / "auto.json").stat().st_mode & 0o777 == 0o600
