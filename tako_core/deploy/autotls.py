@@ -150,8 +150,8 @@ async def _fetch(session: ServerSession, target: ResolvedEnv, deadline: float) -
         )
     except TimeoutError:
         return "the leader's certificate did not arrive in time"
-    except TakoError as err:
-        return err.message
+    except (TakoError, OSError) as err:
+        return str(err)
 
 
 async def renew(target: ResolvedEnv) -> list[tuple[str, CertificateInfo | str]]:

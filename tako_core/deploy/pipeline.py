@@ -274,10 +274,8 @@ class _Deploy(Run):
     # -- rollout and finalize ------------------------------------------------------------------
 
     async def after_switch(self) -> None:
-        if self._auto is not None:
-            deployed = [s for s in self.sessions if self.board.state(s.name, Phase.FINALIZE) is State.DONE]
-            if deployed:
-                await report(deployed, self.target, self.sink, self.options.tls_wait)
+        if self._auto is not None:  # every server, even one whose rollout failed: it serves HTTPS still
+            await report(self.sessions, self.target, self.sink, self.options.tls_wait)
 
     async def switch(self, session: ServerSession) -> ServerResult:
         assert self.build is not None
