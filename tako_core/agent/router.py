@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import ipaddress
 import logging
 import resource
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -105,9 +107,13 @@ class _ClientStream(Stream):
         self.idle_since: float | None = asyncio.get_running_loop().time()
         self.client: ClientConnection | None = None
         self.peer = "unknown"
+        self.accepted = asyncio.get_running_loop().time()
+        if tls:  # accepted, its handshake under way: the router sees it only once that is done
+            router._handshaking.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._router._handshaking.discard(self)
         self._router._accept(self)
 
 
@@ -158,6 +164,9 @@ class Router:
         self._table = RouteTable()
         self._proxy = Proxy(self._table, self._backend, max_head)
         self._clients: set[_ClientStream] = set()
+        # TLS connections accepted whose handshake is not done; a failed one is never "made" and
+        # leaves when collected.
+        self._handshaking: weakref.WeakSet[_ClientStream] = weakref.WeakSet()
         self._sweeper: asyncio.Task[None] | None = None
         self._servers: list[tuple[str, asyncio.Server]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -241,8 +250,8 @@ class Router:
         """Stop accepting and return the listening sockets, for the next agent: connections that
         arrive meanwhile wait in their backlog, none is refused. Every client connection ends after
         its next response, which says `Connection: close` (so no client races a request into a
-        connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed.
-        Then stop. Each socket comes with its kind, "http" or "https"."""
+        connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed; a
+        TLS connection still in its handshake is waited for too. Then stop. Each socket comes with its kind, "http" or "https"."""
         listeners = [
             (kind, socket.fromfd(s.fileno(), s.family, s.type))
             for kind, v in self._servers
@@ -253,7 +262,8 @@ class Router:
         self._closing = True
         loop = asyncio.get_running_loop()
         started = loop.time()
-        while self._clients and loop.time() - started < timeout:
+        gc.collect()  # failed handshakes' protocols (a cycle with their transport) leave _handshaking
+        while (self._clients or self._handshakes_under_way()) and loop.time() - started < timeout:
             for conn in list(self._clients):
                 if (
                     conn.idle_since is not None
@@ -263,6 +273,12 @@ class Router:
             await asyncio.sleep(0.02)
         await self.stop()
         return listeners
+
+    def _handshakes_under_way(self) -> bool:
+        """Whether a TLS connection accepted before the hand-over may still complete its handshake
+        (then it is served its one request, not dropped); none outlives TLS_HANDSHAKE_TIMEOUT."""
+        cut = asyncio.get_running_loop().time() - TLS_HANDSHAKE_TIMEOUT
+        return any(stream.accepted > cut for stream in self._handshaking)
 
     async def stop(self) -> None:
         for _, server in self._servers:
