@@ -251,7 +251,8 @@ class Router:
         arrive meanwhile wait in their backlog, none is refused. Every client connection ends after
         its next response, which says `Connection: close` (so no client races a request into a
         connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed; a
-        TLS connection still in its handshake is waited for too. Then stop. Each socket comes with its kind, "http" or "https"."""
+        TLS connection still in its handshake is waited for too. Then stop. Each socket comes with
+        its kind, "http" or "https"."""
         listeners = [
             (kind, socket.fromfd(s.fileno(), s.family, s.type))
             for kind, v in self._servers
