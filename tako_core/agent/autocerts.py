@@ -307,7 +307,8 @@ class AutoCerts:
             return self._failed(env, err, acme_renewal.after_failure(now, env.failures + 1))
         self._succeeded(env, info)
         due = await in_thread(lambda: self._next_look(env, chain.encode(), time.time()))
-        return max(due - time.time(), 0.0)
+        # Never straight into another order, whatever a CA's renewal window says of a new certificate.
+        return max(due - time.time(), acme_renewal.ARI_CHECK_MIN)
 
     def _obtain(self, env: _Env, key_pem: bytes) -> str:
         p = env.params
