@@ -17,7 +17,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log
 
-from tako_core.deploy.inspect import LeaseInfo, ServerView
+from tako_core.deploy.inspect import CertificateInfo, LeaseInfo, ServerView
 from tako_core.deploy.logs import LogLine
 from tako_core.secrets import SecretsStore
 from tako_tui.app import Console, ConsoleEnv
@@ -115,12 +115,21 @@ def up_since(view: ServerView, started_at: float) -> ServerView:
     return replace(view, status=replace(view.status, instances=instances))
 
 
+def certified(view: ServerView, days: float) -> ServerView:
+    """The view with a certificate for its routes that expires `days` after T0."""
+    assert view.status is not None
+    cert = CertificateInfo(
+        app="shop", env="production", names=view.status.routes, issuer="CN=R11", not_after=T0 + days * 86400
+    )
+    return replace(view, status=replace(view.status, certificate=cert))
+
+
 def scripted(clock: FakeClock) -> Console:
     lease = LeaseInfo(holder="ci@build-7 (pid 4242)", build="(building)", started_at=T0 - 95, ttl=30)
     views = {
         "production": [
-            up_since(server("web-1", "3f2a9c1", ["3f2a9c1", "b71e004"]), T0 - 3 * 3600),
-            up_since(server("web-2", "3f2a9c1", ["3f2a9c1", "b71e004"], up=1), T0 - 125),
+            certified(up_since(server("web-1", "3f2a9c1", ["3f2a9c1", "b71e004"]), T0 - 3 * 3600), 62.2),
+            certified(up_since(server("web-2", "3f2a9c1", ["3f2a9c1", "b71e004"], up=1), T0 - 125), 9.4),
             ServerView(server="web-3", error="connection refused"),
         ],
         "staging": [up_since(server("staging-1", "b71e004", ["b71e004"], lease=lease), T0 - 86400)],

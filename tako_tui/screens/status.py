@@ -1,8 +1,8 @@
 """The console's home: every env and server of the app at a glance, refreshed live.
 
-Per server: the build it runs, its instances up/total, restarts, and a deploy under way with its
-holder. The screen asks the app for the data (`load`) and hands the keys' actions to it; it never
-talks to a server itself.
+Per server: the build it runs, its instances up/total, restarts, the days its HTTPS certificate has
+left, and a deploy under way with its holder. The screen asks the app for the data (`load`) and hands
+the keys' actions to it; it never talks to a server itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tako_core.deploy.inspect import ServerView
+from tako_core.deploy.inspect import AppStatus, ServerView
 from tako_core.events import State
 from tako_core.units import ago, duration
 
@@ -64,7 +64,7 @@ class StatusScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#status", DataTable)
         table.border_title = "Environments and servers"
-        table.add_columns("Env", "Server", "Build", "Instances", "Up for", "Deploy under way")
+        table.add_columns("Env", "Server", "Build", "Instances", "Up for", "HTTPS", "Deploy under way")
         hint = "l logs · r releases & rollback · s secrets · d deploy the selected env · ? help"
         self.query_one("#status-hint", Static).update(Text(hint, MUTED))
         self.action_refresh()
@@ -107,12 +107,12 @@ class StatusScreen(Screen[None]):
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
 
-    def _cells(self, view: ServerView) -> tuple[Text, Text, Text, Text]:
+    def _cells(self, view: ServerView) -> tuple[Text, Text, Text, Text, Text]:
         if view.error:
-            return Text(f"unreachable: {view.error}", ERROR), Text(""), Text(""), Text("")
+            return Text(f"unreachable: {view.error}", ERROR), Text(""), Text(""), Text(""), Text("")
         status = view.status
         if status is None:
-            return Text("never deployed", MUTED), Text(""), Text(""), Text("")
+            return Text("never deployed", MUTED), Text(""), Text(""), Text(""), Text("")
         up = sum(1 for i in status.instances if i.running)
         total = len(status.instances)
         state = State.DONE if up == total and total else State.RUNNING if up else State.FAILED
@@ -129,7 +129,18 @@ class StatusScreen(Screen[None]):
         starts = [i.started_at for i in status.instances if i.running and i.started_at]
         # The youngest instance: a restart shows here at once, where the oldest would hide it.
         uptime = Text(duration(self._now() - max(starts)), MUTED) if starts else Text("")
-        return Text(status.current or "—"), health, uptime, under_way
+        return Text(status.current or "—"), health, uptime, self._https(status), under_way
+
+    def _https(self, status: AppStatus) -> Text:
+        """How long its certificate has left; red from two weeks before it expires (renewal is due a
+        month before, for a 90-day certificate: one that close to its end was not renewed)."""
+        cert = status.certificate
+        if cert is None:
+            return Text("—", MUTED)
+        days = (cert.not_after - self._now()) / 86400
+        if days < 0:
+            return Text("expired", STATE_STYLE[State.FAILED])
+        return Text(f"{days:.0f} d left", STATE_STYLE[State.DONE if days >= 14 else State.FAILED])
 
     def _header(self, note: str) -> None:
         header = Text.assemble(("tako ", "bold #f5a97f"), (self._app_name, "bold"), (f"   {note}", MUTED))
