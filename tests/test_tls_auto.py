@@ -22,12 +22,13 @@ import pytest
 from tako_core.agent.leader_link import LeaderRef, SyncError, fetch_certificate
 from tako_core.config import add_server
 from tests.agentkit.kit import Load
+from tests.delayproxy import DelayProxy, Link, via_proxy
 from tests.deploykit import TAKO, sample_app, tako
 from tests.fleet import Fleet, FleetServer, router_port
 from tests.pebble import NOWHERE, Pebble, require_pebble, start_pebble
 
 NAME = "shop.tako.test"
-ADDRESSES = ("127.0.0.10", "127.0.0.11", "127.0.0.12")  # the fleet's first three hosts
+ADDRESSES = ("127.0.0.11", "127.0.0.12", "127.0.0.13")  # the fleet's first three hosts (fleet.HostPool)
 
 
 def _shared_port() -> int:
@@ -294,3 +295,25 @@ def test_dns_not_pointing_here_is_a_warning_with_the_cas_error_and_the_deploy_su
     assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
     assert not (servers[0].root / "acme" / "web" / "production" / "auto.json").exists()
     assert "auto certificate" not in tako("status", cwd=cfg.parent).stdout
+
+
+def test_the_leader_holds_its_order_until_a_slow_follower_can_answer_the_ca(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, ca: Pebble, http_port: int
+) -> None:
+    """The follower DNS names is the last to come up (a slow link): were the leader to order as soon
+    as it is told, the CA would find no router there (connection refused)."""
+    servers = fleet(3, register=False)
+    for server in servers:
+        server.http_port = http_port
+    leader, slow, other = servers
+    with DelayProxy([(slow.address, slow.port)], Link.of(120)) as proxy:
+        (slow,) = via_proxy([slow], proxy, tmp_path / "known_hosts.slow")
+        for server in (leader, slow, other):
+            add_server(server.server, home=tako_home)
+        ca.point(NAME, slow.address)
+        cfg = auto_app(tmp_path, [leader, slow, other], ca)
+        run = tako("deploy", "--json", "--yes", cwd=cfg.parent, timeout=180)
+    assert run.code == 0, run.stderr
+    notices = [e["message"] for e in run.events() if e["event"] == "Notice"]
+    assert sum(m.startswith(f"HTTPS: certificate for {NAME} from ") for m in notices) == 3, notices
+    assert orders(leader) == 1

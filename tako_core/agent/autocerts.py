@@ -4,7 +4,9 @@ certificate from the leader.
 Design (issue #12). The deploy sends every server of an auto env Op.TLS_AUTO: the env's DNS names,
 the ACME settings (directory, contact, the CA bundle's PEM) and the server's role. Each server keeps
 these in ROOT/acme/<app>/<env>/auto.json (0600), so what follows runs on across agent restarts and
-without any client; one task per env does it.
+without any client; one task per env does it. The leader is told first, with `hold`: it orders
+nothing until the followers have their settings and it is told again (at most HOLD_MAX), since the
+CA's validation may reach any of them.
 
 - The leader orders. When it serves no certificate of its own key for exactly these names, or
   renewal is due (acme_renewal: a third of the lifetime left, or the CA's ARI window), it calls
@@ -77,6 +79,7 @@ log = logging.getLogger("tako.agent")
 FOLLOW_POLL = 3 * 3600.0  # a follower with the leader's certificate looks again this often
 FOLLOW_FIRST = 1.0  # the first retry while the leader has none; doubled up to FOLLOW_CAP
 FOLLOW_CAP = 300.0
+HOLD_MAX = 120.0  # the longest a leader waits for the deploy to tell its followers
 ERROR_CHARS = 500
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 _PIN = re.compile(r"[0-9a-f]{64}")
@@ -115,6 +118,7 @@ class _Env:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     force: bool = False  # a leader orders at its next attempt, due or not
+    hold_until: float = 0.0  # a leader orders nothing before (epoch s): its followers are being told
     failures: int = 0
     last_error: str | None = None
     next_attempt: float | None = None
@@ -178,8 +182,10 @@ class AutoCerts:
             except (OSError, ValueError, KeyError, TypeError, ProtocolError) as err:
                 log.error("tls auto: cannot restore %s: %s", key, err)
 
-    async def configure(self, key: str, params: AutoParams) -> TlsAutoSet:
-        """Keep `params` for `key` and run its task; a leader answers its token and pin."""
+    async def configure(self, key: str, params: AutoParams, *, hold: bool = False) -> TlsAutoSet:
+        """Keep `params` for `key` and run its task; a leader answers its token and pin. `hold`: the
+        leader orders nothing until told again without it (or HOLD_MAX passed): its followers are
+        being told, and the CA's validation may reach any of them."""
         folder = self._folder(key)
         folder.mkdir(parents=True, exist_ok=True)
         for d in (self.root, folder.parent, folder):
@@ -190,15 +196,16 @@ class AutoCerts:
             token = await in_thread(lambda: _token(folder / "token"))
             answer = TlsAutoSet(token=token, pin=await in_thread(lambda: key_pin(key_pem)))
         write_private(folder / "auto.json", params.to_json())
-        self._start(key, params)
+        self._start(key, params, hold_until=time.time() + HOLD_MAX if hold else 0.0)
         return answer
 
-    def _start(self, key: str, params: AutoParams) -> None:
+    def _start(self, key: str, params: AutoParams, hold_until: float = 0.0) -> None:
         env = self._envs.get(key)
         if env is None:
             env = self._envs[key] = _Env(key, self._folder(key), params)
         elif env.params != params:
             env.params, env.failures, env.last_error = params, 0, None
+        env.hold_until = hold_until
         env.wake.set()
         if env.task is None or env.task.done():
             env.task = asyncio.get_running_loop().create_task(self._run(env), name=f"tls-auto-{key}")
@@ -256,6 +263,11 @@ class AutoCerts:
     async def _run(self, env: _Env) -> None:
         while True:
             env.wake.clear()
+            held = env.hold_until - time.time() if env.params.leader is None else 0.0
+            if held > 0:
+                with contextlib.suppress(WaitTimeout):
+                    await asyncio.wait_for(env.wake.wait(), held)
+                continue
             env.answering, env.waiters = env.waiters, []
             forced, env.force = env.force, False
             try:

@@ -388,7 +388,7 @@ class Agent:
     @handles(Op.TLS_AUTO)
     async def tls_auto(self, p: Params, emit: Emit) -> TlsAutoSet:
         """Get and renew the env's certificate automatically (see agent/autocerts.py)."""
-        return await self.autocerts.configure(self.runtime(p).key, params_from(p))
+        return await self.autocerts.configure(self.runtime(p).key, params_from(p), hold=p.bool("hold"))
 
     @handles(Op.TLS_RENEW)
     async def tls_renew(self, p: Params, emit: Emit) -> CertificateInfo:

@@ -3,11 +3,12 @@
 One ACME order per env: the deploy's leader orders and renews, the other servers are its followers
 (tako_core/agent/autocerts.py has the agent's side). Right after connecting, every server gets
 Op.TLS_AUTO: the leader first, whose answer (a sync token, a secret, and its key's pin) goes on to the
-followers, with the leader's address and ports. This runs beside the upload and install. After the
-rollout the deploy waits a bounded time (DeployOptions.tls_wait) for the leader's certificate, asks
-every follower to fetch it at once, and says per server which certificate it serves, or, when there
-is none yet (DNS not pointing here, the CA unreachable), the CA's error as a warning: the deploy does
-not fail for it, the agents keep trying on their own.
+followers, with the leader's address and ports; the leader holds its order until every follower has
+its settings (the CA's validation may reach any of them), then is told to go. This runs beside the
+upload and install. After the rollout the deploy waits a bounded time (DeployOptions.tls_wait) for
+the leader's certificate, asks every follower to fetch it at once, and says per server which
+certificate it serves, or, when there is none yet (DNS not pointing here, the CA unreachable), the
+CA's error as a warning: the deploy does not fail for it, the agents keep trying on their own.
 """
 
 from __future__ import annotations
@@ -60,23 +61,33 @@ class AutoTls:
     def __init__(self, target: ResolvedEnv) -> None:
         self.target = target
         self.settings = acme_settings(target)
+        self._followers = len(target.servers) - 1
+        self._told = 0
         self._answer: asyncio.Future[TlsAutoSet] | None = None
+        self._all_told: asyncio.Event | None = None
 
     def _leader_answer(self) -> asyncio.Future[TlsAutoSet]:
         if self._answer is None:
             self._answer = asyncio.get_running_loop().create_future()
+            self._all_told = asyncio.Event()
         return self._answer
 
     async def tell(self, session: ServerSession) -> None:
-        """Op.TLS_AUTO to `session`'s server, as leader or as a follower of the env's leader."""
+        """Op.TLS_AUTO to `session`'s server, as leader or as a follower of the env's leader. The
+        leader holds its order until every follower is told: the CA's validation may reach any."""
         t, answer = self.target, self._leader_answer()
         if session.server == t.leader:
+            hold = self._followers > 0
             try:
-                answer.set_result(await session.agent.tls_auto(t.app, t.env, self.settings))
+                answer.set_result(await session.agent.tls_auto(t.app, t.env, {**self.settings, "hold": hold}))
             except BaseException as err:
                 answer.set_exception(err if isinstance(err, Exception) else TakoError("cancelled"))
                 answer.exception()  # retrieved: an env without followers must not log it as lost
                 raise
+            if hold:
+                assert self._all_told is not None
+                await self._all_told.wait()  # a follower that fails fails the deploy: this is cancelled
+                await session.agent.tls_auto(t.app, t.env, self.settings)
             return
         try:
             given = await asyncio.shield(answer)
@@ -90,6 +101,9 @@ class AutoTls:
             "pin": given.pin,
         }
         await session.agent.tls_auto(t.app, t.env, {**self.settings, "leader": leader})
+        self._told += 1
+        if self._told == self._followers and self._all_told is not None:
+            self._all_told.set()
 
 
 async def report(
