@@ -51,6 +51,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run_command",
         "Run COMMAND once, in the current release, with the environment an instance gets.",
     ),
+    "tls": (
+        "tls",
+        "tls",
+        "HTTPS certificates: `tls renew` orders the env's automatic certificate now.",
+    ),
     "console": (
         "console",
         "console_command",

@@ -113,12 +113,13 @@ def _wait_listening(port: int, procs: list[subprocess.Popen[bytes]]) -> None:
     raise RuntimeError(f"{ADDRESS}:{port} did not accept connections within {START_TIMEOUT:.0f} s")
 
 
-def start_pebble(workdir: Path, *, nonce_reject: int | None = None) -> Pebble:
-    """Pebble + its mock DNS in `workdir`; `nonce_reject` overrides pebble's 5% (percent)."""
+def start_pebble(workdir: Path, *, nonce_reject: int | None = None, http_port: int | None = None) -> Pebble:
+    """Pebble + its mock DNS in `workdir`; `nonce_reject` overrides pebble's 5% (percent);
+    `http_port` is where it validates HTTP-01 (default: a port free on RESPONDER)."""
     workdir.mkdir(parents=True, exist_ok=True)
     _make_tls(workdir)
     acme, management = free_port(ADDRESS), free_port(ADDRESS)
-    http_port = free_port(RESPONDER)
+    http_port = http_port or free_port(RESPONDER)
     dns, dns_management = free_port(ADDRESS), free_port(ADDRESS)
     config = {
         "pebble": {

@@ -26,6 +26,7 @@ ENV_COMMANDS = {
     "secrets key new",
     "secrets key export",
     "secrets key import",
+    "tls renew",
 }
 
 

@@ -207,3 +207,55 @@ async def test_a_certificate_swap_and_an_agent_restart_under_https_load_fail_no_
     assert len(restart.samples) > 20
     assert s1.agent_pid() == agent_pid  # restarted in place: the HTTPS socket was handed over
     assert curl(s1, ca, "web.test").returncode == 0
+
+
+async def test_new_https_connections_during_restarts_in_place_are_all_answered(
+    fleet: Fleet, tako_home: Path, tmp_path: Path, secrets_key: None
+) -> None:
+    """A handshake under way when the agent hands its sockets over completes and is answered
+    (the router sees a TLS connection only once its handshake is done: it used to be dropped)."""
+    import asyncio
+    import ssl
+
+    (s1,) = fleet(1)
+    ca = TestCA(tmp_path / "ca")
+    cfg = sample_app(tmp_path, [s1])
+    cfg.write_text(cfg.read_text() + BRING)
+    bring_certificate(cfg, ca, "web.test")
+    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    trust = ssl.create_default_context(cafile=str(ca.cert))
+    answered, errors = 0, []
+    stop = asyncio.Event()
+
+    async def connect_again_and_again() -> None:
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(s1.address, s1.https_port, ssl=trust, server_hostname="web.test"),
+                    10,
+                )
+                writer.write(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+                data = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+            except (OSError, TimeoutError) as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            if data.startswith(b"HTTP/1.1 200"):
+                answered += 1
+            else:
+                errors.append(repr(data[:60]))
+
+    clients = [asyncio.ensure_future(connect_again_and_again()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    for _ in range(5):
+        restart = await asyncio.create_subprocess_exec(
+            *TAKO, "servers", "setup", s1.name, "--restart", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(restart.communicate(), 120)
+        assert restart.returncode == 0, (out + err).decode()
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert errors == []
+    assert answered > 100

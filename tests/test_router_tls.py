@@ -155,6 +155,63 @@ async def test_acme_challenges_are_answered_on_the_http_port_for_any_host(router
         client.close()
 
 
+async def test_a_token_it_lacks_is_asked_of_the_leader_once_never_twice(router: Router) -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def leader(token: str, host: str) -> str | None:
+        asked.append((token, host))
+        return f"{token}.from-the-leader"
+
+    router.forward_challenge = leader
+    client = await Client(router.port).open()
+    try:
+        found = await client.request(target="/.well-known/acme-challenge/tok-2", host="Shop.Test:80")
+        assert (found.status, found.body) == (200, b"tok-2.from-the-leader")
+        again = await client.request(
+            target="/.well-known/acme-challenge/tok-3", host="shop.test", headers=[("X-Tako-Forwarded", "1")]
+        )
+        assert again.status == 404  # forwarded once already: a loop between two routers ends here
+    finally:
+        client.close()
+    assert asked == [("tok-2", "shop.test")]
+
+
+async def test_the_certificate_sync_path_is_https_only_and_never_reaches_an_app(
+    router: Router, ca: TestCA, apps: Callable[[str], App]
+) -> None:
+    a = apps("a")
+    await a.start()
+    router.set_route("shop", ["shop.test"], [a.upstream])
+    seen: list[tuple[str, bytes]] = []
+
+    def sync(host: str, authorization: bytes) -> bytes | None:
+        seen.append((host, authorization))
+        return b'{"chain": "c"}' if authorization == b"Bearer right" else None
+
+    router.certificate_sync = sync
+    path = "/.well-known/tako/certificate"
+    client = await https(router, ca, "shop.test")
+    try:
+        good = await client.request(
+            target=path, host="shop.test", headers=[("Authorization", "Bearer right")]
+        )
+        assert (good.status, good.body) == (200, b'{"chain": "c"}')
+        wrong = await client.request(target=path, host="shop.test", headers=[("Authorization", "Bearer no")])
+        assert wrong.status == 404
+    finally:
+        client.close()
+    plain = await Client(router.port).open()
+    try:
+        over_http = await plain.request(
+            target=path, host="plain.test", headers=[("Authorization", "Bearer right")]
+        )
+        assert over_http.status == 404
+    finally:
+        plain.close()
+    assert seen == [("shop.test", b"Bearer right"), ("shop.test", b"Bearer no")]
+    assert a.requests == []
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from tako_core.config import Inventory, Server, load_config, resolve
-from tako_core.config.tls import AUTO, BROUGHT, LETS_ENCRYPT, OFF, BroughtCertificate, TlsSettings
+from tako_core.config.tls import (
+    AUTO,
+    BROUGHT,
+    LETS_ENCRYPT,
+    OFF,
+    BroughtCertificate,
+    ResolvedTls,
+    TlsSettings,
+)
 from tako_core.errors import ConfigError
 
 INVENTORY = Inventory(servers={"web-1": Server(name="web-1", host="127.0.0.2")}, path=Path("servers.toml"))
@@ -51,6 +59,8 @@ def test_tls_table_and_defaults(tmp_path: Path) -> None:
         ('route = "localhost"', 'tls = "auto"', OFF, "route localhost is an IP address or localhost"),
         ('route = "*.example.com"', "", OFF, "wildcard route *.example.com: served over plain HTTP"),
         ('route = "*.example.com"', 'tls = "off"', OFF, None),
+        ('route = "shop.test"', "", OFF, "route shop.test is a special-use or single-label name"),
+        ('route = "intranet"', 'tls = "auto"', OFF, "route intranet is a special-use or single-label name"),
     ],
 )
 def test_mode_resolution(tmp_path: Path, routes: str, tls: str, mode: str, warns: str | None) -> None:
@@ -61,6 +71,12 @@ def test_mode_resolution(tmp_path: Path, routes: str, tls: str, mode: str, warns
     else:
         assert resolved.tls.warning is not None
         assert resolved.tls.warning.startswith(warns)
+
+
+def test_special_use_names_get_automatic_certificates_from_a_ca_of_ones_own(tmp_path: Path) -> None:
+    top = '[tls]\nacme_directory = "https://pebble.test:14000/dir"\n'
+    path = env_config(tmp_path, 'route = "shop.test"', "", top)
+    assert resolve(load_config(path), "production", INVENTORY).tls == ResolvedTls(AUTO)
 
 
 def test_a_brought_certificate(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     acme           the ACME client (RFC 8555, HTTP-01): `obtain` a certificate chain from a CA's directory
     acme_crypto    the ACME client's crypto through the `openssl` command: keys, ES256 JWS, CSR, cert_info
     acme_renewal   when to renew: a third of the lifetime left, ACME Renewal Information, backoff
+    autocerts      tls = "auto": per env a task; the leader orders and renews, followers copy its certificate
+    leader_link    a follower's requests to its leader: challenges it lacks, the certificate (pinned TLS)
     accounts       one Unix user per app/env (an agent running as root): its name, creating it
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file;
                    restarting in place (SIGWINCH): router sockets handed over, instances kept, exec
@@ -61,4 +63,15 @@ by whoever orders a certificate; `Router.challenge` is the hook for forwarding t
 and any other request for a host with a certificate gets a 308 to https://. STATUS shows each
 app/env's certificate (names, issuer, expiry). The HTTPS socket is handed over on a restart in place
 like the HTTP one (LISTEN_FDNAMES says which is which).
+
+Automatic certificates (`tls = "auto"`, autocerts and leader_link; their module docstrings say more).
+One ACME order per env and renewal, by the env's leader (the deploy's leader): Op.TLS_AUTO gives every
+server the names, the ACME settings and its role, kept in ROOT/acme (0600) so that renewals need no
+client and survive restarts. The leader runs `acme.obtain` (account key ROOT/acme/account.key, one
+certificate key per env, reused by every renewal) and installs the chain like CERT_INSTALL. A
+follower's router forwards a challenge token it does not hold to the leader's HTTP port, so the
+CA's validation succeeds whichever server DNS sends it to; the follower fetches the certificate from
+the leader's HTTPS port (`/.well-known/tako/certificate`, Bearer sync token), trusting the leader
+only if its key matches the pin the leader gave the client. Op.TLS_RENEW orders (leader) or fetches
+(follower) now; STATUS shows each env's auto state. CERT_INSTALL and CERT_REMOVE stop it.
 """

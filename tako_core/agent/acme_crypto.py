@@ -144,6 +144,19 @@ def raw_signature(der: bytes) -> bytes:
     return parts[0] + parts[1]
 
 
+def key_pin(key_pem: bytes) -> str:
+    """The pin of a private key: sha256 (hex) of its public key's DER SubjectPublicKeyInfo."""
+    spki = openssl(["pkey", "-in", "{key}", "-pubout", "-outform", "DER"], key_pem=key_pem)
+    return hashlib.sha256(spki).hexdigest()
+
+
+def cert_pin(cert_der: bytes) -> str:
+    """The pin of a DER certificate's public key (as `key_pin` of its private key)."""
+    pem = openssl(["x509", "-inform", "DER", "-noout", "-pubkey"], stdin=cert_der).decode("ascii")
+    body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+    return hashlib.sha256(base64.b64decode(body)).hexdigest()
+
+
 def csr(key_pem: bytes, names: Sequence[str]) -> bytes:
     """A DER CSR for `names` (all in subjectAltName, empty subject) signed by `key_pem`."""
     san = "subjectAltName=" + ",".join(f"DNS:{n}" for n in names)

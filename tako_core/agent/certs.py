@@ -50,15 +50,23 @@ def _bad(message: str) -> ProtocolError:
     )
 
 
-def inspect(chain: Path) -> tuple[tuple[str, ...], str, float]:
-    """The leaf's DNS names (lowercase), its issuer and its expiry (epoch seconds)."""
+def inspect(key: str, chain: Path) -> CertificateInfo:
+    """The leaf's DNS names (lowercase), issuer, expiry (epoch seconds) and serial."""
     try:
         info = cert_info(chain.read_bytes())
     except AcmeError as e:
         raise _bad(f"cannot read the certificate: {e}") from None
     if not info.names:
         raise _bad("the certificate names no DNS name (subjectAltName)")
-    return tuple(name.lower() for name in info.names), info.issuer, info.not_after
+    app, _, env = key.partition("/")
+    return CertificateInfo(
+        app=app,
+        env=env,
+        names=tuple(name.lower() for name in info.names),
+        issuer=info.issuer,
+        not_after=info.not_after,
+        serial=info.serial.lstrip(b"\0").hex(),
+    )
 
 
 class Certs:
@@ -127,6 +135,17 @@ class Certs:
         cert = self._certs.get(key)
         return cert.info if cert else None
 
+    def pair(self, key: str) -> tuple[str, str] | None:
+        """`key`'s chain and private key as installed (PEM), or None."""
+        target = self._dir(key)
+        with self._lock:  # never a new key with the old chain, halfway through an install
+            if key not in self._certs:
+                return None
+            try:
+                return (target / "chain.pem").read_text(), (target / "key.pem").read_text()
+            except OSError:
+                return None
+
     def infos(self) -> list[CertificateInfo]:
         return [c.info for _, c in sorted(self._certs.items())]
 
@@ -156,14 +175,11 @@ def _no_password() -> bytes:
 
 
 def _load(key: str, chain: Path, private: Path) -> Certificate:
-    names, issuer, not_after = inspect(chain)
+    info = inspect(key, chain)
     ctx = server_context()
     try:
         ctx.load_cert_chain(chain, private, password=_no_password)
     except ssl.SSLError as e:
         # The reason only ("key values mismatch", "PEM lib"): never anything read from the key.
         raise _bad(f"the certificate and key do not load together: {e.reason or 'invalid PEM'}") from None
-    app, _, env = key.partition("/")
-    return Certificate(
-        key, CertificateInfo(app=app, env=env, names=names, issuer=issuer, not_after=not_after), ctx
-    )
+    return Certificate(key, info, ctx)

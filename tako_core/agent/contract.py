@@ -20,7 +20,7 @@ import os
 import time
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
@@ -114,6 +114,8 @@ class Op(Enum):
     EXEC_RESIZE = "exec_resize"
     CERT_INSTALL = "cert_install"
     CERT_REMOVE = "cert_remove"
+    TLS_AUTO = "tls_auto"
+    TLS_RENEW = "tls_renew"
 
 
 M = TypeVar("M", bound="Message")
@@ -270,6 +272,7 @@ class CertificateInfo(Message):
     names: tuple[str, ...]
     issuer: str
     not_after: float
+    serial: str = ""  # hex: tells a renewed certificate from the one before
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,6 +280,30 @@ class CertRemoved(Message):
     """cert_remove: whether the env had a certificate to remove."""
 
     removed: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsAutoSet(Message):
+    """tls_auto: the leader's answers for its followers' tls_auto (empty from a follower): the sync
+    `token` (a secret: never shown, logged or sent as an event) and the `pin`, the sha256 (hex) of
+    the certificate key's DER SubjectPublicKeyInfo."""
+
+    token: str = field(default="", repr=False)
+    pin: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoTlsStatus(Message):
+    """In status: an "auto" env's certificate task: `role` "leader" or "follower" (of `leader`, an
+    address), `state` "issued" (it serves a certificate for all `names`) or "pending", the last
+    attempt's error and when the next attempt is due (epoch seconds)."""
+
+    role: str
+    names: tuple[str, ...]
+    state: str
+    leader: str | None = None
+    last_error: str | None = None
+    next_attempt: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,6 +318,7 @@ class AppStatus(Message):
     user: str  # the Unix user its install, release command and instances run as
     shares_agent_user: bool  # no user of its own: every app runs as the agent's user
     certificate: CertificateInfo | None = None  # the HTTPS certificate its routes are served with
+    auto_tls: AutoTlsStatus | None = None  # tls = "auto": how getting the certificate goes
 
 
 @dataclass(frozen=True, kw_only=True)

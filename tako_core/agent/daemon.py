@@ -95,6 +95,7 @@ async def serve(
         try:
             await agent.restore()  # first: a handed-over router must not serve before its routes are back
             await router.start()
+            agent.autocerts.restore()  # after the router: a leader's order needs its challenges served
             await server.start(layout.socket)
             layout.hand_socket(client_user)
             write_private(layout.pid_file, f"{os.getpid()}\n".encode())

@@ -76,16 +76,21 @@ class Layout:
         """The router's certificates and keys (agent/certs.py): the agent user's alone."""
         return self.root / "tls"
 
+    @property
+    def acme(self) -> Path:
+        """Automatic certificates (agent/autocerts.py): ACME account, per env settings, keys, tokens."""
+        return self.root / "acme"
+
     def app(self, app: str, env: str) -> AppLayout:
         return AppLayout(self.apps / check_name("app", app) / check_name("env", env), self.app_users)
 
     def create(self, client_user: str | None = None) -> None:
         """The root's directories; `client_user` (the SSH user driving a root agent) may reach the
         socket in run/ (which it cannot list), nothing else: uploads come over the socket (Op.UPLOAD)."""
-        for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps, self.tls):
+        for path in (self.bin, self.run, self.log_file.parent, self.uploads, self.apps, self.tls, self.acme):
             path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.log_file.parent, 0o700)
-        os.chmod(self.tls, 0o700)
+        for private in (self.log_file.parent, self.tls, self.acme):
+            os.chmod(private, 0o700)
         if self.app_users:  # apps reach their own release, never list the others
             os.chmod(self.root, 0o711)
             os.chmod(self.apps, 0o711)

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import ipaddress
 import logging
 import resource
 import socket
 import ssl
-from collections.abc import Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from tako_core.agent.certs import Certs, server_context
@@ -68,6 +70,8 @@ HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed
 HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to complete its TLS handshake
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+SYNC_PATH = b"/.well-known/tako/certificate"  # an env's leader hands its certificate to followers
+FORWARDED_MARK = b"x-tako-forwarded"  # a challenge request one router forwarded to another
 MAX_UNKNOWN_NAMES = 1024  # SNI names without a certificate logged (once each), then no more
 
 
@@ -103,9 +107,13 @@ class _ClientStream(Stream):
         self.idle_since: float | None = asyncio.get_running_loop().time()
         self.client: ClientConnection | None = None
         self.peer = "unknown"
+        self.accepted = asyncio.get_running_loop().time()
+        if tls:  # accepted, its handshake under way: the router sees it only once that is done
+            router._handshaking.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._router._handshaking.discard(self)
         self._router._accept(self)
 
 
@@ -135,6 +143,11 @@ class Router:
         self.certs = certs
         # ACME HTTP-01: token -> key authorization, filled by whoever orders a certificate.
         self.challenges: dict[str, str] = {}
+        # Set by the agent's automatic certificates (autocerts): a follower asks its env's leader
+        # for a token it does not hold (token, host); a leader answers the sync path on HTTPS
+        # (host, Authorization header) with a JSON body, or None for a 404.
+        self.forward_challenge: Callable[[str, str], Awaitable[str | None]] | None = None
+        self.certificate_sync: Callable[[str, bytes], bytes | None] | None = None
         self._unknown_names: set[str] = set()
         self._closing = False  # handing over: every connection ends after its next response
         self._host = host
@@ -151,6 +164,9 @@ class Router:
         self._table = RouteTable()
         self._proxy = Proxy(self._table, self._backend, max_head)
         self._clients: set[_ClientStream] = set()
+        # TLS connections accepted whose handshake is not done; a failed one is never "made" and
+        # leaves when collected.
+        self._handshaking: weakref.WeakSet[_ClientStream] = weakref.WeakSet()
         self._sweeper: asyncio.Task[None] | None = None
         self._servers: list[tuple[str, asyncio.Server]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -234,8 +250,9 @@ class Router:
         """Stop accepting and return the listening sockets, for the next agent: connections that
         arrive meanwhile wait in their backlog, none is refused. Every client connection ends after
         its next response, which says `Connection: close` (so no client races a request into a
-        connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed.
-        Then stop. Each socket comes with its kind, "http" or "https"."""
+        connection being closed); one idle for HANDOVER_IDLE gets no next request and is closed; a
+        TLS connection still in its handshake is waited for too. Then stop. Each socket comes with
+        its kind, "http" or "https"."""
         listeners = [
             (kind, socket.fromfd(s.fileno(), s.family, s.type))
             for kind, v in self._servers
@@ -246,7 +263,8 @@ class Router:
         self._closing = True
         loop = asyncio.get_running_loop()
         started = loop.time()
-        while self._clients and loop.time() - started < timeout:
+        gc.collect()  # failed handshakes' protocols (a cycle with their transport) leave _handshaking
+        while (self._clients or self._handshakes_under_way()) and loop.time() - started < timeout:
             for conn in list(self._clients):
                 if (
                     conn.idle_since is not None
@@ -256,6 +274,12 @@ class Router:
             await asyncio.sleep(0.02)
         await self.stop()
         return listeners
+
+    def _handshakes_under_way(self) -> bool:
+        """Whether a TLS connection accepted before the hand-over may still complete its handshake
+        (then it is served its one request, not dropped); none outlives TLS_HANDSHAKE_TIMEOUT."""
+        cut = asyncio.get_running_loop().time() - TLS_HANDSHAKE_TIMEOUT
+        return any(stream.accepted > cut for stream in self._handshaking)
 
     async def stop(self) -> None:
         for _, server in self._servers:
@@ -348,7 +372,10 @@ class Router:
                 if not isinstance(ev, Request):
                     return
                 req = dataclasses.replace(ev, keep_alive=False) if self._closing else ev
-                local = None if stream.tls else await self._plain_http(client, req)
+                if stream.tls:
+                    local = await self._sync(client, req) if self._is_sync(req) else None
+                else:
+                    local = await self._plain_http(client, req)
                 if not (await self._proxy.exchange(client, req) if local is None else local):
                     return
         except ParseError as e:
@@ -371,10 +398,16 @@ class Router:
         proxy the request as it is."""
         path = req.target.split(b"?", 1)[0]
         if req.method in (b"GET", b"HEAD") and path.startswith(CHALLENGE_PREFIX):
-            authorization = await self.challenge(path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace"))
+            token = path[len(CHALLENGE_PREFIX) :].decode("ascii", "replace")
+            forwarded = any(name.lower() == FORWARDED_MARK for name, _ in req.headers)
+            # A forwarded request is never forwarded again: two routers cannot ask each other forever.
+            name = "" if forwarded or req.host is None else _host_name(req.host).decode("ascii", "replace")
+            authorization = await self.challenge(token, name)
             if authorization is None:
                 return await self._proxy.refuse(client, req, 404, "no such ACME challenge")
             return await self._proxy.refuse(client, req, 200, "", body=authorization.encode())
+        if path == SYNC_PATH:  # the certificate sync is HTTPS only, and never an app's
+            return await self._proxy.refuse(client, req, 404, "not found")
         https_port = self.https_port
         if self.certs is None or https_port is None or req.host is None:
             return None
@@ -391,10 +424,26 @@ class Router:
             client, req, 308, "moved to HTTPS", headers=b"Location: " + location + b"\r\n"
         )
 
-    async def challenge(self, token: str) -> str | None:
-        """The key authorization for an HTTP-01 `token` this agent holds. The one hook for a
-        multi-server env: ask the env's leader here for a token it holds and this server does not."""
-        return self.challenges.get(token)
+    async def challenge(self, token: str, host: str = "") -> str | None:
+        """The key authorization for an HTTP-01 `token`: this agent's own, else (a follower of an
+        env naming `host`; "" never forwards) what the env's leader answers."""
+        answer = self.challenges.get(token)
+        if answer is None and host and self.forward_challenge is not None:
+            answer = await self.forward_challenge(token, host.lower())
+        return answer
+
+    def _is_sync(self, req: Request) -> bool:
+        return self.certificate_sync is not None and req.target.split(b"?", 1)[0] == SYNC_PATH
+
+    async def _sync(self, client: ClientConnection, req: Request) -> bool:
+        """The leader's side of the certificate sync (HTTPS only, never proxied to an app)."""
+        assert self.certificate_sync is not None
+        auth = next((value for name, value in req.headers if name.lower() == b"authorization"), b"")
+        host = _host_name(req.host).decode("ascii", "replace").lower() if req.host else ""
+        body = self.certificate_sync(host, auth) if req.method == b"GET" else None
+        if body is None:
+            return await self._proxy.refuse(client, req, 404, "not found")
+        return await self._proxy.refuse(client, req, 200, "", body=body)
 
 
 def _host_name(host: bytes) -> bytes:

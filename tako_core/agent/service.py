@@ -18,10 +18,12 @@ from typing import Protocol, TypeVar
 
 import tako_core
 from tako_core.agent import delta, extract, releases, uploads
+from tako_core.agent.autocerts import AutoCerts, params_from
 from tako_core.agent.certs import Certs
 from tako_core.agent.compat import WaitTimeout
 from tako_core.agent.contract import (
     BAD_REQUEST,
+    FAILED,
     NOT_FOUND,
     PROTOCOL_VERSION,
     AgentInfo,
@@ -51,9 +53,11 @@ from tako_core.agent.contract import (
     RunResult,
     RunStarted,
     Status,
+    TlsAutoSet,
     clip,
 )
 from tako_core.agent.layout import Layout
+from tako_core.agent.leader_link import SyncError
 from tako_core.agent.leases import Leases
 from tako_core.agent.oneoff import OneOffs
 from tako_core.agent.params import Params
@@ -118,6 +122,7 @@ class Agent:
         self.oneoffs = OneOffs()
         self._apps: dict[tuple[str, str], AppRuntime] = {}
         self.certs = router.certs if router.certs is not None else Certs(layout.tls)
+        self.autocerts = AutoCerts(layout.acme, self.certs, router)
 
     def handler(self, op: Op) -> Handler:
         return functools.partial(_HANDLERS[op], self)
@@ -145,6 +150,7 @@ class Agent:
         """Stop every app's instances; or, when the agent restarts (`leave`), leave them running
         for the next agent to adopt. Release commands and one-off runs are stopped either way."""
         await self.runs.shutdown()
+        await self.autocerts.shutdown()
         ending = (r.leave() if leave else r.stop() for r in self._apps.values())
         await asyncio.gather(*ending, return_exceptions=True)
 
@@ -362,6 +368,7 @@ class Agent:
             user=runtime.layout.user_name(),
             shares_agent_user=not runtime.layout.app_users,
             certificate=self.certs.get(runtime.key),
+            auto_tls=self.autocerts.status(runtime.key),
         )
 
     @handles(Op.CERT_INSTALL)
@@ -369,11 +376,31 @@ class Agent:
         """Serve the app/env's routes over HTTPS with this chain and key (the key never leaves the
         agent's 0600 files: no log line, event or error carries it)."""
         runtime = self.runtime(p)
+        await self.autocerts.stop(runtime.key)
         return await asyncio.to_thread(self.certs.install, runtime.key, p.str("chain"), p.str("key"))
 
     @handles(Op.CERT_REMOVE)
     async def cert_remove(self, p: Params, emit: Emit) -> CertRemoved:
-        return CertRemoved(removed=self.certs.remove(self.runtime(p).key))
+        key = self.runtime(p).key
+        await self.autocerts.stop(key)
+        return CertRemoved(removed=self.certs.remove(key))
+
+    @handles(Op.TLS_AUTO)
+    async def tls_auto(self, p: Params, emit: Emit) -> TlsAutoSet:
+        """Get and renew the env's certificate automatically (see agent/autocerts.py)."""
+        return await self.autocerts.configure(self.runtime(p).key, params_from(p), hold=p.bool("hold"))
+
+    @handles(Op.TLS_RENEW)
+    async def tls_renew(self, p: Params, emit: Emit) -> CertificateInfo:
+        key = self.runtime(p).key
+        try:
+            return await self.autocerts.renew(key)
+        except KeyError:
+            raise ProtocolError(
+                NOT_FOUND, f"{key} gets no automatic certificate here", hint='deploy it with tls = "auto"'
+            ) from None
+        except SyncError as err:
+            raise ProtocolError(FAILED, str(err), hint="the agent keeps retrying on its own") from None
 
     @handles(Op.RELEASES)
     async def releases(self, p: Params, emit: Emit) -> Releases:

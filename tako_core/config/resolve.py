@@ -7,7 +7,7 @@ from tako_core.errors import BadInput
 from .files import located
 from .model import AppConfig, Inventory, ResolvedEnv, Server
 from .schema import Invalid, suggest
-from .tls import resolve_tls
+from .tls import LETS_ENCRYPT, resolve_tls
 
 
 def resolve_release(top: str | None, env: str | None) -> str | None:
@@ -39,7 +39,8 @@ def resolve(config: AppConfig, env: str, inventory: Inventory) -> ResolvedEnv:
         )
     env_config = config.envs[env]
     servers = tuple(_server(config, env, i, name, inventory) for i, name in enumerate(env_config.servers))
-    tls = resolve_tls(env_config.tls, env_config.routes, env)
+    public_ca = config.tls.acme_directory == LETS_ENCRYPT
+    tls = resolve_tls(env_config.tls, env_config.routes, env, public_ca=public_ca)
     if isinstance(tls, Invalid):
         raise located(tls, config.path, config.source)
     return ResolvedEnv(

@@ -30,6 +30,8 @@ LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 TLS_KEYS = ("email", "acme_directory", "acme_ca_bundle")
 BRING_KEYS = ("certificate", "key_secret")
 AUTO, OFF, BROUGHT = "auto", "off", "certificate"
+# Names no public CA certifies (RFC 2606, 6761, 6762, 8375; ICANN's .internal).
+SPECIAL_USE = (".test", ".example", ".invalid", ".local", ".internal", ".home.arpa")
 _ENV_HINT = 'tls = "auto", "off", or { certificate = "certs/site.pem", key_secret = "TLS_KEY" }'
 
 
@@ -124,9 +126,13 @@ def env_tls(table: Mapping[str, Any], path: KeyPath, base: Path) -> EnvTls | Non
     return BroughtCertificate(certificate=certificate, key_secret=secret)
 
 
-def resolve_tls(written: EnvTls | None, routes: tuple[str, ...], env: str) -> ResolvedTls | Invalid:
+def resolve_tls(
+    written: EnvTls | None, routes: tuple[str, ...], env: str, *, public_ca: bool = True
+) -> ResolvedTls | Invalid:
     """The env's mode from what is written and its routes; an `Invalid` (the caller locates it) when
-    "auto" is written out for a wildcard route."""
+    "auto" is written out for a wildcard route. With a public CA (`public_ca`: the default
+    acme_directory), names no public CA certifies (`.test`, `.internal`, one label...) fall back to
+    plain HTTP with a warning, as IPs and localhost do with any CA."""
     if isinstance(written, BroughtCertificate):
         return ResolvedTls(BROUGHT, certificate=written)
     if written == OFF or not routes:
@@ -153,7 +159,20 @@ def resolve_tls(written: EnvTls | None, routes: tuple[str, ...], env: str) -> Re
             warning=f"route {local[0]} is an IP address or localhost: served over plain HTTP (no CA "
             'certifies it); bring a certificate or set tls = "off" to silence this',
         )
+    private = [r for r in routes if _special_use(r)] if public_ca else []
+    if private:
+        return ResolvedTls(
+            OFF,
+            warning=f"route {private[0]} is a special-use or single-label name: served over plain HTTP "
+            "(no public CA certifies it); set [tls] acme_directory to a CA of your own, bring a "
+            'certificate, or set tls = "off" to silence this',
+        )
     return ResolvedTls(AUTO)
+
+
+def _special_use(route: str) -> bool:
+    """A name under a TLD reserved for private use or testing, or of one label."""
+    return "." not in route or route.lower().endswith(SPECIAL_USE)
 
 
 def _not_certifiable(route: str) -> bool:

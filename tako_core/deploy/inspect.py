@@ -14,6 +14,7 @@ from tako_core.errors import TakoError
 from tako_core.transport import Connection
 from tako_core.transport.agent_client import (
     AppStatus,
+    AutoTlsStatus,
     CertificateInfo,
     InstanceStatus,
     LeaseInfo,
@@ -22,11 +23,13 @@ from tako_core.transport.agent_client import (
 
 __all__ = [
     "AppStatus",
+    "AutoTlsStatus",
     "CertificateInfo",
     "InstanceStatus",
     "LeaseInfo",
     "ReleaseInfo",
     "ServerView",
+    "auto_tls_line",
     "certificate_line",
     "inspect",
 ]
@@ -47,6 +50,18 @@ def certificate_line(cert: CertificateInfo, now: float) -> str:
     days = (cert.not_after - now) / 86400
     left = f"in {days:.0f} days" if days >= 0 else "EXPIRED"
     return f"https: {', '.join(cert.names)} (issuer {cert.issuer}), expires {expires} ({left})"
+
+
+def auto_tls_line(auto: AutoTlsStatus, now: float) -> str:
+    """An automatic certificate's progress for people: role, state, last error, next attempt."""
+    role = "leader (orders)" if auto.leader is None else f"follower of {auto.leader}"
+    line = f"auto certificate: {role}, {auto.state}"
+    if auto.last_error:
+        line += f": {auto.last_error}"
+    if auto.next_attempt is not None:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(auto.next_attempt))
+        line += f"; next {'check' if auto.state == 'issued' else 'attempt'} {when}"
+    return line
 
 
 async def inspect(target: ResolvedEnv) -> list[ServerView]:

@@ -14,6 +14,8 @@ import contextlib
 from tako_core.agent.contract import STALE_BASE
 from tako_core.build import Artifact, build_artifact
 from tako_core.config import ResolvedEnv
+from tako_core.config.tls import AUTO
+from tako_core.deploy.autotls import AutoTls, report
 from tako_core.deploy.certificate import certificate_step
 from tako_core.deploy.delta import Delta, Deltas
 from tako_core.deploy.run import DeployOptions, Run, all_or_nothing
@@ -74,6 +76,7 @@ class _Deploy(Run):
         self._gzip: Artifact | None = None
         self._gzip_lock = asyncio.Lock()
         self._deltas = Deltas()
+        self._auto = AutoTls(target) if target.tls.mode == AUTO else None
 
     @property
     def release(self) -> str | None:
@@ -145,6 +148,7 @@ class _Deploy(Run):
     async def _ship(self, session: ServerSession, building: asyncio.Task[Artifact]) -> None:
         name = session.name
         present: asyncio.Future[tuple[Artifact, ReleaseCheck]] | None = None
+        telling: asyncio.Future[None] | None = None
         try:
             with self._phase(name, Phase.CONNECT) as done:
                 await session.open()
@@ -152,12 +156,21 @@ class _Deploy(Run):
                 present = asyncio.ensure_future(self._present(session, building))
                 await session.lease(force_unlock=self.options.force_unlock)
                 done["detail"] = f"agent {session.agent.info.agent_version}"
+            if self._auto is not None:  # beside the build, upload and install: the leader may order now
+                telling = asyncio.ensure_future(self._auto.tell(session))
             artifact, check = await present
+            if self._certificate is not None:  # before the rollout: the new release starts out on HTTPS
+                await session.certificate(self._certificate)
+            await self._upload_install(session, artifact, check)
+            if telling is not None:
+                await telling
         finally:
-            if present is not None:
-                present.cancel()
-        if self._certificate is not None:  # before the rollout: the new release starts out on HTTPS
-            await session.certificate(self._certificate)
+            for pending in (present, telling):
+                if pending is not None:
+                    pending.cancel()
+
+    async def _upload_install(self, session: ServerSession, artifact: Artifact, check: ReleaseCheck) -> None:
+        name = session.name
         if check.complete:
             self.board.set(name, Phase.UPLOAD, State.SKIPPED, detail="already on the server")
             self.board.set(name, Phase.INSTALL, State.SKIPPED, detail="already installed")
@@ -259,6 +272,10 @@ class _Deploy(Run):
             await asyncio.wait_for(asyncio.gather(*(clean(s) for s in connected)), CLEANUP_TIMEOUT)
 
     # -- rollout and finalize ------------------------------------------------------------------
+
+    async def after_switch(self) -> None:
+        if self._auto is not None:  # every server, even one whose rollout failed: it serves HTTPS still
+            await report(self.sessions, self.target, self.sink, self.options.tls_wait)
 
     async def switch(self, session: ServerSession) -> ServerResult:
         assert self.build is not None

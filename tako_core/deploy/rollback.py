@@ -71,6 +71,9 @@ class _Rollback(Run):
     async def cleanup(self) -> None:
         """Nothing to undo: checking changed nothing on any server."""
 
+    async def after_switch(self) -> None:
+        """Nothing to report: a rollback leaves certificates as they are."""
+
     async def switch(self, session: ServerSession) -> ServerResult:
         name = session.name
         try:

@@ -54,6 +54,7 @@ class DeployOptions:
     confirmed: bool = False  # --yes: do not ask before changing production
     cache_dir: Path | None = None
     deploy_id: str = field(default_factory=lambda: token_hex(3))
+    tls_wait: float = 60.0  # seconds the deploy waits for an automatic certificate (it never fails for it)
 
     @property
     def lease_holder(self) -> str:
@@ -127,6 +128,10 @@ class Run(ABC):
     @abstractmethod
     async def switch(self, session: ServerSession) -> ServerResult:
         """Move one server over; a failure is its result (it keeps serving what it served), not an error."""
+
+    @abstractmethod
+    async def after_switch(self) -> None:
+        """What a run reports once every server switched (the sessions are still open); never raises."""
 
     # -- the skeleton -----------------------------------------------------------------------------
 
@@ -204,6 +209,11 @@ class Run(ABC):
 
         switching = asyncio.gather(*(self.switch(s) for s in self.sessions))
         results = await _uninterruptible(switching, let_every_server_finish)
+        if not interrupted:
+            try:
+                await self._cancellable(self.after_switch())
+            except _Interrupted:
+                interrupted = True
         failed = [r for r in results if r.outcome is not Outcome.DEPLOYED]
         exit_code = EXIT_INTERRUPTED if interrupted else (EXIT_FAILED if failed else EXIT_OK)
         error = f"{len(failed)} of {len(results)} servers did not {self.verb}" if failed else None

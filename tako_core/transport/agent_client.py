@@ -20,6 +20,7 @@ from tako_core.agent.contract import (
     UPLOAD_CHUNK,
     AgentInfo,
     AppStatus,
+    AutoTlsStatus,
     CertificateInfo,
     CertRemoved,
     Cleaned,
@@ -49,6 +50,7 @@ from tako_core.agent.contract import (
     RunResult,
     RunStarted,
     Status,
+    TlsAutoSet,
     decode,
     encode,
     request,
@@ -61,6 +63,7 @@ __all__ = [
     "AgentInfo",
     "AgentReplyError",
     "AppStatus",
+    "AutoTlsStatus",
     "CertificateInfo",
     "InstanceStatus",
     "LeaseHeld",
@@ -70,6 +73,7 @@ __all__ = [
     "ReleaseInfo",
     "ReleaseRunInfo",
     "RunResult",
+    "TlsAutoSet",
 ]
 
 
@@ -478,6 +482,16 @@ class AgentClient:
 
     async def cert_remove(self, app: str, env: str) -> bool:
         return (await self._call(Op.CERT_REMOVE, {"app": app, "env": env}, CertRemoved)).removed
+
+    async def tls_auto(self, app: str, env: str, settings: Json) -> TlsAutoSet:
+        """Get the env's certificate automatically: `settings` are names, directory, email, ca_pem
+        and, on a follower, leader (host, http_port, https_port, token, pin). A leader answers the
+        token and pin its followers need."""
+        return await self._call(Op.TLS_AUTO, {"app": app, "env": env, **settings}, TlsAutoSet)
+
+    async def tls_renew(self, app: str, env: str) -> CertificateInfo:
+        """A leader orders a new certificate now, a follower fetches the leader's now."""
+        return await self._call(Op.TLS_RENEW, {"app": app, "env": env}, CertificateInfo)
 
     async def status(self) -> list[AppStatus]:
         return list((await self._call(Op.STATUS, {}, Status)).apps)

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from tako_core.config import ResolvedEnv
 from tako_core.deploy import DeployOptions, rollback
-from tako_core.deploy.inspect import ServerView, certificate_line, inspect
+from tako_core.deploy.inspect import ServerView, auto_tls_line, certificate_line, inspect
 from tako_core.events import DeployFinished, EventSink, Job, Prompter
 from tako_core.secrets import load_env_secrets
 from tako_core.units import ago
@@ -65,6 +65,8 @@ def _status_line(view: ServerView) -> str:
         line += f"; deploy of {s.lease.build} under way by {s.lease.holder} since {since}"
     if s.certificate is not None:
         line += f"\n  {certificate_line(s.certificate, time.time())}"
+    if s.auto_tls is not None:
+        line += f"\n  {auto_tls_line(s.auto_tls, time.time())}"
     return line
 
 

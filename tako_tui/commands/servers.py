@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from tako_core.config import Server, add_server, inventory_path, load_inventory, remove_server
-from tako_core.deploy.inspect import certificate_line
+from tako_core.deploy.inspect import auto_tls_line, certificate_line
 from tako_core.errors import BadInput, TakoError
 from tako_core.transport import Connection
 from tako_core.transport.agent_setup import agent_cache_dir, ensure_agent, inspect_agent
@@ -157,6 +157,8 @@ async def _status_one(server: Server, say: Say) -> bool:
         say(f"  {app.app}/{app.env} runs as {app.user}{shared}")
         if app.certificate is not None:
             say(f"    {certificate_line(app.certificate, time.time())}")
+        if app.auto_tls is not None:
+            say(f"    {auto_tls_line(app.auto_tls, time.time())}")
     return True
 
 
