@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -239,23 +240,29 @@ async def test_new_https_connections_during_restarts_in_place_are_all_answered(
                 data = await asyncio.wait_for(reader.read(), 10)
                 writer.close()
             except (OSError, TimeoutError) as err:
-                errors.append(f"{type(err).__name__}: {err}")
+                errors.append(f"{time.monotonic() - began:.1f}s {type(err).__name__}: {err}")
                 continue
             if data.startswith(b"HTTP/1.1 200"):
                 answered += 1
             else:
                 errors.append(repr(data[:60]))
 
+    began = time.monotonic()
     clients = [asyncio.ensure_future(connect_again_and_again()) for _ in range(4)]
     await asyncio.sleep(0.3)
+    restarts = []  # when each restart began and ended, to place an error if one comes
     for _ in range(5):
+        restarts.append(f"{time.monotonic() - began:.1f}s")
         restart = await asyncio.create_subprocess_exec(
             *TAKO, "servers", "setup", s1.name, "--restart", stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         out, err = await asyncio.wait_for(restart.communicate(), 120)
         assert restart.returncode == 0, (out + err).decode()
+        restarts[-1] += f"-{time.monotonic() - began:.1f}s"
         await asyncio.sleep(0.2)
     stop.set()
     await asyncio.gather(*clients)
-    assert errors == []
+    assert errors == [], (
+        f"restarts at {restarts}; agent log: {(s1.root / 'log' / 'agent.log').read_text()[-3000:]}"
+    )
     assert answered > 100

@@ -69,6 +69,7 @@ FD_RESERVE = 256  # file descriptors kept from the router (or half the limit, if
 HANDOVER_IDLE = 1.0  # while handing over, a connection idle this long is closed without a last response
 HANDOVER_TIMEOUT = 20.0  # in flight this long after a restart began: cut off (setup waits 30 s in all)
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to complete its TLS handshake
+HANDSHAKE_GRACE = 3.0  # seconds a hand-over waits for TLS handshakes under way (new connections wait too)
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 SYNC_PATH = b"/.well-known/tako/certificate"  # an env's leader hands its certificate to followers
 FORWARDED_MARK = b"x-tako-forwarded"  # a challenge request one router forwarded to another
@@ -264,7 +265,7 @@ class Router:
         loop = asyncio.get_running_loop()
         started = loop.time()
         gc.collect()  # failed handshakes' protocols (a cycle with their transport) leave _handshaking
-        while (self._clients or self._handshakes_under_way()) and loop.time() - started < timeout:
+        while (self._clients or self._handshakes_under_way(started)) and loop.time() - started < timeout:
             for conn in list(self._clients):
                 if (
                     conn.idle_since is not None
@@ -275,11 +276,16 @@ class Router:
         await self.stop()
         return listeners
 
-    def _handshakes_under_way(self) -> bool:
-        """Whether a TLS connection accepted before the hand-over may still complete its handshake
-        (then it is served its one request, not dropped); none outlives TLS_HANDSHAKE_TIMEOUT."""
-        cut = asyncio.get_running_loop().time() - TLS_HANDSHAKE_TIMEOUT
-        return any(stream.accepted > cut for stream in self._handshaking)
+    def _handshakes_under_way(self, started: float) -> bool:
+        """Whether a TLS connection accepted before the hand-over (`started`) may still complete its
+        handshake (then it is served its one request, not dropped). Waited for HANDSHAKE_GRACE at
+        most: a live client's handshake takes a round trip or two, while one that never completes (a
+        scanner, a failed handshake the garbage collector has not swept yet) would hold every new
+        connection in the backlog for as long as the wait."""
+        now = asyncio.get_running_loop().time()
+        if now - started > HANDSHAKE_GRACE:
+            return False
+        return any(stream.accepted > now - TLS_HANDSHAKE_TIMEOUT for stream in self._handshaking)
 
     async def stop(self) -> None:
         for _, server in self._servers:
