@@ -73,6 +73,18 @@ def bring_certificate(cfg: Path, ca: TestCA, *names: str) -> str:
     return key
 
 
+def deployed_with_a_brought_certificate(fleet: Fleet, tmp_path: Path) -> tuple[FleetServer, TestCA, Path]:
+    """One server, the sample app deployed to it with a certificate for web.test from a test CA:
+    the server, the CA and the app's tako.toml."""
+    (s1,) = fleet(1)
+    ca = TestCA(tmp_path / "ca")
+    cfg = sample_app(tmp_path, [s1])
+    cfg.write_text(cfg.read_text() + BRING)
+    bring_certificate(cfg, ca, "web.test")
+    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    return s1, ca, cfg
+
+
 def test_a_brought_certificate_serves_https_on_every_server(
     fleet: Fleet, tako_home: Path, tmp_path: Path, secrets_key: None
 ) -> None:
@@ -120,13 +132,8 @@ def test_a_brought_certificate_serves_https_on_every_server(
 def test_tls_off_removes_the_certificate_and_serves_plain_http(
     fleet: Fleet, tako_home: Path, tmp_path: Path, secrets_key: None
 ) -> None:
-    (s1,) = fleet(1)
-    ca = TestCA(tmp_path / "ca")
-    cfg = sample_app(tmp_path, [s1])
-    base = cfg.read_text()
-    cfg.write_text(base + BRING)
-    bring_certificate(cfg, ca, "web.test")
-    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    s1, ca, cfg = deployed_with_a_brought_certificate(fleet, tmp_path)
+    base = cfg.read_text().removesuffix(BRING)
     assert curl(s1, ca, "web.test").returncode == 0
 
     cfg.write_text(base + '\ntls = "off"\n')
@@ -176,12 +183,7 @@ async def test_a_certificate_swap_and_an_agent_restart_under_https_load_fail_no_
 
     from tests.agentkit.kit import Load
 
-    (s1,) = fleet(1)
-    ca = TestCA(tmp_path / "ca")
-    cfg = sample_app(tmp_path, [s1])
-    cfg.write_text(cfg.read_text() + BRING)
-    bring_certificate(cfg, ca, "web.test")
-    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    s1, ca, cfg = deployed_with_a_brought_certificate(fleet, tmp_path)
     trust = ssl.create_default_context(cafile=str(ca.cert))
     agent_pid = s1.agent_pid()
 
@@ -218,12 +220,7 @@ async def test_new_https_connections_during_restarts_in_place_are_all_answered(
     import asyncio
     import ssl
 
-    (s1,) = fleet(1)
-    ca = TestCA(tmp_path / "ca")
-    cfg = sample_app(tmp_path, [s1])
-    cfg.write_text(cfg.read_text() + BRING)
-    bring_certificate(cfg, ca, "web.test")
-    assert tako("deploy", "--no-tui", "--yes", cwd=cfg.parent).code == 0
+    s1, ca, _ = deployed_with_a_brought_certificate(fleet, tmp_path)
     trust = ssl.create_default_context(cafile=str(ca.cert))
     answered, errors = 0, []
     stop = asyncio.Event()
