@@ -31,6 +31,7 @@ __all__ = [
     "ServerView",
     "auto_tls_line",
     "certificate_line",
+    "days_left",
     "inspect",
 ]
 
@@ -44,10 +45,15 @@ class ServerView:
     error: str | None = None  # the server could not be asked
 
 
+def days_left(cert: CertificateInfo, now: float) -> float:
+    """Days until `cert` expires (negative once it has)."""
+    return (cert.not_after - now) / 86400
+
+
 def certificate_line(cert: CertificateInfo, now: float) -> str:
     """A certificate for people: its names, issuer and expiry."""
     expires = time.strftime("%Y-%m-%d", time.gmtime(cert.not_after))
-    days = (cert.not_after - now) / 86400
+    days = days_left(cert, now)
     left = f"in {days:.0f} days" if days >= 0 else "EXPIRED"
     return f"https: {', '.join(cert.names)} (issuer {cert.issuer}), expires {expires} ({left})"
 

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tako_core.deploy.inspect import AppStatus, ServerView
+from tako_core.deploy.inspect import AppStatus, ServerView, days_left
 from tako_core.events import State
 from tako_core.units import ago, duration
 
@@ -137,7 +137,7 @@ class StatusScreen(Screen[None]):
         cert = status.certificate
         if cert is None:
             return Text("—", MUTED)
-        days = (cert.not_after - self._now()) / 86400
+        days = days_left(cert, self._now())
         if days < 0:
             return Text("expired", STATE_STYLE[State.FAILED])
         return Text(f"{days:.0f} d left", STATE_STYLE[State.DONE if days >= 14 else State.FAILED])
