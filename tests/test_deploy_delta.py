@@ -4,6 +4,7 @@ kept release (verifying each), and falls back to the whole artifact when a kept 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 from pathlib import Path
@@ -44,8 +45,8 @@ def _deploy(cfg: Path, servers: list[FleetServer], version: str) -> list[dict[st
     return [e for e in run.events()]
 
 
-def _with_assets(tmp_path: Path, servers: list[FleetServer], version: str) -> Path:
-    cfg = sample_app(tmp_path, servers, version=version, release=RELEASE)
+def _with_assets(tmp_path: Path, servers: list[FleetServer], version: str, extra: str = "") -> Path:
+    cfg = sample_app(tmp_path, servers, version=version, release=RELEASE, extra=extra)
     assets = cfg.parent / "assets"
     if not assets.exists():
         assets.mkdir()
@@ -110,3 +111,59 @@ def test_a_changed_kept_release_falls_back_to_the_whole_artifact(
             tmp_path / "app/assets/blob2.bin"
         ).read_bytes()
         assert not [p for p in (Path(s.root) / "uploads").rglob("*") if not p.is_dir()]
+
+
+def _releases(server: FleetServer) -> list[Path]:
+    return [p for p in (app_dir(server) / "releases").iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def test_a_release_is_recorded_as_unpacked_before_its_install(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """The stat record beside a release holds every shipped file as it is on the disk, is the agent's
+    alone, and leaves out what the install step then changed."""
+    servers = fleet(1)
+    # The install step writes into a shipped file.
+    _deploy(
+        _with_assets(tmp_path, servers, "v1", 'install = "echo installed >> assets/run.sh"\n'), servers, "v1"
+    )
+    (release,) = _releases(servers[0])
+    record = release.parent / f".{release.name}.stamps"
+    st = record.lstat()
+    assert (st.st_uid, st.st_mode & 0o777) == (os.getuid(), 0o600)
+    stamps = json.loads(record.read_text())
+    shipped = json.loads((release / ".tako-manifest.json").read_text())["files"]
+    assert set(stamps) == set(shipped)
+    for rel, (size, mtime_ns, ctime_ns, ino, sha) in stamps.items():
+        now = (release / rel).lstat()
+        same = (now.st_size, now.st_mtime_ns, now.st_ctime_ns, now.st_ino) == (size, mtime_ns, ctime_ns, ino)
+        assert same == (rel != "assets/run.sh"), rel
+        assert sha == shipped[rel]
+
+
+def test_a_kept_file_changed_behind_its_record_falls_back_to_the_whole_artifact(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """Same size, mtime put back: only ctime tells, and it does. A garbled or missing record means
+    hashing every copy, and the deploy still sends only what changed."""
+    servers = fleet(3)
+    _deploy(_with_assets(tmp_path, servers, "v1"), servers, "v1")
+    kept = app_dir(servers[0]) / "current" / "assets" / "blob2.bin"
+    before = kept.stat()
+    kept.write_bytes(bytes(before.st_size))
+    os.utime(kept, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (release,) = _releases(servers[1])
+    (release.parent / f".{release.name}.stamps").write_text('{"assets/blob1.bin": [1, 2')
+    (release,) = _releases(servers[2])
+    (release.parent / f".{release.name}.stamps").unlink()
+
+    events = _deploy(_with_assets(tmp_path, servers, "v2"), servers, "v2")
+    build = next(e["build"] for e in events if e["event"] == "ArtifactBuilt")
+    for s in servers:
+        notices = [e for e in events if e["event"] == "Notice" and e["server"] == s.name]
+        stale = any("sending the whole artifact" in str(e["message"]) for e in notices)
+        assert stale == (s is servers[0]), notices
+        if s is not servers[0]:
+            uploaded = [e for e in events if e["event"] == "PhaseChanged" and e["server"] == s.name]
+            assert "changed of" in str([e for e in uploaded if e["phase"] == "Upload"][-1]["detail"])
+        assert _tree(app_dir(s) / "releases" / str(build)) == _tree(tmp_path / "app")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tako_core.agent import delta, installs
+from tako_core.agent import delta, installs, stamps
 from tako_core.agent.accounts import chown_tree
 from tako_core.agent.contract import BAD_REQUEST, FAILED, NOT_FOUND, ProtocolError, upload_name
 from tako_core.agent.extract import extract
@@ -73,6 +73,8 @@ async def prepare(
         if target.exists():
             await asyncio.to_thread(shutil.rmtree, target)  # a partial earlier attempt
         os.rename(tmp, target)
+        # Before install, which may write into the release: what it changes is then off the record.
+        await asyncio.to_thread(stamps.record, target, delta.shipped(target))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -92,6 +94,7 @@ def cleanup(layout: AppLayout, uploads: Path, build: str) -> bool:
         upload.unlink(missing_ok=True)
     layout.deployed(build).unlink(missing_ok=True)
     target = layout.release(build)
+    stamps.path_of(target).unlink(missing_ok=True)
     if not target.exists():
         return False
     shutil.rmtree(target)
@@ -140,6 +143,7 @@ def prune(layout: AppLayout, keep: int, protected: set[str]) -> list[str]:
     for build in builds(layout)[max(keep, 0) :]:
         if build not in protected:
             shutil.rmtree(layout.release(build), ignore_errors=True)
+            stamps.path_of(layout.release(build)).unlink(missing_ok=True)
             layout.deployed(build).unlink(missing_ok=True)
             removed.append(build)
     installs.prune(layout)

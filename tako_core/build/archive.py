@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -152,40 +153,60 @@ class _HashingReader:
         return data
 
 
+@dataclass(frozen=True)
+class Packed:
+    """What an archive was packed from: enough to pack any part of it again without unpacking it."""
+
+    root: Path
+    entries: tuple[Entry, ...]
+    digest: SourceDigest
+
+
 def file_hashes(artifact: Path) -> dict[str, str]:
     """Path -> sha256 of every regular file in `artifact`, from its manifest (the first member)."""
-    with _reading(artifact) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        member = tar.next()
-        data = tar.extractfile(member) if member is not None and member.name == MANIFEST_NAME else None
-        if data is None:
-            raise ValueError(f"{artifact.name} does not start with {MANIFEST_NAME}")
-        files: dict[str, str] = json.loads(data.read())["files"]
+    files: dict[str, str] = json.loads(_manifest(artifact)[0])["files"]
     return files
 
 
-def write_delta(artifact: Path, send: set[str], dest: Path) -> tuple[int, dict[str, tuple[str, int]]]:
+def _manifest(artifact: Path) -> tuple[bytes, int]:
+    """The manifest's bytes and the members' mtime: read off the start, the rest stays packed."""
+    with _reading(artifact) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        member = tar.next()
+        data = tar.extractfile(member) if member is not None and member.name == MANIFEST_NAME else None
+        if member is None or data is None:
+            raise ValueError(f"{artifact.name} does not start with {MANIFEST_NAME}")
+        return data.read(), int(member.mtime)
+
+
+def write_delta(
+    artifact: Path, packed: Packed, send: set[str], dest: Path
+) -> tuple[int, dict[str, tuple[str, int]]]:
     """`dest`: `artifact` with only the regular files whose sha256 is in `send` (and the manifest, every
-    directory and link). Returns its size and the files left out, path -> (sha256, mode)."""
-    hashes = file_hashes(artifact)
+    directory and link), packed again from the source set rather than unpacked and re-tarred. Returns
+    its size and the files left out, path -> (sha256, mode). SourceSetError when a file to send changed
+    since the build, or the source set is not the artifact's."""
+    manifest, mtime = _manifest(artifact)
+    hashes: dict[str, str] = json.loads(manifest)["files"]
+    if hashes != {path: file.sha256 for path, file in packed.digest.files.items()}:
+        raise SourceSetError(f"{artifact.name} was not packed from this source set")
+    entries = []
     left_out: dict[str, tuple[str, int]] = {}
-    codec = "gz" if artifact.suffix == ".gz" else "zst"
-    with (
-        _reading(artifact) as stream,
-        tarfile.open(fileobj=stream, mode="r|") as source,
-        open(dest, "wb") as raw,
-    ):
-        out = _HashingWriter(raw)
-        with (
-            _compressor(codec, out) as packed,
-            tarfile.open(fileobj=packed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            for member in source:
-                sha = hashes.get(member.name) if member.isfile() and member.name != MANIFEST_NAME else None
-                if sha is not None and sha not in send:
-                    left_out[member.name] = (sha, member.mode)
-                else:
-                    tar.addfile(member, source.extractfile(member) if member.isfile() else None)
-    return out.size, left_out
+    for entry in packed.entries:
+        if entry.kind == "file" and hashes[entry.path] not in send:
+            left_out[entry.path] = (hashes[entry.path], entry.mode)
+        else:
+            entries.append(entry)
+    _sha, size = write_archive(
+        dest,
+        root=packed.root,
+        entries=tuple(entries),
+        digest=packed.digest,
+        manifest=manifest,
+        mtime=mtime,
+        codec="gz" if artifact.suffix == ".gz" else "zst",
+        cancel=threading.Event(),
+    )
+    return size, left_out
 
 
 @contextlib.contextmanager

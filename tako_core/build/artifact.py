@@ -12,10 +12,10 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tako_core.build.archive import CODECS, write_archive
+from tako_core.build.archive import CODECS, Packed, write_archive
 from tako_core.build.blocking import in_thread
 from tako_core.build.cache import artifact_path, default_cache_dir, mark_used, prune
 from tako_core.build.command import run_build_command
@@ -37,6 +37,8 @@ class Artifact:
     size: int  # of the archive file, bytes
     cached: bool  # True when an identical artifact was already in the cache
     dirty: str | None = None  # why the build id is not the bare commit (uncommitted changes)
+    # Its source set, for packing a delta of it (tako_core/deploy/delta.py) without unpacking it.
+    packed: Packed = field(kw_only=True, compare=False, repr=False)
 
 
 async def build_artifact(
@@ -125,7 +127,9 @@ async def build_artifact(
             f"cannot write the artifact to {directory}: {exc.strerror or exc}",
             hint="free some disk space or pass another cache directory",
         ) from exc
-    return Artifact(dest, build, sha256, size, cached, dirty_reason(git))
+    return Artifact(
+        dest, build, sha256, size, cached, dirty_reason(git), packed=Packed(root, entries, digest)
+    )
 
 
 def _project_root(project_dir: Path) -> Path:

@@ -2,7 +2,10 @@
 
 The server answers `has_release` with the hashes none of its kept releases holds (agent/delta.py);
 a delta archive holds those files, the manifest, every directory and link, and `base` names every
-other file for the agent to copy from a kept release. A delta not much smaller than the artifact,
+other file for the agent to copy from a kept release. It is packed from the build's source set (the
+artifact's manifest and date, only the files to send), not by unpacking the artifact: 50 MB of
+decompressing and re-tarring cost ~0.13 s, packing one file a few ms. A file to send that changed
+since the build sends the whole artifact instead. A delta not much smaller than the artifact,
 or one whose hash list or base would not fit in a request line, is not worth it: the whole artifact
 goes instead, as on a first deploy.
 """
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tako_core.agent.contract import MAX_LINE
-from tako_core.build import Artifact
+from tako_core.build import Artifact, SourceSetError
 from tako_core.build.archive import file_hashes, write_delta
 
 _FITS = MAX_LINE // 2  # bytes of a hash list or base in one request, leaving room for the rest
@@ -63,7 +66,10 @@ class Deltas:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="tako-delta-"))
         dest = self._scratch / f"{number}{''.join(artifact.path.suffixes[-2:])}"
-        size, base = write_delta(artifact.path, set(send), dest)
+        try:
+            size, base = write_delta(artifact.path, artifact.packed, set(send), dest)
+        except SourceSetError:  # the project changed since the build: its artifact is what goes
+            return None
         if size > artifact.size * _WORTH or len(json.dumps(base)) >= _FITS:
             dest.unlink()
             return None
