@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import socket
 import stat
@@ -642,19 +643,26 @@ async def test_a_watch_sent_right_behind_the_start_of_its_run(
         ("sub/./x", "bad_request"),
         ("lnk/copied.txt", "bad_request"),  # lnk -> sub stays inside, yet a path through a link
         ("version.txt", "bad_request"),  # in the delta archive already
+        ("unlisted.txt", "bad_request"),  # not in the delta's manifest
         ("copied.txt", "stale_base"),
     ],
 )
 async def test_a_delta_assembly_checks_every_base_path(
     agent: AgentProcess, client: AgentClient, tmp_path: Path, path: str, code: str
 ) -> None:
-    """A base file gets the extraction's checks; one no kept release holds refuses the assembly."""
+    """A base file gets the extraction's checks, and must be in the manifest with the hash the base
+    gives (cut short); one no kept release holds refuses the assembly."""
     await ship(agent, client, "delta", "d1")  # a kept release to copy from
     await roll(client, "delta", "d1")
     await client.finalize("delta", "prod", "d1")
     upload = upload_name("delta", "prod", "d2") + ".tar.gz"
     (agent.root / "uploads" / upload).parent.mkdir(parents=True, exist_ok=True)
+    listed = {} if path == "unlisted.txt" else {path: "0" * 64}
+    manifest = json.dumps({"files": listed}).encode()
     with tarfile.open(agent.root / "uploads" / upload, "w:gz") as tar:
+        info = tarfile.TarInfo(".tako-manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
         members = (("version.txt", tarfile.REGTYPE), ("sub", tarfile.DIRTYPE), ("lnk", tarfile.SYMTYPE))
         for name, kind in members:
             info = tarfile.TarInfo(name)
@@ -670,7 +678,7 @@ async def test_a_delta_assembly_checks_every_base_path(
             env_vars={},
             secrets={},
             on_output=print,
-            base={path: ("0" * 64, 0o644)},
+            base={path: ("0" * 16, 0o644)},
         )
     assert refused.value.code == code, refused.value
     assert not (agent.root / "apps/delta/prod/releases/d2").exists()

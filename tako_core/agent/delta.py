@@ -1,17 +1,19 @@
 """A release assembled from the files of kept releases plus a delta archive: only what changed is sent.
 
-The client asks `has_release` with the new build's file hashes; `missing` answers which of them no
-kept complete release holds, by the manifests those releases were shipped with. The client uploads
-an archive of only those files (with the manifest, every directory and link) and sends `prepare` with
-`base`: each other regular file as path -> [sha256, mode]. After the archive is unpacked as any
-other, each base file is copied from a kept release. A source whose fstat matches the stat record
-taken when its release was unpacked (agent/stamps.py) is copied by the kernel without being read;
-any other is hashed as it is copied: content that no longer matches (an install step changed it)
-refuses the assembly with STALE_BASE, and the client sends the whole artifact. Copies, not
-hardlinks: an install step of the new release may write into its files, which must not change an
-older release. A base path gets the same checks as an archive member (agent/extract.py): a plain
-relative name, not defined twice, not through a symlink of the archive (checked by name, not on the
-disk), and the copies count against the same disk caps.
+The client asks `has_release` with the new build's file hashes, cut short (prefixes: a collision
+makes the agent claim a file it lacks, which the assembly then refuses); `missing` answers which of
+them no kept complete release holds, by the manifests those releases were shipped with. The client
+uploads an archive of only those files (with the manifest, every directory and link) and sends
+`prepare` with `base`: each other regular file as path -> [sha256, mode], the hash cut short too (a
+prefix of the one in the archive's manifest, which the copy is verified against). After the archive
+is unpacked as any other, each base file is copied from a kept release. A source whose fstat matches
+the stat record taken when its release was unpacked (agent/stamps.py) is copied by the kernel
+without being read; any other is hashed as it is copied: content that no longer matches (an install
+step changed it) refuses the assembly with STALE_BASE, and the client sends the whole artifact.
+Copies, not hardlinks: an install step of the new release may write into its files, which must not
+change an older release. A base path gets the same checks as an archive member (agent/extract.py):
+a plain relative name, not defined twice, not through a symlink of the archive (checked by name, not
+on the disk), and the copies count against the same disk caps.
 """
 
 from __future__ import annotations
@@ -90,14 +92,17 @@ def available(sources: Iterable[Path], *, recorded: bool = False) -> dict[str, _
 
 
 def missing(wanted: list[str], sources: Iterable[Path]) -> tuple[str, ...]:
+    """Those of `wanted` (sha256 hex digests, or prefixes of them) no kept release holds."""
     have = available(sources)
-    return tuple(sorted({sha for sha in wanted if sha not in have}))
+    known = {sha[:n] for n in {len(w) for w in wanted} for sha in have}
+    return tuple(sorted({w for w in wanted if w not in known}))
 
 
 def assemble(dest: Path, links: set[str], base: dict[str, object], sources: Iterable[Path]) -> None:
     """Copy every base file into `dest` (an unpacked delta archive with the symlinks `links`),
     each known unchanged by its stat record or hashed."""
     have = available(sources, recorded=True)
+    shipping = shipped(dest)
     tree = _Tree(dest)
     max_bytes, max_members = caps(dest)
     total = 0
@@ -107,9 +112,12 @@ def assemble(dest: Path, links: set[str], base: dict[str, object], sources: Iter
             raise ProtocolError(BAD_REQUEST, f"unsafe path in the base files: {rel[:200]!r}")
         if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)):
             raise ProtocolError(BAD_REQUEST, f"base file {rel[:200]!r} must be [sha256, mode]")
-        sha, mode = spec
+        short, mode = spec
         if not isinstance(mode, int) or isinstance(mode, bool):
             raise ProtocolError(BAD_REQUEST, f"base file {rel[:200]!r} must be [sha256, mode]")
+        sha = shipping.get(rel)
+        if not (isinstance(sha, str) and short and sha.startswith(short)):
+            raise ProtocolError(BAD_REQUEST, f"base file {rel[:200]!r} is not in the manifest as such")
         try:
             dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
