@@ -14,6 +14,7 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     installs       the install step: outputs reused by a content key (command + lockfiles), package caches
     uploads        artifacts arriving over the socket in raw chunks (Op.UPLOAD), published when whole
     delta          a release assembled from kept releases' files plus a delta archive of what changed
+    stamps         a release's stat record (size, times, inode, hash per file): kept files trusted unread
     extract        unpacking an uploaded tar.zst or tar.gz safely
     runs           release commands, detached from any client, their logs resumable by byte offset
     procs          child processes: their environment, their own process group, their output, killing them;

@@ -51,7 +51,7 @@ class _Tree:
 
     def __init__(self, root: str | Path) -> None:
         self.root = os.path.realpath(root)
-        self._parents: dict[str, str] = {}  # a release has few directories and many files
+        self._parents: dict[str, str | None] = {}  # a release has few directories and many files
 
     def inside(self, rel: object) -> str | None:
         if not _plain(rel):
@@ -59,11 +59,11 @@ class _Tree:
         assert isinstance(rel, str)
         head, name = os.path.split(rel)
         if head not in self._parents:
-            self._parents[head] = os.path.realpath(os.path.join(self.root, head))
+            resolved = os.path.realpath(os.path.join(self.root, head))
+            inside = os.path.commonpath([self.root, resolved]) == self.root
+            self._parents[head] = resolved if inside else None
         parent = self._parents[head]
-        if os.path.commonpath([self.root, parent]) != self.root:
-            return None
-        return os.path.join(parent, name)
+        return os.path.join(parent, name) if parent is not None else None
 
 
 def shipped(release: Path) -> dict[str, str]:
