@@ -184,8 +184,10 @@ async def test_failed_release_starts_nothing_and_is_cleaned_up(
     lines, result = await release(client, "cart", "c2", "echo boom; exit 1")
     assert lines == ["boom"]
     assert result.exit_code == 1
+    assert (agent.root / "apps/cart/prod/releases/.c2.stamps").exists()
     assert await client.cleanup("cart", "prod", "c2")
     assert not (agent.root / "apps/cart/prod/releases/c2").exists()
+    assert not (agent.root / "apps/cart/prod/releases/.c2.stamps").exists()
     assert os.readlink(agent.root / "apps/cart/prod/current") == "releases/c1"
     [status] = [s for s in await client.status() if s.app == "cart"]
     assert [i.build for i in status.instances] == ["c1"]
@@ -393,6 +395,9 @@ async def test_finalize_prunes_but_keeps_current_and_previous(
     # Newest first: p4 is kept and current, p2 was current before (the rollback target): both stay.
     assert await client.finalize("prune", "prod", "p4", keep=1) == ["p3", "p1"]
     assert [r.build for r in await client.releases("prune", "prod")] == ["p4", "p2"]
+    # Each release's stat record (agent/stamps.py) goes with it.
+    records = {p.name for p in (agent.root / "apps/prune/prod/releases").glob(".*.stamps")}
+    assert records == {".p4.stamps", ".p2.stamps"}
 
 
 async def test_release_stop_kills_the_group(agent: AgentProcess, client: AgentClient) -> None:

@@ -11,13 +11,14 @@ import re
 import subprocess
 import tarfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from tako_core.build import Artifact, SourceSetError, build_artifact
-from tako_core.build.archive import write_archive
+from tako_core.build.archive import file_hashes, write_archive, write_delta
 from tako_core.build.blocking import Abandoned
 from tako_core.build.digest import digest_source_set
 from tako_core.build.sourceset import collect_source_set
@@ -523,3 +524,47 @@ def test_abandoned_packing_stops_and_leaves_no_temp(tmp_path: Path) -> None:
             cancel=cancel,
         )
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("codec", ["zst", "gz"])
+async def test_a_delta_is_packed_from_the_source_set(tmp_path: Path, codec: str) -> None:
+    """Only the files to send, packed again from the project: with the artifact's manifest, date,
+    directories and links, so that it plus the files left out is the artifact's tree."""
+    project = tmp_path / "p"
+    make_repo(project, {"app.py": "app\n", "lib/a.py": "a\n", "lib/b.py": "b\n", "bin/run": "#!/bin/sh\n"})
+    (project / "bin" / "run").chmod(0o755)
+    (project / "lib" / "link").symlink_to("a.py")
+    artifact = await build(project, tmp_path / "cache", codec=codec)
+    whole = extract(artifact, tmp_path / "whole")
+    hashes = file_hashes(artifact.path)
+    dest = tmp_path / f"delta.tar.{codec}"
+    (project / "lib" / "a.py").write_text("changed after the build, but left out\n")
+
+    size, left_out = write_delta(artifact.path, artifact.packed, {hashes["lib/b.py"]}, dest)
+
+    assert size == dest.stat().st_size
+    assert left_out == {
+        "app.py": (hashes["app.py"], 0o644),
+        "lib/a.py": (hashes["lib/a.py"], 0o644),
+        "bin/run": (hashes["bin/run"], 0o755),
+    }
+    unpacked = extract(replace(artifact, path=dest), tmp_path / "delta")
+    assert (unpacked / ".tako-manifest.json").read_bytes() == (whole / ".tako-manifest.json").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(dest))) as tar:
+        assert {m.mtime for m in tar} == {os.stat(whole / "app.py").st_mtime}
+    for rel in left_out:
+        target = unpacked / rel
+        target.write_bytes((whole / rel).read_bytes())
+        target.chmod((whole / rel).stat().st_mode)
+    assert tree(unpacked) == tree(whole)
+
+    (project / "lib" / "b.py").write_text("changed after the build, and to be sent\n")
+    with pytest.raises(SourceSetError, match=r"lib/b\.py changed"):
+        write_delta(artifact.path, artifact.packed, {hashes["lib/b.py"]}, dest)
+
+
+def _tar_bytes(archive: Path) -> bytes:
+    data = archive.read_bytes()
+    if archive.name.endswith(".zst"):
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    return gzip.decompress(data)

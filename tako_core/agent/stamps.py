@@ -1,13 +1,13 @@
 """What a release's files were when it was unpacked: a stat record that spares re-reading them.
 
 A delta assembly (agent/delta.py) copies the unchanged files from a kept release and must know their
-content is still what the manifest says. Hashing 50 MB of copies costs a core ~0.3 s, so when a
-release is unpacked the agent records, per manifest file, (size, mtime_ns, ctime_ns, inode, sha256)
-in a file of its own beside the release (`.<build>.stamps`, 0600, in releases/ which the app's user
-cannot write). A kept file whose fstat still matches its record is trusted as that sha256 without
-being read: a write to it, a chmod, a rename over it all set ctime to the present, and ctime cannot
-be set from user space (git's index check). Anything else - no record, a garbled one, a file not in
-it - is hashed as before.
+content is still what the manifest says; reading and hashing 50 MB costs a core ~0.3 s. So when a
+release is unpacked, the agent records per manifest file (size, mtime_ns, ctime_ns, inode, sha256)
+in a file of its own beside the release (`.<build>.stamps`, 0600, in releases/, which an app running
+as its own user cannot write). A kept file whose fstat still matches its record is trusted as that
+sha256 without being read: a write or a chmod sets ctime to the present, a file put in its place has
+another inode, and ctime cannot be set from user space (git's index check). Anything else - no
+record, a garbled one, a file not in it - is hashed as before.
 
 Racy files, as in git: a change in the same clock tick as the record's lstat would keep the ctime
 it saw. So the record starts only once the clock has moved past the moment the tree was complete
