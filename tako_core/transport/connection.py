@@ -19,6 +19,7 @@ from tako_core.config import Server
 from tako_core.errors import TransportError
 from tako_core.transport.agent_client import AgentClient
 from tako_core.transport.failures import AgentNotRunning, connect_error, known_hosts_path, lost, where
+from tako_core.transport.sshauth import client_factory
 from tako_core.transport.sshlib import asyncssh, load
 
 # Below OpenSSH's default MaxSessions of 10: with 10 at once an open fails now and then.
@@ -223,6 +224,7 @@ async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         # asyncssh applies ~/.ssh/config silently: its `ForwardAgent yes` must not reach servers.
         "agent_forwarding": False,
+        "client_factory": client_factory(),  # a login in one round trip, not three (sshauth)
     }
     if server.user:
         options["username"] = server.user
