@@ -78,7 +78,13 @@ async def ship(
 
 
 async def roll(
-    client: AgentClient, app: str, build: str, health_timeout: float = 30.0
+    client: AgentClient,
+    app: str,
+    build: str,
+    health_timeout: float = 30.0,
+    *,
+    finalize: bool = False,
+    release_lease: str | None = None,
 ) -> list[tuple[int, int]]:
     progress: list[tuple[int, int]] = []
     await client.rollout(
@@ -93,6 +99,8 @@ async def roll(
         secrets={"DB_PASSWORD": SECRET},
         on_progress=lambda done, total: progress.append((done, total)),
         health_timeout=health_timeout,
+        finalize=finalize,
+        release_lease=release_lease,
     )
     return progress
 
@@ -170,6 +178,27 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert all(SECRET not in line for line in logs)
     assert any("secret is ***" in line for line in logs)
     assert SECRET not in (agent.root / "log/agent.log").read_text()
+
+
+async def test_a_rollout_that_finalizes_lets_go_of_the_lease_and_says_when_only_finalizing_failed(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await client.lease_acquire("fin", "prod", "ada", "f1")
+    await ship(agent, client, "fin", "f1")
+    await roll(client, "fin", "f1", finalize=True, release_lease="ada")
+    current = agent.root / "apps/fin/prod/current"
+    assert os.readlink(current) == "releases/f1"
+    assert next(s.lease for s in await client.status() if s.app == "fin") is None
+
+    await ship(agent, client, "fin", "f2")
+    current.unlink()
+    current.mkdir()  # `current` can no longer be swapped: the rollout succeeds, finalizing fails
+    (current / "in-the-way").write_text("")
+    with pytest.raises(AgentReplyError) as caught:
+        await roll(client, "fin", "f2", finalize=True)
+    assert caught.value.details == {"rolled_out": True}
+    assert caught.value.message.startswith("rolled out, but finalizing failed:")
+    assert await get(agent.http_port, "fin.test") == (200, "f2")
 
 
 async def test_failed_release_starts_nothing_and_is_cleaned_up(

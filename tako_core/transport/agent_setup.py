@@ -165,10 +165,13 @@ def systemd_unit(server: Server, client_user: str | None = None, python: str = "
     )
 
 
-async def inspect_agent(conn: Connection, build: str) -> AgentState:
-    """Ask the running agent who it is; `build` is the zipapp name this client would install."""
+async def inspect_agent(
+    conn: Connection, build: str, behind_hello: Callable[[AgentClient], None] | None = None
+) -> AgentState:
+    """Ask the running agent who it is; `build` is the zipapp name this client would install
+    (`behind_hello`: see AgentClient.connect)."""
     try:
-        client = await conn.agent()
+        client = await conn.agent(behind_hello)
     except AgentNotRunning:
         return AgentState(None, False, "not running")
     except AgentError as err:  # it answers, but not in a way this client understands
@@ -184,16 +187,26 @@ async def inspect_agent(conn: Connection, build: str) -> AgentState:
 
 
 async def ensure_agent(
-    conn: Connection, *, on_step: Step | None = None, cache_dir: Path | None = None, restart: bool = False
+    conn: Connection,
+    *,
+    on_step: Step | None = None,
+    cache_dir: Path | None = None,
+    restart: bool = False,
+    behind_hello: Callable[[AgentClient], None] | None = None,
+    holder: str | None = None,
 ) -> AgentClient:
     """A client for an agent of this client's exact build: installed and (re)started when needed,
-    or when asked to `restart` (an upgrade takes the same path: in place, instances kept)."""
+    or when asked to `restart` (an upgrade takes the same path: in place, instances kept).
+    `behind_hello` goes to the running agent's AgentClient.connect; what it asks a stale agent is
+    lost when that agent is replaced (the client returned is another one). A lease of `holder`'s
+    (taken beside the hello) does not keep the agent from being replaced."""
     zipapp = await asyncio.to_thread(build_zipapp, cache_dir or agent_cache_dir())
-    state = await inspect_agent(conn, zipapp.stem)
+    state = await inspect_agent(conn, zipapp.stem, behind_hello)
     if state.current and state.client is not None and not restart:
         return state.client
     if state.client is not None:
-        busy = [a for a in await state.client.status() if a.lease is not None]
+        statuses = await state.client.status()
+        busy = [a for a in statuses if a.lease is not None and a.lease.holder != holder]
         await state.client.close()
         if busy:
             # Restarting the agent would stop that deploy's release command or rollout midway.

@@ -99,8 +99,9 @@ class Connection:
             except (asyncssh.Error, OSError) as exc:
                 raise self._lost_during(label) from exc
 
-    async def agent(self) -> AgentClient:
-        """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`."""
+    async def agent(self, behind_hello: Callable[[AgentClient], None] | None = None) -> AgentClient:
+        """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`
+        (`behind_hello`: see AgentClient.connect)."""
         conn = await self._live()
         path = f"{self.server.root}/run/tako.sock"
         with self._lost_while("reaching the agent"):
@@ -114,7 +115,7 @@ class Connection:
                     "server's sshd must also allow it: AllowStreamLocalForwarding yes, the default)",
                 ) from exc
         try:
-            return await AgentClient.connect(reader, writer)
+            return await AgentClient.connect(reader, writer, behind_hello)
         except BaseException:
             writer.close()
             raise
