@@ -67,7 +67,6 @@ WRAPPED: list[tuple[Any, str]] = [
     (pipeline, "build_artifact"),
     (session, "ensure_agent"),
     (agent_setup, "install_agent"),
-    (agent_setup, "_wait_for_agent"),
     (asyncssh.SSHClientConnection, "create_process"),
     (asyncssh.SSHClientConnection, "open_unix_connection"),
 ]

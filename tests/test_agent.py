@@ -136,6 +136,38 @@ def test_version_command() -> None:
     assert out == "0.1.0 1\n"
 
 
+def test_bridge_gives_up_on_a_socket_nothing_answers(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "tako_core.agent", "bridge", str(tmp_path / "none.sock"), "--wait", "0.3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "no agent answers on" in result.stderr
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_bridge_joins_stdin_and_stdout_to_the_agent(agent: AgentProcess) -> None:
+    bridge = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tako_core.agent",
+        "bridge",
+        str(agent.socket),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert bridge.stdin is not None
+    assert bridge.stdout is not None
+    client = await AgentClient.connect(bridge.stdout, bridge.stdin)
+    assert client.info.protocol == 1
+    assert not await client.has_release("bridged", "prod", "b1")
+    await client.close()  # its stdin ends: the bridge ends the agent connection and exits
+    assert await asyncio.wait_for(bridge.wait(), 10) == 0
+
+
 async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: AgentClient) -> None:
     assert not await client.has_release("shop", "prod", "b1")
     output: list[str] = []

@@ -416,7 +416,7 @@ async def test_a_deploy_upgrades_a_stale_agent_that_its_lease_went_to_beside_the
     await asyncio.to_thread(deploy_ok, cfg, servers, "v1")
     stale = servers[1]
     async with Connection.open(stale.server) as conn:
-        await install_agent(conn, other_build(tmp_path), lambda _: None)
+        await (await install_agent(conn, other_build(tmp_path), lambda _: None)).close()
         assert not (await inspect_agent(conn, build_zipapp(tmp_path).stem)).current
     pid = stale.agent_pid()
 

@@ -111,7 +111,11 @@ class AgentClient(AgentChannel):
 
     @classmethod
     async def connect(
-        cls, reader: Reader, writer: Writer, behind_hello: Callable[[AgentClient], None] | None = None
+        cls,
+        reader: Reader,
+        writer: Writer,
+        behind_hello: Callable[[AgentClient], None] | None = None,
+        hello_timeout: float = HELLO_TIMEOUT,
     ) -> AgentClient:
         """Say hello and check the agent speaks our protocol version. `behind_hello(client)` may start
         calls whose requests go out right behind the hello's, before its answer."""
@@ -121,11 +125,11 @@ class AgentClient(AgentChannel):
         if behind_hello is not None:
             behind_hello(client)  # tasks: they run, and write, after the hello's task
         try:
-            client.info = await asyncio.wait_for(hello, HELLO_TIMEOUT)
+            client.info = await asyncio.wait_for(hello, hello_timeout)
         except TimeoutError:
             await client.close()
             raise AgentDisconnected(
-                f"the agent did not answer hello within {HELLO_TIMEOUT:g} s", hint="restart the agent"
+                f"the agent did not answer hello within {hello_timeout:g} s", hint="restart the agent"
             ) from None
         except AgentReplyError as e:
             await client.close()

@@ -99,6 +99,12 @@ class Connection:
             except (asyncssh.Error, OSError) as exc:
                 raise self._lost_during(label) from exc
 
+    async def start(self, command: str) -> asyncssh.SSHClientProcess[bytes]:
+        """Start `command` and hand back its process (bytes streams) for a caller that talks to it
+        while it runs. Its session is not one of the slots `run` shares: one such at a time."""
+        with self._lost_while(f"starting `{_label(command)}`"):
+            return await self._open_session(lambda conn: conn.create_process(command, encoding=None))
+
     async def agent(self, behind_hello: Callable[[AgentClient], None] | None = None) -> AgentClient:
         """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`
         (`behind_hello`: see AgentClient.connect)."""
