@@ -59,8 +59,9 @@ MaxSessions 10
 MaxStartups 100
 UseDNS no
 PrintMotd no
-LogLevel INFO
+LogLevel VERBOSE
 Subsystem sftp internal-sftp
+# VERBOSE: a login's every request shows (tests/test_transport.py counts them).
 # Bash sources ~/.bashrc for commands run over SSH unless SHLVL says it is nested; this machine's
 # root .bashrc runs `pyenv init` (0.3 s a command) and puts pyenv's python3 first. A server's
 # .bashrc usually returns early for non-interactive shells; SHLVL=1 gives the fleet that behaviour.

@@ -79,7 +79,13 @@ async def ship(
 
 
 async def roll(
-    client: AgentClient, app: str, build: str, health_timeout: float = 30.0
+    client: AgentClient,
+    app: str,
+    build: str,
+    health_timeout: float = 30.0,
+    *,
+    finalize: bool = False,
+    release_lease: str | None = None,
 ) -> list[tuple[int, int]]:
     progress: list[tuple[int, int]] = []
     await client.rollout(
@@ -94,6 +100,8 @@ async def roll(
         secrets={"DB_PASSWORD": SECRET},
         on_progress=lambda done, total: progress.append((done, total)),
         health_timeout=health_timeout,
+        finalize=finalize,
+        release_lease=release_lease,
     )
     return progress
 
@@ -127,6 +135,38 @@ def test_version_command() -> None:
         [sys.executable, "-m", "tako_core.agent", "version"], capture_output=True, text=True, check=True
     ).stdout
     assert out == "0.1.0 1\n"
+
+
+def test_bridge_gives_up_on_a_socket_nothing_answers(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "tako_core.agent", "bridge", str(tmp_path / "none.sock"), "--wait", "0.3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "no agent answers on" in result.stderr
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_bridge_joins_stdin_and_stdout_to_the_agent(agent: AgentProcess) -> None:
+    bridge = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tako_core.agent",
+        "bridge",
+        str(agent.socket),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert bridge.stdin is not None
+    assert bridge.stdout is not None
+    client = await AgentClient.connect(bridge.stdout, bridge.stdin)
+    assert client.info.protocol == 1
+    assert not await client.has_release("bridged", "prod", "b1")
+    await client.close()  # its stdin ends: the bridge ends the agent connection and exits
+    assert await asyncio.wait_for(bridge.wait(), 10) == 0
 
 
 async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: AgentClient) -> None:
@@ -171,6 +211,27 @@ async def test_prepare_release_rollout_finalize(agent: AgentProcess, client: Age
     assert all(SECRET not in line for line in logs)
     assert any("secret is ***" in line for line in logs)
     assert SECRET not in (agent.root / "log/agent.log").read_text()
+
+
+async def test_a_rollout_that_finalizes_lets_go_of_the_lease_and_says_when_only_finalizing_failed(
+    agent: AgentProcess, client: AgentClient
+) -> None:
+    await client.lease_acquire("fin", "prod", "ada", "f1")
+    await ship(agent, client, "fin", "f1")
+    await roll(client, "fin", "f1", finalize=True, release_lease="ada")
+    current = agent.root / "apps/fin/prod/current"
+    assert os.readlink(current) == "releases/f1"
+    assert next(s.lease for s in await client.status() if s.app == "fin") is None
+
+    await ship(agent, client, "fin", "f2")
+    current.unlink()
+    current.mkdir()  # `current` can no longer be swapped: the rollout succeeds, finalizing fails
+    (current / "in-the-way").write_text("")
+    with pytest.raises(AgentReplyError) as caught:
+        await roll(client, "fin", "f2", finalize=True)
+    assert caught.value.details == {"rolled_out": True}
+    assert caught.value.message.startswith("rolled out, but finalizing failed:")
+    assert await get(agent.http_port, "fin.test") == (200, "f2")
 
 
 async def test_failed_release_starts_nothing_and_is_cleaned_up(

@@ -73,7 +73,7 @@ async def test_restart_and_upgrade_of_every_agent_under_load_fail_no_request_and
     other = other_build(tmp_path)
     for s in servers:  # another build runs now: the next setup upgrades every agent
         async with Connection.open(s.server) as conn:
-            await install_agent(conn, other, lambda _: None)
+            await (await install_agent(conn, other, lambda _: None)).close()
     for s in servers:
         client = await agent(s)
         assert client.info.build_id == "other"

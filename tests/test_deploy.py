@@ -396,3 +396,36 @@ def test_the_build_never_sees_a_secrets_key_and_cannot_print_one(
     assert "env=none" in run.stderr
     assert "found ***" in run.stderr
     assert key not in run.stdout + run.stderr
+
+
+async def test_a_deploy_upgrades_a_stale_agent_that_its_lease_went_to_beside_the_hello(
+    fleet: Fleet, tako_home: Path, tmp_path: Path
+) -> None:
+    """The lease and the build question go out right behind the hello, so a stale agent may grant
+    the lease before the client knows it is stale: that lease is this deploy's own, not someone
+    else's deploy, so the agent is still upgraded (in place), and the lease is let go at the end."""
+    import asyncio
+
+    from tako_core.transport import Connection
+    from tako_core.transport.agent_setup import inspect_agent, install_agent
+    from tako_core.transport.agent_zipapp import build_zipapp
+    from tests.agentkit.kit import other_build
+
+    servers = fleet(2)
+    cfg = sample_app(tmp_path, servers, release=RELEASE)
+    await asyncio.to_thread(deploy_ok, cfg, servers, "v1")
+    stale = servers[1]
+    async with Connection.open(stale.server) as conn:
+        await (await install_agent(conn, other_build(tmp_path), lambda _: None)).close()
+        assert not (await inspect_agent(conn, build_zipapp(tmp_path).stem)).current
+    pid = stale.agent_pid()
+
+    sample_app(tmp_path, servers, version="v2", release=RELEASE)
+    await asyncio.to_thread(deploy_ok, cfg, servers, "v2")
+    assert stale.agent_pid() == pid
+    async with Connection.open(stale.server) as conn:
+        state = await inspect_agent(conn, build_zipapp(tmp_path).stem)
+        assert state.current
+        assert state.client is not None
+        assert [a.lease for a in await state.client.status()] == [None]
+        await state.client.close()

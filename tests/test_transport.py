@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -228,6 +229,57 @@ async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_i
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
         with pytest.raises(TransportError, match="refused the login"):
             await Connection.open(dataclasses.replace(s1.server, identity=stranger), timeout=5)
+    finally:
+        agent.terminate()
+        await agent.wait()
+
+
+def _logins(log: Path, since: int) -> list[str]:
+    """The sshd log's lines about login requests written after byte `since` (LogLevel VERBOSE)."""
+    lines = log.read_bytes()[since:].decode(errors="replace").splitlines()
+    return [line for line in lines if re.match(r"(Accepted|Failed|Postponed) [\w-]+ for ", line)]
+
+
+async def test_a_login_is_one_signed_request_and_a_refused_key_falls_through_to_the_next(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `none` probe, no public-key query (sshauth): sshd sees one request, the signed one. A key
+    the server refuses that way is followed by the next key, as after a refused query."""
+    (s1,) = fleet(1, register=False)
+    log = s1.host.log  # type: ignore[attr-defined]
+    since = log.stat().st_size
+    async with _open(s1) as conn:
+        assert (await conn.run("true")).exit_status == 0
+    (accepted,) = _logins(log, since)
+    assert "Accepted publickey for" in accepted
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_bytes(s1.identity.read_bytes())
+    (home / ".ssh" / "id_ed25519").chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    sock = tmp_path / "agent.sock"
+    agent = await asyncio.create_subprocess_exec(
+        "ssh-agent", "-D", "-a", str(sock), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        stranger = tmp_path / "id_other"
+        asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
+        stranger.chmod(0o600)
+        adding = await asyncio.create_subprocess_exec("ssh-add", "-q", str(stranger))
+        assert await adding.wait() == 0
+        since = log.stat().st_size
+        # No identity: the agent's key (a stranger's) is offered first, then ~/.ssh/id_ed25519.
+        async with Connection.open(dataclasses.replace(s1.server, identity=None), timeout=5) as conn:
+            assert (await conn.run("true")).exit_status == 0
+        refused, accepted = _logins(log, since)
+        assert "Failed publickey for" in refused
+        assert "Accepted publickey for" in accepted
     finally:
         agent.terminate()
         await agent.wait()

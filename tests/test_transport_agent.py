@@ -102,6 +102,22 @@ def test_setup_of_an_unknown_server_is_bad_input(fleet: Fleet, tako_home: Path) 
     assert "unknown server(s): nope" in result.stderr
 
 
+async def test_an_install_that_fails_on_the_server_says_what_the_server_said(
+    any_fleet: Fleet, tmp_path: Path
+) -> None:
+    """The install command ends bridged to the new agent; when it fails instead, its stderr is the
+    error, as it was for a command that simply ran to its end."""
+    (s1,) = any_fleet(1, register=False)
+    blocker = s1.root / "a-file"
+    blocker.write_text("")
+    async with Connection.open(replace(s1.server, root=str(blocker))) as conn:
+        failed = r"setting up the agent on s1 .* failed: mkdir: .*a-file"
+        with pytest.raises(AgentError, match=failed) as caught:
+            await ensure_agent(conn, cache_dir=tmp_path)
+    assert caught.value.hint is not None
+    assert "tako servers setup s1" in caught.value.hint
+
+
 async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp_path: Path) -> None:
     (s1,) = any_fleet(1, register=False)
     steps: list[str] = []
@@ -113,7 +129,7 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert steps[0].startswith("agent not running: installing")
 
         # Another build of tako installed it: replaced, in place (the same process execs the new build).
-        await install_agent(conn, other_build(tmp_path), steps.append)
+        await (await install_agent(conn, other_build(tmp_path), steps.append)).close()
         assert steps[-1] == "restarted the agent in place (detached)"
         assert s1.agent_pid() == first
         steps.clear()
@@ -126,7 +142,7 @@ async def test_ensure_agent_replaces_a_stale_or_dead_agent(any_fleet: Fleet, tmp
         assert alive(first)
 
         # Stale but busy with someone's deploy: left alone, and the error names the holder.
-        await install_agent(conn, other_build(tmp_path), steps.append)
+        await (await install_agent(conn, other_build(tmp_path), steps.append)).close()
         second = s1.agent_pid()
         client = await conn.agent()
         await client.lease_acquire("web", "production", "ada@laptop (pid 7)", "b1")

@@ -46,7 +46,9 @@ tako_core/transport/agent_client.py; `contract` is the one module both ends impo
     daemon         running the agent: one per root (a file lock), its router, socket, log and pid file;
                    restarting in place (SIGWINCH): router sockets handed over, instances kept, exec
     cli            the command line: `serve [--https-port P] [--trusted-proxy A] [--client-user U]
-                   [--detach]`, `version`
+                   [--detach]`, `version`, `bridge SOCKET`
+    bridge         stdin/stdout joined to the control socket: the install command's own channel
+                   becomes the client's first connection to the new agent
     __main__       `python3 -m tako_core.agent`, as the zipapp's own __main__: runs cli
     compat         the Python 3.10 differences the agent must honour
 

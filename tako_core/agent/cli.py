@@ -1,5 +1,5 @@
 """The agent's command line: `serve --root R --http-host H --http-port P [--https-port P]
-[--trusted-proxy A]... [--client-user U] [--detach]` and `version`.
+[--trusted-proxy A]... [--client-user U] [--detach]`, `version` and `bridge SOCKET [--wait S]`.
 
 This is a process entry point on the server, so unlike the rest of tako_core it writes to stdout
 and stderr.
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--detach", action="store_true", help="daemonize; exit 0 once the socket answers")
     commands.add_parser("version", help="print '<agent version> <protocol version>'")
+    bridge = commands.add_parser("bridge", help="join stdin and stdout to the agent's control socket")
+    bridge.add_argument("socket", help="the agent's control socket")
+    bridge.add_argument("--wait", type=float, default=30.0, help="seconds to wait for it to answer")
     return parser
 
 
@@ -57,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
         return 0
+    if args.command == "bridge":
+        from tako_core.agent.bridge import bridge
+
+        return bridge(args.socket, args.wait)
     # An agent running as root runs each app/env as its own user, unless TAKO_APP_USERS=0 (a server
     # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
     app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"

@@ -298,7 +298,9 @@ class Agent:
         return Cleaned(removed=removed)
 
     @handles(Op.ROLLOUT)
-    async def rollout(self, p: Params, emit: Emit) -> Done:
+    async def rollout(self, p: Params, emit: Emit) -> Finalized:
+        """With `finalize`, also what FINALIZE does (`keep`, `release_lease`) once the rollout is done:
+        the deploy's last two steps in one exchange. A failure after the rollout says `rolled_out`."""
         runtime = self.runtime(p)
         health_path = p.opt_str("health_path") or "/"
         if not health_path.startswith("/") or any(c in health_path for c in " \r\n"):
@@ -314,18 +316,28 @@ class Agent:
         )
         async with runtime.exclusive("rollout"):
             await runtime.rollout(state, _progress(emit), p.num("health_timeout", 30.0, 0.1, 3600.0))
-        log.info("%s: rolled out %s (%d instance(s))", runtime.key, state.build, state.instances)
-        return Done()
+            log.info("%s: rolled out %s (%d instance(s))", runtime.key, state.build, state.instances)
+            if not p.bool("finalize"):
+                return Finalized()
+            try:
+                return self._finalize(runtime, p)
+            except (ProtocolError, OSError) as e:
+                why = e.message if isinstance(e, ProtocolError) else str(e)
+                message = f"rolled out, but finalizing failed: {why}"
+                raise ProtocolError(FAILED, message, rolled_out=True) from e
 
     @handles(Op.FINALIZE)
     async def finalize(self, p: Params, emit: Emit) -> Finalized:
         runtime = self.runtime(p)
         async with runtime.exclusive("finalize"):
-            removed = runtime.finalize(p.name("build"), p.int("keep", 5, 1, 1000))
-            self.runs.prune(runtime.layout.runs, KEEP_RUNS)
-            holder = p.opt_str("release_lease")  # the deploy's last step: saves the client a round trip
-            if holder is not None:
-                self.leases.release(runtime.app, runtime.env, holder)
+            return self._finalize(runtime, p)
+
+    def _finalize(self, runtime: AppRuntime, p: Params) -> Finalized:
+        removed = runtime.finalize(p.name("build"), p.int("keep", 5, 1, 1000))
+        self.runs.prune(runtime.layout.runs, KEEP_RUNS)
+        holder = p.opt_str("release_lease")  # the deploy's last step: saves the client a round trip
+        if holder is not None:
+            self.leases.release(runtime.app, runtime.env, holder)
         return Finalized(pruned=tuple(removed))
 
     @handles(Op.ROLLBACK)

@@ -147,18 +147,24 @@ class _Deploy(Run):
 
     async def _ship(self, session: ServerSession, building: asyncio.Task[Artifact]) -> None:
         name = session.name
-        present: asyncio.Future[tuple[Artifact, ReleaseCheck]] | None = None
+        present: asyncio.Future[ReleaseCheck] | None = None
         telling: asyncio.Future[None] | None = None
+
+        async def wanted() -> tuple[str, list[str]]:
+            artifact = await building
+            return artifact.build, await self._deltas.hashes(artifact)
+
         try:
             with self._phase(name, Phase.CONNECT) as done:
-                await session.open()
-                # Whether the build is there already goes out with the lease: one round trip, not two.
-                present = asyncio.ensure_future(self._present(session, building))
-                await session.lease(force_unlock=self.options.force_unlock)
+                # Whether the build is there already goes out with the hello and the lease.
+                present = await session.connect(force_unlock=self.options.force_unlock, wanted=wanted)
                 done["detail"] = f"agent {session.agent.info.agent_version}"
             if self._auto is not None:  # beside the build, upload and install: the leader may order now
                 telling = asyncio.ensure_future(self._auto.tell(session))
-            artifact, check = await present
+            assert present is not None
+            check = await present
+            # zstd's or gzip's: the same build and files, so the answer is the same
+            artifact = await self._artifact_for(session, building)
             if self._certificate is not None:  # before the rollout: the new release starts out on HTTPS
                 await session.certificate(self._certificate)
             await self._upload_install(session, artifact, check)
@@ -202,12 +208,6 @@ class _Deploy(Run):
             installing.cancel()
             raise
         return installing
-
-    async def _present(
-        self, session: ServerSession, building: asyncio.Task[Artifact]
-    ) -> tuple[Artifact, ReleaseCheck]:
-        artifact = await self._artifact_for(session, building)
-        return artifact, await session.check_release(artifact.build, await self._deltas.hashes(artifact))
 
     # -- the release gate ----------------------------------------------------------------------
 
@@ -278,18 +278,24 @@ class _Deploy(Run):
             await report(self.sessions, self.target, self.sink, self.options.tls_wait)
 
     async def switch(self, session: ServerSession) -> ServerResult:
+        """Rollout and finalize, one exchange (session.rollout): the agent's error says which failed."""
         assert self.build is not None
         name = session.name
+        finalizing: AgentReplyError | None = None
         try:
             with self._phase(name, Phase.ROLLOUT) as done:
-                await session.rollout(self.build)
+                try:
+                    await session.rollout(self.build)
+                except AgentReplyError as err:
+                    if not err.details.get("rolled_out"):
+                        raise
+                    finalizing = err
                 done["detail"] = f"{self.target.instances}/{self.target.instances} instances"
         except TakoError as err:
             self.board.set(name, Phase.FINALIZE, State.CANCELLED)
             return ServerResult(server=name, outcome=Outcome.ROLLED_BACK, message=self.mask(err.message))
-        try:
-            with self._phase(name, Phase.FINALIZE):
-                await session.finalize(self.build)
-        except TakoError as err:
-            return ServerResult(server=name, outcome=Outcome.FAILED, message=self.mask(err.message))
+        if finalizing is not None:
+            self.board.set(name, Phase.FINALIZE, State.FAILED, error=self.mask(finalizing.message))
+            return ServerResult(server=name, outcome=Outcome.FAILED, message=self.mask(finalizing.message))
+        self.board.set(name, Phase.FINALIZE, State.DONE, detail=f"current → {self.build}")
         return ServerResult(server=name, outcome=Outcome.DEPLOYED, message=self.build)

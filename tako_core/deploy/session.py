@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from tako_core.agent.contract import new_run_id, upload_name
 from tako_core.build import Artifact
@@ -16,10 +17,24 @@ from tako_core.errors import AgentError, TransportError
 from tako_core.events import EventSink, OutputLine, Phase, RolloutProgress, UploadProgress
 from tako_core.mask import Masker
 from tako_core.transport import Connection, ensure_agent
-from tako_core.transport.agent_client import AgentClient, ReleaseCheck, RunResult
+from tako_core.transport.agent_client import AgentClient, LeaseInfo, ReleaseCheck, RunResult
 
 LEASE_TTL = 30.0
 RECONNECT_ATTEMPTS = 5
+
+# The build a deploy asks the agent about and its file hashes (once built), for ServerSession.connect.
+Wanted = Callable[[], Awaitable[tuple[str, list[str]]]]
+_Asked = tuple["asyncio.Future[LeaseInfo]", "asyncio.Future[ReleaseCheck] | None"]
+
+
+def _drop(*futures: asyncio.Future[Any] | None) -> None:
+    """Cancel futures whose answers no longer matter; a failure they already had is read, not logged."""
+    for future in futures:
+        if future is None:
+            continue
+        if future.done() and not future.cancelled():
+            future.exception()
+        future.cancel()
 
 
 class ServerSession:
@@ -58,22 +73,49 @@ class ServerSession:
     def _app_env(self) -> tuple[str, str]:
         return self._target.app, self._target.env
 
-    async def connect(self, *, force_unlock: bool) -> None:
-        await self.open()
-        await self.lease(force_unlock=force_unlock)
-
-    async def open(self) -> None:
-        """The SSH connection and an agent of this client's build."""
+    async def connect(
+        self, *, force_unlock: bool, wanted: Wanted | None = None
+    ) -> asyncio.Future[ReleaseCheck] | None:
+        """The SSH connection, an agent of this client's build (installed or upgraded when stale) and
+        the lease; with `wanted`, the future of the agent's answer about that build. The lease and
+        that question go out right behind the agent's hello: one round trip for the three. Not with
+        `force_unlock`: a lease broken on purpose waits for the hello, so that a stale agent is never
+        restarted under someone else's deploy."""
         self._conn = await Connection.open(self.server)
-        self._agent = await ensure_agent(self._conn)
+        asked: dict[AgentClient, _Asked] = {}
 
-    async def lease(self, *, force_unlock: bool) -> None:
+        def behind_hello(agent: AgentClient) -> None:
+            asked[agent] = self._ask(agent, force_unlock, wanted)
+
+        try:
+            self._agent = await ensure_agent(
+                self._conn, behind_hello=None if force_unlock else behind_hello, holder=self._holder
+            )
+            pipelined = asked.pop(self._agent) if self._agent in asked else None
+            leasing, checking = pipelined or self._ask(self._agent, force_unlock, wanted)
+            try:
+                await leasing
+            except BaseException:
+                _drop(checking)
+                raise
+        finally:
+            for stale in asked.values():  # asked of an agent since replaced
+                _drop(*stale)
+        self._lease_task = asyncio.create_task(self._renew_lease(), name=f"lease-{self.name}")
+        return checking
+
+    def _ask(self, agent: AgentClient, force_unlock: bool, wanted: Wanted | None) -> _Asked:
         # Before the call: cancelled while it is under way, the lease may still have been granted.
         self._leased = True
-        await self.agent.lease_acquire(
-            *self._app_env, self._holder, build="(building)", ttl=LEASE_TTL, force=force_unlock
+        app, env = self._app_env
+        leasing = asyncio.ensure_future(
+            agent.lease_acquire(app, env, self._holder, build="(building)", ttl=LEASE_TTL, force=force_unlock)
         )
-        self._lease_task = asyncio.create_task(self._renew_lease(), name=f"lease-{self.name}")
+        return leasing, None if wanted is None else asyncio.ensure_future(self._check(agent, wanted))
+
+    async def _check(self, agent: AgentClient, wanted: Wanted) -> ReleaseCheck:
+        build, files = await wanted()
+        return await agent.check_release(*self._app_env, build, files)
 
     def codecs(self) -> tuple[str, ...]:
         return self.agent.info.codecs
@@ -89,9 +131,6 @@ class ServerSession:
             await asyncio.sleep(LEASE_TTL / 3)
             with contextlib.suppress(AgentError, TransportError, OSError):
                 await self.agent.lease_renew(*self._app_env, self._holder)
-
-    async def check_release(self, build: str, files: list[str]) -> ReleaseCheck:
-        return await self.agent.check_release(*self._app_env, build, files)
 
     async def upload(self, artifact: Artifact, delta: Delta | None) -> tuple[str, asyncio.Future[None]]:
         """Send the artifact (or its delta) over the agent's channel; returns its name in ROOT/uploads
@@ -194,6 +233,7 @@ class ServerSession:
             await self.agent.cert_remove(*self._app_env)
 
     async def rollout(self, build: str) -> None:
+        """Roll the build out, then point `current` at it and let go of the lease, in one exchange."""
         t = self._target
 
         def progress(ready: int, total: int) -> None:
@@ -209,7 +249,11 @@ class ServerSession:
             env_vars=t.vars,
             secrets=self._secrets,
             on_progress=progress,
+            finalize=True,
+            release_lease=self._holder,
         )
+        await self._stop_renewing()  # not before: a long rollout must not let the lease run out
+        self._leased = False
 
     async def rollback(self, build: str) -> None:
         def progress(ready: int, total: int) -> None:
@@ -219,12 +263,6 @@ class ServerSession:
 
     async def kept(self, build: str) -> bool:
         return any(r.build == build and r.complete for r in await self.agent.releases(*self._app_env))
-
-    async def finalize(self, build: str) -> None:
-        """Point `current` at the build and let go of the lease, in one exchange."""
-        await self._stop_renewing()
-        await self.agent.finalize(*self._app_env, build, release_lease=self._holder)
-        self._leased = False
 
     async def cleanup(self, build: str) -> None:
         await self.agent.cleanup(*self._app_env, build)

@@ -110,16 +110,26 @@ class AgentClient(AgentChannel):
     info: AgentInfo
 
     @classmethod
-    async def connect(cls, reader: Reader, writer: Writer) -> AgentClient:
-        """Say hello and check the agent speaks our protocol version."""
+    async def connect(
+        cls,
+        reader: Reader,
+        writer: Writer,
+        behind_hello: Callable[[AgentClient], None] | None = None,
+        hello_timeout: float = HELLO_TIMEOUT,
+    ) -> AgentClient:
+        """Say hello and check the agent speaks our protocol version. `behind_hello(client)` may start
+        calls whose requests go out right behind the hello's, before its answer."""
         client = cls(reader, writer)
         client._read_task = asyncio.ensure_future(client._read_loop())
+        hello = asyncio.ensure_future(client._call(Op.HELLO, {}, AgentInfo))
+        if behind_hello is not None:
+            behind_hello(client)  # tasks: they run, and write, after the hello's task
         try:
-            client.info = await asyncio.wait_for(client._call(Op.HELLO, {}, AgentInfo), HELLO_TIMEOUT)
+            client.info = await asyncio.wait_for(hello, hello_timeout)
         except TimeoutError:
             await client.close()
             raise AgentDisconnected(
-                f"the agent did not answer hello within {HELLO_TIMEOUT:g} s", hint="restart the agent"
+                f"the agent did not answer hello within {hello_timeout:g} s", hint="restart the agent"
             ) from None
         except AgentReplyError as e:
             await client.close()
@@ -304,7 +314,12 @@ class AgentClient(AgentChannel):
         secrets: dict[str, str],
         on_progress: Callable[[int, int], None],
         health_timeout: float = 30.0,
+        finalize: bool = False,
+        release_lease: str | None = None,
     ) -> None:
+        """Start the build's instances, health-checked, one by one, and drain the old ones. With
+        `finalize`, then what `finalize` does (keep 5) in the same exchange; an error after the rollout
+        has `details["rolled_out"]`."""
         await self._call(
             Op.ROLLOUT,
             {
@@ -318,8 +333,10 @@ class AgentClient(AgentChannel):
                 "vars": env_vars,
                 "secrets": secrets,
                 "health_timeout": health_timeout,
+                "finalize": finalize,
+                "release_lease": release_lease,
             },
-            Done,
+            Finalized,
             _on(Progress, lambda e: on_progress(e.done, e.total)),
         )
 

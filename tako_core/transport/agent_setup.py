@@ -4,11 +4,14 @@ The agent says in its hello which zipapp it runs (version + content hash, `Agent
 client tells a stale agent from the hello alone. An install is one command (through `sudo -n` when we
 are not root) after the one asking who we are: the zipapp on its stdin, then the old agent stopped
 and the new one started; a half-done install leaves the old build, which still counts as stale.
+The command ends as a `bridge` to the new agent's socket, so the client's hello (and a deploy's
+lease and build question) ride on its channel right behind the zipapp: no channel to open after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shlex
 from collections.abc import Callable
@@ -20,17 +23,18 @@ import platformdirs
 import tako_core
 from tako_core.config import Server
 from tako_core.errors import AgentError
+from tako_core.transport.agent_channel import Reader
 from tako_core.transport.agent_client import AgentClient
 from tako_core.transport.agent_wheels import PROBE, ServerPython, fetch_httptools, unpack_command
 from tako_core.transport.agent_zipapp import build_zipapp
 from tako_core.transport.connection import Connection
 from tako_core.transport.failures import AgentNotRunning, where
+from tako_core.transport.sshlib import asyncssh
 
 Step = Callable[[str], None]
 
 # How long a freshly started agent may take to answer on its socket.
 START_TIMEOUT = 30.0
-_POLL_INTERVAL = 0.1
 
 # Who we are on the server: its python3 (for the parser's wheel) and the wheel unpacked for it last
 # time, one line each; then root, a user with passwordless sudo, or a user on their own, plus what
@@ -46,14 +50,15 @@ echo "$how $(id -un) $writable $low $HOME"
 """
 
 # The install itself in one command (each command over SSH costs a login shell), run as root when
-# we may: checks the server and takes the zipapp from stdin. Then the agent named in the pid file
-# (only if that pid really is a tako agent) restarts in place when it runs the command it would be
-# started with (and, under systemd, the unit is unchanged): it stops answering (its socket goes),
-# hands its router over and execs the build just installed, same pid, instances kept, and we wait
-# for the new socket; an agent too old for that ignores SIGWINCH. Otherwise it is stopped (it
-# holds the root's lock, so it must be gone before the new one starts) and the new one started
-# with systemd when it runs and we are root, else detached. Says which on stdout:
-# "systemd|detached started|in-place".
+# we may: checks the server and takes the zipapp ({size} bytes) from stdin. Then the agent named in
+# the pid file (only if that pid really is a tako agent) restarts in place when it runs the command
+# it would be started with (and, under systemd, the unit is unchanged): it stops answering (its
+# socket goes), hands its router over and execs the build just installed, same pid, instances
+# kept, and we wait for the new socket; an agent too old for that ignores SIGWINCH. Otherwise it
+# is stopped (it holds the root's lock, so it must be gone before the new one starts) and the new
+# one started with systemd when it runs and we are root, else detached. Says which on stdout:
+# "systemd|detached started|in-place", then becomes the `bridge` to the new agent's socket: the
+# rest of stdin and stdout are the client's connection to it.
 _INSTALL = """
 mkdir -p {root}/bin {root}/run {root}/log && chmod 755 {root} {root}/bin || exit 3
 command -v python3 >/dev/null || {{ echo "no python3 on the server" >&2; exit 3; }}
@@ -62,7 +67,8 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {{
 command -v openssl >/dev/null || {{
     echo "no openssl command on the server (the router reads HTTPS certificates with it):" \
         "install the openssl package" >&2; exit 3; }}
-cat > {pyz}.tmp && chmod 755 {pyz}.tmp && mv {pyz}.tmp {pyz} || exit 3
+head -c {size} > {pyz}.tmp && [ "$(wc -c < {pyz}.tmp)" -eq {size} ] && chmod 755 {pyz}.tmp \\
+    && mv {pyz}.tmp {pyz} || {{ echo "the agent's zipapp did not arrive whole" >&2; exit 3; }}
 i=0  # the parser's wheel is unpacked by a command beside this one: the agent must start with it
 while [ -n {wheel} ] && [ "$(cat {root}/bin/lib/.wheel 2>/dev/null)" != {wheel} ] && [ $i -lt 200 ]; do
     sleep 0.05; i=$((i+1))
@@ -85,7 +91,8 @@ if [ -n "$pid" ] && [ $same_unit = yes ] && tr '\\0' ' ' < "/proc/$pid/cmdline" 
     done
     if [ $i -lt 50 ]; then  # it took the signal: wait for its successor's socket (hand-over <= 20 s)
         while [ ! -S {socket} ] && [ $i -lt 350 ]; do sleep 0.1; i=$((i+1)); done
-        echo $mode in-place; exit 0
+        echo $mode in-place
+        exec {bridge}
     fi
 fi
 if [ -n "$pid" ]; then
@@ -100,10 +107,11 @@ fi
 echo $mode started
 if [ $mode = systemd ]; then
     printf '%s' {unit} > {unit_path}.tmp && mv {unit_path}.tmp {unit_path} && systemctl daemon-reload \\
-        && systemctl enable {unit_name} 2>/dev/null && systemctl restart {unit_name}
+        && systemctl enable {unit_name} 2>/dev/null && systemctl restart {unit_name} || exit 1
 else
-    {detached}
+    {detached} || exit 1
 fi
+exec {bridge}
 """
 
 
@@ -165,10 +173,13 @@ def systemd_unit(server: Server, client_user: str | None = None, python: str = "
     )
 
 
-async def inspect_agent(conn: Connection, build: str) -> AgentState:
-    """Ask the running agent who it is; `build` is the zipapp name this client would install."""
+async def inspect_agent(
+    conn: Connection, build: str, behind_hello: Callable[[AgentClient], None] | None = None
+) -> AgentState:
+    """Ask the running agent who it is; `build` is the zipapp name this client would install
+    (`behind_hello`: see AgentClient.connect)."""
     try:
-        client = await conn.agent()
+        client = await conn.agent(behind_hello)
     except AgentNotRunning:
         return AgentState(None, False, "not running")
     except AgentError as err:  # it answers, but not in a way this client understands
@@ -184,16 +195,26 @@ async def inspect_agent(conn: Connection, build: str) -> AgentState:
 
 
 async def ensure_agent(
-    conn: Connection, *, on_step: Step | None = None, cache_dir: Path | None = None, restart: bool = False
+    conn: Connection,
+    *,
+    on_step: Step | None = None,
+    cache_dir: Path | None = None,
+    restart: bool = False,
+    behind_hello: Callable[[AgentClient], None] | None = None,
+    holder: str | None = None,
 ) -> AgentClient:
     """A client for an agent of this client's exact build: installed and (re)started when needed,
-    or when asked to `restart` (an upgrade takes the same path: in place, instances kept)."""
+    or when asked to `restart` (an upgrade takes the same path: in place, instances kept).
+    `behind_hello` goes to the running agent's AgentClient.connect; what it asks a stale agent is
+    lost when that agent is replaced (the client returned is another one). A lease of `holder`'s
+    (taken beside the hello) does not keep the agent from being replaced."""
     zipapp = await asyncio.to_thread(build_zipapp, cache_dir or agent_cache_dir())
-    state = await inspect_agent(conn, zipapp.stem)
+    state = await inspect_agent(conn, zipapp.stem, behind_hello)
     if state.current and state.client is not None and not restart:
         return state.client
     if state.client is not None:
-        busy = [a for a in await state.client.status() if a.lease is not None]
+        statuses = await state.client.status()
+        busy = [a for a in statuses if a.lease is not None and a.lease.holder != holder]
         await state.client.close()
         if busy:
             # Restarting the agent would stop that deploy's release command or rollout midway.
@@ -206,8 +227,7 @@ async def ensure_agent(
             )
     step = on_step or (lambda _: None)
     step(f"agent {state.reason or 'current'}: installing {zipapp.name}")
-    await install_agent(conn, zipapp, step)
-    client = await _wait_for_agent(conn)
+    client = await install_agent(conn, zipapp, step, behind_hello)
     if client.info.agent_version != tako_core.__version__:
         await client.close()
         raise AgentError(
@@ -239,10 +259,13 @@ class Login:
         return self.user if self.how == "sudo" else None
 
 
-async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
+async def install_agent(
+    conn: Connection, zipapp: Path, step: Step, behind_hello: Callable[[AgentClient], None] | None = None
+) -> AgentClient:
     """Install `zipapp` as `<root>/bin/tako-agent.pyz` and restart the agent in place, or stop the
     old one and start the new one: one command after the one asking who we are (and, when the
-    router's parser wheel must be unpacked, a second one beside it, not after it)."""
+    router's parser wheel must be unpacked, a second one beside it, not after it). Returns a client
+    of the new agent over that command's own channel (`behind_hello`: see AgentClient.connect)."""
     server = conn.server
     login = await _login(conn)
     if login.how == "user" and server.https_port < login.low:
@@ -254,30 +277,35 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
         )
     wheel = await _parser_wheel(conn, login, zipapp.parent, step)
     unit_name = systemd_unit_name(server.root)
+    data = await asyncio.to_thread(zipapp.read_bytes)
+    pyz, socket = f"{server.root}/bin/tako-agent.pyz", f"{server.root}/run/tako.sock"
     script = _INSTALL.format(
+        size=len(data),
+        bridge=shlex.join(["python3", pyz, "bridge", socket, "--wait", f"{START_TIMEOUT:g}"]),
         root=shlex.quote(server.root),
-        pyz=shlex.quote(f"{server.root}/bin/tako-agent.pyz"),
+        pyz=shlex.quote(pyz),
         wheel=shlex.quote(wheel.name if wheel else ""),
         pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
         unit=shlex.quote(systemd_unit(server, login.client_user)),
         unit_path=f"/etc/systemd/system/{unit_name}",
         unit_name=unit_name,
-        socket=shlex.quote(f"{server.root}/run/tako.sock"),
+        socket=shlex.quote(socket),
         command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
         detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
-    data = await asyncio.to_thread(zipapp.read_bytes)
-    install = _checked(conn, login.as_root(script), input=data, limit=START_TIMEOUT + 15)
+    install = _bridged(conn, login.as_root(script), data, behind_hello)
     if wheel is None:
-        out = await install
+        client, out = await install
     else:
         unpack = unpack_command(f"{server.root}/bin/lib", wheel)
         unpacked = _checked(conn, login.as_root(unpack), input=await asyncio.to_thread(wheel.read_bytes))
-        results = await asyncio.gather(unpacked, install, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        out = str(results[1])
+        installed, unpacking = await asyncio.gather(install, unpacked, return_exceptions=True)
+        if isinstance(installed, BaseException):
+            raise installed  # the install's own error says more than the unpack's
+        client, out = installed
+        if isinstance(unpacking, BaseException):
+            await client.close()
+            raise unpacking
     mode, how = out.split()[:2]
     step(f"restarted the agent in place ({mode})" if how == "in-place" else f"started the agent ({mode})")
     if mode == "detached" and login.how == "user":
@@ -285,6 +313,68 @@ async def install_agent(conn: Connection, zipapp: Path, step: Step) -> None:
             "warning: a detached agent does not come back after a reboot; with passwordless sudo "
             "for this user, `tako servers setup` installs a systemd unit instead"
         )
+    return client
+
+
+class _Stdin:
+    """The install command's stdin as the agent client's writer. Closing it ends the input rather
+    than the channel: the bridge then ends its agent connection and exits, and what the command
+    wrote on stderr can still be read."""
+
+    def __init__(self, stdin: asyncssh.SSHWriter[bytes]) -> None:
+        self._stdin = stdin
+
+    def write(self, data: bytes) -> None:
+        self._stdin.write(data)
+
+    async def drain(self) -> None:
+        await self._stdin.drain()
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            self._stdin.write_eof()
+
+
+class _ResultLine:
+    """The install command's stdout: its first line (its result) set aside, the rest the agent's."""
+
+    def __init__(self, stdout: Reader) -> None:
+        self._stdout = stdout
+        self.line = ""
+        self._read = False
+
+    async def readline(self) -> bytes | str:
+        if not self._read:
+            self._read = True
+            first = await self._stdout.readline()
+            self.line = first.decode(errors="replace") if isinstance(first, bytes) else first
+            if not first:
+                return first
+        return await self._stdout.readline()
+
+
+async def _bridged(
+    conn: Connection, script: str, data: bytes, behind_hello: Callable[[AgentClient], None] | None
+) -> tuple[AgentClient, str]:
+    """Run the install `script`, `data` on its stdin; the client of the agent it ends bridged to,
+    whose hello is written right behind `data`, and the script's result line."""
+    process = await conn.start(script)
+    process.stdin.write(data)
+    stdout = _ResultLine(process.stdout)
+    try:
+        client = await AgentClient.connect(stdout, _Stdin(process.stdin), behind_hello, START_TIMEOUT + 15)
+    except AgentError:  # the script failed (its stdout ended), or the agent never answered
+        try:
+            stderr = (await asyncio.wait_for(process.stderr.read(), 5)).decode(errors="replace")
+        except TimeoutError:
+            stderr = ""
+        process.close()
+        tail = "\n".join(stderr.strip().splitlines()[-5:]) or "the new agent did not answer"
+        raise AgentError(
+            f"setting up the agent on {where(conn.server)} failed: {tail}",
+            hint=f"fix the server, then run `tako servers setup {conn.server.name}` again",
+        ) from None
+    return client, stdout.line
 
 
 async def _parser_wheel(conn: Connection, login: Login, cache_dir: Path, step: Step) -> Path | None:
@@ -335,21 +425,6 @@ async def _login(conn: Connection) -> Login:
             hint=fixes,
         )
     return login
-
-
-async def _wait_for_agent(conn: Connection) -> AgentClient:
-    """The new agent, once it answers (systemd starts it asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-    while True:
-        try:
-            return await conn.agent()
-        except AgentNotRunning:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AgentError(
-                    f"the agent on {where(conn.server)} did not answer within {START_TIMEOUT:g} s",
-                    hint=f"see its log: {conn.server.root}/log/agent.log on the server",
-                ) from None
-            await asyncio.sleep(_POLL_INTERVAL)
 
 
 async def _checked(conn: Connection, script: str, *, input: bytes | None = None, limit: float = 60) -> str:

@@ -19,6 +19,7 @@ from tako_core.config import Server
 from tako_core.errors import TransportError
 from tako_core.transport.agent_client import AgentClient
 from tako_core.transport.failures import AgentNotRunning, connect_error, known_hosts_path, lost, where
+from tako_core.transport.sshauth import client_factory
 from tako_core.transport.sshlib import asyncssh, load
 
 # Below OpenSSH's default MaxSessions of 10: with 10 at once an open fails now and then.
@@ -98,8 +99,15 @@ class Connection:
             except (asyncssh.Error, OSError) as exc:
                 raise self._lost_during(label) from exc
 
-    async def agent(self) -> AgentClient:
-        """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`."""
+    async def start(self, command: str) -> asyncssh.SSHClientProcess[bytes]:
+        """Start `command` and hand back its process (bytes streams) for a caller that talks to it
+        while it runs. Its session is not one of the slots `run` shares: one such at a time."""
+        with self._lost_while(f"starting `{_label(command)}`"):
+            return await self._open_session(lambda conn: conn.create_process(command, encoding=None))
+
+    async def agent(self, behind_hello: Callable[[AgentClient], None] | None = None) -> AgentClient:
+        """A client for the tako agent, over a unix-socket channel to `<root>/run/tako.sock`
+        (`behind_hello`: see AgentClient.connect)."""
         conn = await self._live()
         path = f"{self.server.root}/run/tako.sock"
         with self._lost_while("reaching the agent"):
@@ -113,7 +121,7 @@ class Connection:
                     "server's sshd must also allow it: AllowStreamLocalForwarding yes, the default)",
                 ) from exc
         try:
-            return await AgentClient.connect(reader, writer)
+            return await AgentClient.connect(reader, writer, behind_hello)
         except BaseException:
             writer.close()
             raise
@@ -223,6 +231,7 @@ async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         # asyncssh applies ~/.ssh/config silently: its `ForwardAgent yes` must not reach servers.
         "agent_forwarding": False,
+        "client_factory": client_factory(),  # a login in one round trip, not three (sshauth)
     }
     if server.user:
         options["username"] = server.user
