@@ -9,6 +9,8 @@ import os
 import pwd
 from pathlib import Path
 
+from tako_core.build import build_artifact
+from tako_core.deploy.delta import Deltas
 from tests.deploykit import app_dir, get, sample_app, tako
 from tests.fleet import Fleet, FleetServer
 
@@ -167,3 +169,22 @@ def test_a_kept_file_changed_behind_its_record_falls_back_to_the_whole_artifact(
             uploaded = [e for e in events if e["event"] == "PhaseChanged" and e["server"] == s.name]
             assert "changed of" in str([e for e in uploaded if e["phase"] == "Upload"][-1]["detail"])
         assert _tree(app_dir(s) / "releases" / str(build)) == _tree(tmp_path / "app")
+
+
+async def test_a_delta_of_the_gzip_artifact_uses_the_hashes_asked_with_the_zstd_one(tmp_path: Path) -> None:
+    """Servers without zstd get the gzip artifact, after the question went out with the zstd one's hashes."""
+    project = tmp_path / "app"
+    project.mkdir()
+    for i in range(4):
+        (project / f"blob{i}.bin").write_bytes(os.urandom(64 * 1024))
+    zst = await build_artifact(project, "web", "production", None, {}, print, tmp_path, codec="zst")
+    gz = await build_artifact(project, "web", "production", None, {}, print, tmp_path, codec="gz")
+    deltas = Deltas()
+    try:
+        wanted = await deltas.hashes(zst)
+        delta = await deltas.delta(gz, (wanted[0],))
+        assert delta is not None
+        assert delta.path.name.endswith(".tar.gz")
+        assert len(delta.base) == 3
+    finally:
+        deltas.close()

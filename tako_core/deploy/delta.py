@@ -70,6 +70,8 @@ class Deltas:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="tako-delta-"))
         dest = self._scratch / f"{number}{''.join(artifact.path.suffixes[-2:])}"
+        if artifact.path not in self._files:  # the gzip artifact of servers without zstd: the same files
+            self._files[artifact.path] = file_hashes(artifact.path)
         wanted = {sha for sha in self._files[artifact.path].values() if sha[:SHORT] in send}
         try:
             size, left_out = write_delta(artifact.path, artifact.packed, wanted, dest)
