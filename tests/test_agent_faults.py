@@ -70,7 +70,8 @@ async def test_disk_full_during_extract_is_a_clean_error_and_current_stays(
             "full", "prod", "f3", upload, install=None, env_vars={}, secrets={}, on_output=lambda _: None
         )
 
-    assert sorted(p.name for p in releases.iterdir()) == ["f1"]  # nothing half-written
+    # Nothing half-written: f1 and its stat record (agent/stamps.py) alone.
+    assert sorted(p.name for p in releases.iterdir()) == [".f1.stamps", "f1"]
     assert os.readlink(small_disk / "prod" / "current") == "releases/f1"
     assert await get(agent.http_port, "full.test") == (200, "f1")
 

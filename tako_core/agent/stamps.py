@@ -31,11 +31,13 @@ def path_of(release: Path) -> Path:
 
 
 def record(release: Path, files: dict[str, str]) -> None:
-    """Record `files` (path -> sha256, the release's manifest) as they are now in `release`."""
+    """Record `files` (path -> sha256, the release's manifest) as they are now in `release`. Best
+    effort: a record that cannot be written (a full disk) is none, and its files get hashed."""
     dest = path_of(release)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        dest.unlink(missing_ok=True)  # an earlier attempt's
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as out:
             start = _tick(out.fileno())
             stamps: dict[str, Stamp] = {}
@@ -49,9 +51,10 @@ def record(release: Path, files: dict[str, str]) -> None:
             json.dump(stamps, out)
         # No fsync: a record lost or torn in a crash is only garbled, and a garbled one means hashing.
         os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except OSError:
+        pass  # no record, as the docstring says
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already once it replaced the record
 
 
 def _tick(fd: int) -> int:
