@@ -1,11 +1,13 @@
 """Installing, upgrading and starting the agent on a server, over one Connection.
 
 The agent says in its hello which zipapp it runs (version + content hash, `AgentInfo.build_id`), so a
-client tells a stale agent from the hello alone. An install is one command (through `sudo -n` when we
-are not root) after the one asking who we are: the zipapp on its stdin, then the old agent stopped
-and the new one started; a half-done install leaves the old build, which still counts as stale.
-The command ends as a `bridge` to the new agent's socket, so the client's hello (and a deploy's
-lease and build question) ride on its channel right behind the zipapp: no channel to open after it.
+client tells a stale agent from the hello alone. An install is one command: it says who we are
+(root, passwordless sudo or a user on their own; the server's python3), then takes on its stdin the
+install script written for that answer (run through `sudo -n` when we are not root), the zipapp and
+the router's parser wheel; the old agent is stopped and the new one started, and a half-done install
+leaves the old build, which still counts as stale. The command ends as a `bridge` to the new
+agent's socket, so the client's hello (and a deploy's lease and build question) ride on its channel
+right behind the zipapp: no second command, no channel to open after it.
 """
 
 from __future__ import annotations
@@ -253,10 +255,6 @@ class Login:
     wheel: str  # the name of the httptools wheel unpacked in bin/lib; "" when none is
     low: int  # the lowest port the user may bind without root
 
-    def as_root(self, script: str) -> str:
-        """`script` run as root where we may (else as the user, who then needs the root's rights)."""
-        return f"sudo -n sh -c {shlex.quote(script)}" if self.how == "sudo" else script
-
     @property
     def client_user(self) -> str | None:
         """The user the agent hands its socket to when it runs as root for them."""
@@ -418,7 +416,15 @@ async def _parser_wheel(login: Login, cache_dir: Path, step: Step) -> Path | Non
 async def _login(server: Server, process: asyncssh.SSHClientProcess[bytes]) -> Login:
     """Who we are, as _SETUP's first lines say; a user without sudo gets the choices that work,
     before anything is changed."""
-    probe, wheel, who = [(await process.stdout.readline()).decode(errors="replace") for _ in range(3)]
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            lines = [(await process.stdout.readline()).decode(errors="replace") for _ in range(3)]
+    except TimeoutError:
+        raise AgentError(
+            f"{where(server)} did not say who we are there within {START_TIMEOUT:g} s",
+            hint="check that a plain `ssh` login to it runs commands (a shell startup file may hang)",
+        ) from None
+    probe, wheel, who = lines
     if not who.endswith("\n"):
         raise await _failed(server, process)
     how, user, writable, low, home = who.split(maxsplit=4)
