@@ -8,7 +8,6 @@ and stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import select
 import sys
@@ -18,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tako_core
-from tako_core.agent.contract import PROTOCOL_VERSION
-from tako_core.agent.layout import Layout
 
 if TYPE_CHECKING:
     from tako_core.agent.daemon import Listen
+    from tako_core.agent.layout import Layout
 
 DETACH_TIMEOUT = 20.0
 
@@ -57,13 +55,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
-        return 0
+    # Each command imports what it needs: `bridge` starts in every install, on its critical path.
     if args.command == "bridge":
         from tako_core.agent.bridge import bridge
 
         return bridge(args.socket, args.wait)
+    if args.command == "version":
+        from tako_core.agent.contract import PROTOCOL_VERSION
+
+        sys.stdout.write(f"{tako_core.__version__} {PROTOCOL_VERSION}\n")
+        return 0
+    from tako_core.agent.layout import Layout
+
     # An agent running as root runs each app/env as its own user, unless TAKO_APP_USERS=0 (a server
     # simulated on one's own machine: the demo, some tests) keeps them all as the agent's user.
     app_users = os.geteuid() == 0 and os.environ.get("TAKO_APP_USERS") != "0"
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(layout: Layout, listen: Listen, client_user: str | None, ready_fd: int | None) -> int:
     # Imported here so `version` works even where serving could not (e.g. a missing module).
+    import asyncio
+
     from tako_core.agent.daemon import restart_in_place, serve, setup_logging
 
     os.umask(0o077)  # state, logs and the socket are the agent's own unless opened up on purpose

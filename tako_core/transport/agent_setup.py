@@ -1,11 +1,13 @@
 """Installing, upgrading and starting the agent on a server, over one Connection.
 
 The agent says in its hello which zipapp it runs (version + content hash, `AgentInfo.build_id`), so a
-client tells a stale agent from the hello alone. An install is one command (through `sudo -n` when we
-are not root) after the one asking who we are: the zipapp on its stdin, then the old agent stopped
-and the new one started; a half-done install leaves the old build, which still counts as stale.
-The command ends as a `bridge` to the new agent's socket, so the client's hello (and a deploy's
-lease and build question) ride on its channel right behind the zipapp: no channel to open after it.
+client tells a stale agent from the hello alone. An install is one command: it says who we are
+(root, passwordless sudo or a user on their own; the server's python3), then takes on its stdin the
+install script written for that answer (run through `sudo -n` when we are not root), the zipapp and
+the router's parser wheel; the old agent is stopped and the new one started, and a half-done install
+leaves the old build, which still counts as stale. The command ends as a `bridge` to the new
+agent's socket, so the client's hello (and a deploy's lease and build question) ride on its channel
+right behind the zipapp: no second command, no channel to open after it.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ Step = Callable[[str], None]
 # How long a freshly started agent may take to answer on its socket.
 START_TIMEOUT = 30.0
 
-# Who we are on the server: its python3 (for the parser's wheel) and the wheel unpacked for it last
-# time, one line each; then root, a user with passwordless sudo, or a user on their own, plus what
-# a user on their own may do (write the root? bind the port?).
-_WHO = """
+# The one command of an install. First, who we are on the server: its python3 (for the parser's
+# wheel) and the wheel unpacked for it last time, one line each; then root, a user with passwordless
+# sudo, or a user on their own, plus what a user on their own may do (write the root? bind the
+# port?). Then it reads the install script the client wrote for that answer from stdin (its length
+# in bytes on a line first; 0 or nothing: stop, nothing changed) and runs it, as root where we may
+# (through `sudo -n`), on the rest of stdin.
+_SETUP = """
 {probe}
 printf '%s\\n' "$(cat {wheel_marker} 2>/dev/null)"
 if [ "$(id -u)" = 0 ]; then how=root; elif sudo -n true 2>/dev/null; then how=sudo; else how=user; fi
@@ -47,10 +52,14 @@ writable=no
 if [ $how = user ] && mkdir -p {root} 2>/dev/null && [ -w {root} ]; then writable=yes; fi
 low=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)
 echo "$how $(id -un) $writable $low $HOME"
+IFS= read -r size && [ "$size" -gt 0 ] 2>/dev/null || exit 0
+script=$(head -c "$size") || exit 3
+if [ $how = sudo ]; then exec sudo -n sh -c "$script"; fi
+exec sh -c "$script"
 """
 
-# The install itself in one command (each command over SSH costs a login shell), run as root when
-# we may: checks the server and takes the zipapp ({size} bytes) from stdin. Then the agent named in
+# The install script (run by _SETUP, as root when we may): checks the server and takes the zipapp
+# ({size} bytes) from stdin, then the parser's wheel when one is sent. Then the agent named in
 # the pid file (only if that pid really is a tako agent) restarts in place when it runs the command
 # it would be started with (and, under systemd, the unit is unchanged): it stops answering (its
 # socket goes), hands its router over and execs the build just installed, same pid, instances
@@ -69,10 +78,7 @@ command -v openssl >/dev/null || {{
         "install the openssl package" >&2; exit 3; }}
 head -c {size} > {pyz}.tmp && [ "$(wc -c < {pyz}.tmp)" -eq {size} ] && chmod 755 {pyz}.tmp \\
     && mv {pyz}.tmp {pyz} || {{ echo "the agent's zipapp did not arrive whole" >&2; exit 3; }}
-i=0  # the parser's wheel is unpacked by a command beside this one: the agent must start with it
-while [ -n {wheel} ] && [ "$(cat {root}/bin/lib/.wheel 2>/dev/null)" != {wheel} ] && [ $i -lt 200 ]; do
-    sleep 0.05; i=$((i+1))
-done
+{wheel}
 mode=detached; same_unit=yes
 if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ]; then
     mode=systemd  # a changed unit needs systemd to restart the agent
@@ -249,10 +255,6 @@ class Login:
     wheel: str  # the name of the httptools wheel unpacked in bin/lib; "" when none is
     low: int  # the lowest port the user may bind without root
 
-    def as_root(self, script: str) -> str:
-        """`script` run as root where we may (else as the user, who then needs the root's rights)."""
-        return f"sudo -n sh -c {shlex.quote(script)}" if self.how == "sudo" else script
-
     @property
     def client_user(self) -> str | None:
         """The user the agent hands its socket to when it runs as root for them."""
@@ -262,50 +264,37 @@ class Login:
 async def install_agent(
     conn: Connection, zipapp: Path, step: Step, behind_hello: Callable[[AgentClient], None] | None = None
 ) -> AgentClient:
-    """Install `zipapp` as `<root>/bin/tako-agent.pyz` and restart the agent in place, or stop the
-    old one and start the new one: one command after the one asking who we are (and, when the
-    router's parser wheel must be unpacked, a second one beside it, not after it). Returns a client
-    of the new agent over that command's own channel (`behind_hello`: see AgentClient.connect)."""
+    """Install `zipapp` as `<root>/bin/tako-agent.pyz` (with the router's parser wheel when the
+    server needs it) and restart the agent in place, or stop the old one and start the new one, all
+    in one command (_SETUP): who we are comes back on its stdout, the install script written for
+    that goes in on its stdin, and the command ends bridged to the new agent. Returns a client of
+    the new agent over that command's own channel (`behind_hello`: see AgentClient.connect)."""
     server = conn.server
-    login = await _login(conn)
-    if login.how == "user" and server.https_port < login.low:
-        # Not an error: an agent set up before HTTPS, on a port above 1023, must keep upgrading.
-        step(
-            f"warning: port {server.https_port} needs root, so this agent serves no HTTPS; for HTTPS: "
-            f"`tako servers add {server.name} --host {server.host} --user {login.user} "
-            f"--root {server.root} --http-port {server.http_port} --https-port 8443 --replace`"
+    process = await conn.start(
+        _SETUP.format(
+            root=shlex.quote(server.root),
+            probe=PROBE,
+            wheel_marker=shlex.quote(f"{server.root}/bin/lib/.wheel"),
         )
-    wheel = await _parser_wheel(conn, login, zipapp.parent, step)
-    unit_name = systemd_unit_name(server.root)
-    data = await asyncio.to_thread(zipapp.read_bytes)
-    pyz, socket = f"{server.root}/bin/tako-agent.pyz", f"{server.root}/run/tako.sock"
-    script = _INSTALL.format(
-        size=len(data),
-        bridge=shlex.join(["python3", pyz, "bridge", socket, "--wait", f"{START_TIMEOUT:g}"]),
-        root=shlex.quote(server.root),
-        pyz=shlex.quote(pyz),
-        wheel=shlex.quote(wheel.name if wheel else ""),
-        pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
-        unit=shlex.quote(systemd_unit(server, login.client_user)),
-        unit_path=f"/etc/systemd/system/{unit_name}",
-        unit_name=unit_name,
-        socket=shlex.quote(socket),
-        command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
-        detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
     )
-    install = _bridged(conn, login.as_root(script), data, behind_hello)
-    if wheel is None:
-        client, out = await install
-    else:
-        unpack = unpack_command(f"{server.root}/bin/lib", wheel)
-        unpacked = _checked(conn, login.as_root(unpack), input=await asyncio.to_thread(wheel.read_bytes))
-        installed, unpacking = await asyncio.gather(install, unpacked, return_exceptions=True)
-        if isinstance(installed, BaseException):
-            raise installed  # the install's own error says more than the unpack's
-        client, out = installed
-        if isinstance(unpacking, BaseException):
-            await client.close()
-            raise unpacking
+    try:
+        login = await _login(server, process)
+        if login.how == "user" and server.https_port < login.low:
+            # Not an error: an agent set up before HTTPS, on a port above 1023, must keep upgrading.
+            step(
+                f"warning: port {server.https_port} needs root, so this agent serves no HTTPS; for "
+                f"HTTPS: `tako servers add {server.name} --host {server.host} --user {login.user} "
+                f"--root {server.root} --http-port {server.http_port} --https-port 8443 --replace`"
+            )
+        wheel = await _parser_wheel(login, zipapp.parent, step)
+        data = await asyncio.to_thread(zipapp.read_bytes)
+        wheel_data = await asyncio.to_thread(wheel.read_bytes) if wheel is not None else b""
+        script = _install_script(server, login, len(data), wheel, len(wheel_data)).encode()
+        process.stdin.write(b"%d\n" % len(script) + script + data + wheel_data)
+    except BaseException:
+        process.close()  # before the script: the command stops there, nothing changed
+        raise
+    client, out = await _bridged(conn, process, behind_hello)
     mode, how = out.split()[:2]
     step(f"restarted the agent in place ({mode})" if how == "in-place" else f"started the agent ({mode})")
     if mode == "detached" and login.how == "user":
@@ -314,6 +303,31 @@ async def install_agent(
             "for this user, `tako servers setup` installs a systemd unit instead"
         )
     return client
+
+
+def _install_script(server: Server, login: Login, size: int, wheel: Path | None, wheel_size: int) -> str:
+    unit_name = systemd_unit_name(server.root)
+    pyz, socket = f"{server.root}/bin/tako-agent.pyz", f"{server.root}/run/tako.sock"
+    unpack = ""
+    if wheel is not None:  # the agent must start with it: unpacked before the agent starts
+        unpack = (
+            f"head -c {wheel_size} | {unpack_command(f'{server.root}/bin/lib', wheel)} "
+            '|| { echo "cannot unpack the HTTP parser wheel" >&2; exit 3; }'
+        )
+    return _INSTALL.format(
+        size=size,
+        wheel=unpack,
+        bridge=shlex.join(["python3", pyz, "bridge", socket, "--wait", f"{START_TIMEOUT:g}"]),
+        root=shlex.quote(server.root),
+        pyz=shlex.quote(pyz),
+        pid_file=shlex.quote(f"{server.root}/run/agent.pid"),
+        unit=shlex.quote(systemd_unit(server, login.client_user)),
+        unit_path=f"/etc/systemd/system/{unit_name}",
+        unit_name=unit_name,
+        socket=shlex.quote(socket),
+        command=shlex.quote(" " + " ".join(_serve_args(server, login.client_user)) + " "),
+        detached=shlex.join(["python3", *_serve_args(server, login.client_user), "--detach"]),
+    )
 
 
 class _Stdin:
@@ -354,30 +368,35 @@ class _ResultLine:
 
 
 async def _bridged(
-    conn: Connection, script: str, data: bytes, behind_hello: Callable[[AgentClient], None] | None
+    conn: Connection,
+    process: asyncssh.SSHClientProcess[bytes],
+    behind_hello: Callable[[AgentClient], None] | None,
 ) -> tuple[AgentClient, str]:
-    """Run the install `script`, `data` on its stdin; the client of the agent it ends bridged to,
-    whose hello is written right behind `data`, and the script's result line."""
-    process = await conn.start(script)
-    process.stdin.write(data)
+    """The client of the agent the install command ends bridged to, its hello written right behind
+    what the command was sent, and the command's result line."""
     stdout = _ResultLine(process.stdout)
     try:
         client = await AgentClient.connect(stdout, _Stdin(process.stdin), behind_hello, START_TIMEOUT + 15)
     except AgentError:  # the script failed (its stdout ended), or the agent never answered
-        try:
-            stderr = (await asyncio.wait_for(process.stderr.read(), 5)).decode(errors="replace")
-        except TimeoutError:
-            stderr = ""
-        process.close()
-        tail = "\n".join(stderr.strip().splitlines()[-5:]) or "the new agent did not answer"
-        raise AgentError(
-            f"setting up the agent on {where(conn.server)} failed: {tail}",
-            hint=f"fix the server, then run `tako servers setup {conn.server.name}` again",
-        ) from None
+        raise await _failed(conn.server, process) from None
     return client, stdout.line
 
 
-async def _parser_wheel(conn: Connection, login: Login, cache_dir: Path, step: Step) -> Path | None:
+async def _failed(server: Server, process: asyncssh.SSHClientProcess[bytes]) -> AgentError:
+    """The install command failed: the error, with the last lines it wrote on stderr."""
+    try:
+        stderr = (await asyncio.wait_for(process.stderr.read(), 5)).decode(errors="replace")
+    except TimeoutError:
+        stderr = ""
+    process.close()
+    tail = "\n".join(stderr.strip().splitlines()[-5:]) or "the new agent did not answer"
+    return AgentError(
+        f"setting up the agent on {where(server)} failed: {tail}",
+        hint=f"fix the server, then run `tako servers setup {server.name}` again",
+    )
+
+
+async def _parser_wheel(login: Login, cache_dir: Path, step: Step) -> Path | None:
     """The router's fast parser for the server's python3: its own httptools, else the wheel fetched
     here, to unpack into the agent's bin/lib (None: it is there already, or none is needed), else h11."""
     python = login.python
@@ -394,15 +413,20 @@ async def _parser_wheel(conn: Connection, login: Login, cache_dir: Path, step: S
     return fetched.wheel if fetched.wheel.name != login.wheel else None
 
 
-async def _login(conn: Connection) -> Login:
-    """Who we are; a user without sudo gets the choices that work, before anything is changed."""
-    server = conn.server
-    script = _WHO.format(
-        root=shlex.quote(server.root),
-        probe=PROBE,
-        wheel_marker=shlex.quote(f"{server.root}/bin/lib/.wheel"),
-    )
-    probe, wheel, who = (await _checked(conn, script)).split("\n", 2)
+async def _login(server: Server, process: asyncssh.SSHClientProcess[bytes]) -> Login:
+    """Who we are, as _SETUP's first lines say; a user without sudo gets the choices that work,
+    before anything is changed."""
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            lines = [(await process.stdout.readline()).decode(errors="replace") for _ in range(3)]
+    except TimeoutError:
+        raise AgentError(
+            f"{where(server)} did not say who we are there within {START_TIMEOUT:g} s",
+            hint="check that a plain `ssh` login to it runs commands (a shell startup file may hang)",
+        ) from None
+    probe, wheel, who = lines
+    if not who.endswith("\n"):
+        raise await _failed(server, process)
     how, user, writable, low, home = who.split(maxsplit=4)
     login = Login(how, user, home.strip(), ServerPython.parse(probe), wheel.strip(), int(low))
     if how != "user":
@@ -425,18 +449,6 @@ async def _login(conn: Connection) -> Login:
             hint=fixes,
         )
     return login
-
-
-async def _checked(conn: Connection, script: str, *, input: bytes | None = None, limit: float = 60) -> str:
-    """Run `script`; a non-zero exit becomes an AgentError carrying its last stderr lines."""
-    result = await conn.run(script, input=input, timeout=limit)
-    if result.exit_status != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:]) or f"exit status {result.exit_status}"
-        raise AgentError(
-            f"setting up the agent on {where(conn.server)} failed: {tail}",
-            hint=f"fix the server, then run `tako servers setup {conn.server.name}` again",
-        )
-    return result.stdout
 
 
 def _serve_args(server: Server, client_user: str | None) -> list[str]:
