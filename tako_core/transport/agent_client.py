@@ -174,7 +174,7 @@ class AgentClient(AgentChannel):
     async def check_release(
         self, app: str, env: str, build: str, files: list[str] | None = None
     ) -> ReleaseCheck:
-        """Whether the release is complete; with `files` (sha256s), which of them no kept release holds."""
+        """Whether the release is complete; with `files` (sha256s or prefixes), which no kept release has."""
         params = {"app": app, "env": env, "build": build, "files": files or []}
         return await self._call(Op.HAS_RELEASE, params, ReleaseCheck)
 
@@ -232,7 +232,7 @@ class AgentClient(AgentChannel):
     ) -> None:
         """Unpack ROOT/uploads/<upload_path> into releases/<build> and run install there (its outputs
         reused from an earlier release with the same command and `install_inputs`, see agent/installs);
-        with `base`, the upload is a delta and these files (path -> (sha256, mode)) come from kept
+        with `base`, the upload is a delta and these files (path -> (sha256 or a prefix, mode)) come from kept
         releases."""
         await self._call(
             Op.PREPARE,
