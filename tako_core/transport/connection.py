@@ -231,8 +231,9 @@ async def _connect(server: Server, limit: float) -> asyncssh.SSHClientConnection
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         # asyncssh applies ~/.ssh/config silently: its `ForwardAgent yes` must not reach servers.
         "agent_forwarding": False,
-        "client_factory": client_factory(),  # a login in one round trip, not three (sshauth)
     }
+    if (factory := client_factory()) is not None:  # a login in one round trip, not three (sshauth)
+        options["client_factory"] = factory
     if server.user:
         options["username"] = server.user
     if server.identity is not None:

@@ -12,7 +12,8 @@ asked for a key the server is about to refuse. asyncssh has no option for either
 client-side public-key method for a subclass (asyncssh's auth module registers one class per
 method) and sets the first method when a connection is made, through the `client_factory` hook.
 Both touch asyncssh internals: tests/test_transport.py checks with a real sshd's log that a login
-takes one request, so an asyncssh release that moves them shows there.
+takes one request, so an asyncssh release that moves them shows there; and where they are not
+as expected, tako logs in as a stock client does rather than not at all.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ _PUBLICKEY = b"publickey"
 
 
 @functools.cache
-def client_factory() -> type[Any]:
-    """The `client_factory` for `asyncssh.connect`; installs the signed-first method on first use."""
+def client_factory() -> type[Any] | None:
+    """The `client_factory` for `asyncssh.connect`; installs the signed-first method on first use.
+    None when this asyncssh lacks the internals it uses."""
     auth: Any = asyncssh.auth
+    base = getattr(auth, "_ClientPublicKeyAuth", None)
+    handlers = getattr(auth, "_client_auth_handlers", None)
+    if base is None or not hasattr(base, "_send_signed_request") or not isinstance(handlers, dict):
+        return None
 
-    class SignedFirst(auth._ClientPublicKeyAuth):  # type: ignore[misc]
+    class SignedFirst(base):  # type: ignore[misc,valid-type]
         async def _start(self) -> None:
             self._keypair = await self._conn.public_key_auth_requested()
             if self._keypair is None:
@@ -44,7 +50,7 @@ def client_factory() -> type[Any]:
             else:
                 await self._send_signed_request()
 
-    auth._client_auth_handlers[_PUBLICKEY] = SignedFirst
+    handlers[_PUBLICKEY] = SignedFirst
 
     class Client(asyncssh.SSHClient):
         def connection_made(self, conn: Any) -> None:
