@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
@@ -196,16 +198,9 @@ async def test_agent_channel_without_an_agent_says_how_to_start_one(any_fleet: F
         assert "tako servers setup s1" in caught.value.hint
 
 
-async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_is_offered(
-    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`ForwardAgent yes` in ~/.ssh/config must not hand the user's SSH agent to every server, and
-    with an identity configured the agent's keys are not offered."""
-    (s1,) = fleet(1, register=False)
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "config").write_text("Host *\n  ForwardAgent yes\n")
-    monkeypatch.setenv("HOME", str(home))
+@contextlib.asynccontextmanager
+async def _ssh_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """A user's ssh-agent (OpenSSH's), with SSH_AUTH_SOCK pointing at it."""
     sock = tmp_path / "agent.sock"
     agent = await asyncio.create_subprocess_exec(
         "ssh-agent", "-D", "-a", str(sock), stdout=asyncio.subprocess.DEVNULL
@@ -216,6 +211,23 @@ async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_i
                 break
             await asyncio.sleep(0.05)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        yield
+    finally:
+        agent.terminate()
+        await agent.wait()
+
+
+async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_is_offered(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ForwardAgent yes` in ~/.ssh/config must not hand the user's SSH agent to every server, and
+    with an identity configured the agent's keys are not offered."""
+    (s1,) = fleet(1, register=False)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ForwardAgent yes\n")
+    monkeypatch.setenv("HOME", str(home))
+    async with _ssh_agent(tmp_path, monkeypatch):
         async with _open(s1) as conn:
             result = await conn.run('echo "sock=${SSH_AUTH_SOCK:-none}"')
         assert result.stdout == "sock=none\n"
@@ -229,9 +241,6 @@ async def test_ssh_config_cannot_forward_the_users_agent_and_only_the_identity_i
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
         with pytest.raises(TransportError, match="refused the login"):
             await Connection.open(dataclasses.replace(s1.server, identity=stranger), timeout=5)
-    finally:
-        agent.terminate()
-        await agent.wait()
 
 
 def _logins(log: Path, since: int) -> list[str]:
@@ -258,16 +267,7 @@ async def test_a_login_is_one_signed_request_and_a_refused_key_falls_through_to_
     (home / ".ssh" / "id_ed25519").write_bytes(s1.identity.read_bytes())
     (home / ".ssh" / "id_ed25519").chmod(0o600)
     monkeypatch.setenv("HOME", str(home))
-    sock = tmp_path / "agent.sock"
-    agent = await asyncio.create_subprocess_exec(
-        "ssh-agent", "-D", "-a", str(sock), stdout=asyncio.subprocess.DEVNULL
-    )
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    async with _ssh_agent(tmp_path, monkeypatch):
         stranger = tmp_path / "id_other"
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(stranger)
         stranger.chmod(0o600)
@@ -280,9 +280,6 @@ async def test_a_login_is_one_signed_request_and_a_refused_key_falls_through_to_
         refused, accepted = _logins(log, since)
         assert "Failed publickey for" in refused
         assert "Accepted publickey for" in accepted
-    finally:
-        agent.terminate()
-        await agent.wait()
 
 
 _PROBES = """
