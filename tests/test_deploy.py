@@ -429,3 +429,15 @@ async def test_a_deploy_upgrades_a_stale_agent_that_its_lease_went_to_beside_the
         assert state.client is not None
         assert [a.lease for a in await state.client.status()] == [None]
         await state.client.close()
+
+        # Stale again, and this time the upgrade fails: the lease it granted beside the hello is let
+        # go all the same, so the next deploy is not refused as if this one still ran.
+        await (await install_agent(conn, other_build(tmp_path), lambda _: None)).close()
+        (stale.root / "bin" / "tako-agent.pyz.tmp").mkdir()
+        sample_app(tmp_path, servers, version="v3", release=RELEASE)
+        failed = await asyncio.to_thread(tako, "deploy", "--no-tui", "--yes", cwd=cfg.parent)
+        assert failed.code == 1
+        assert "the agent's zipapp did not arrive whole" in failed.stderr
+        client = await conn.agent()
+        assert [a.lease for a in await client.status()] == [None]
+        await client.close()

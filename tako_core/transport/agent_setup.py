@@ -213,7 +213,7 @@ async def ensure_agent(
     or when asked to `restart` (an upgrade takes the same path: in place, instances kept).
     `behind_hello` goes to the running agent's AgentClient.connect; what it asks a stale agent is
     lost when that agent is replaced (the client returned is another one). A lease of `holder`'s
-    (taken beside the hello) does not keep the agent from being replaced."""
+    (taken beside the hello) does not keep the agent from being replaced: it is let go first."""
     zipapp = await asyncio.to_thread(build_zipapp, cache_dir or agent_cache_dir())
     state = await inspect_agent(conn, zipapp.stem, behind_hello)
     if state.current and state.client is not None and not restart:
@@ -221,6 +221,10 @@ async def ensure_agent(
     if state.client is not None:
         statuses = await state.client.status()
         busy = [a for a in statuses if a.lease is not None and a.lease.holder != holder]
+        for a in statuses:  # ours, taken beside the hello: let go, or a failed upgrade leaves it held
+            if a.lease is not None and a.lease.holder == holder:
+                with contextlib.suppress(AgentError):
+                    await state.client.lease_release(a.app, a.env, a.lease.holder)
         await state.client.close()
         if busy:
             # Restarting the agent would stop that deploy's release command or rollout midway.
