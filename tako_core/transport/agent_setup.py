@@ -43,7 +43,7 @@ START_TIMEOUT = 30.0
 # sudo, or a user on their own, plus what a user on their own may do (write the root? bind the
 # port?). Then it reads the install script the client wrote for that answer from stdin (its length
 # in bytes on a line first; 0 or nothing: stop, nothing changed) and runs it, as root where we may
-# (through `sudo -n`), on the rest of stdin.
+# (through `sudo -n`), on the rest of stdin; a script cut short (the connection lost) never runs.
 _SETUP = """
 {probe}
 printf '%s\\n' "$(cat {wheel_marker} 2>/dev/null)"
@@ -53,7 +53,9 @@ if [ $how = user ] && mkdir -p {root} 2>/dev/null && [ -w {root} ]; then writabl
 low=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)
 echo "$how $(id -un) $writable $low $HOME"
 IFS= read -r size && [ "$size" -gt 0 ] 2>/dev/null || exit 0
-script=$(head -c "$size") || exit 3
+script=$(head -c "$size"; echo .) && script=${{script%.}}  # the dot keeps its last newlines
+[ "$(printf '%s' "$script" | wc -c)" -eq "$size" ] || {{
+    echo "the install script did not arrive whole" >&2; exit 3; }}
 if [ $how = sudo ]; then exec sudo -n sh -c "$script"; fi
 exec sh -c "$script"
 """
