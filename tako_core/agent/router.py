@@ -262,6 +262,10 @@ class Router:
         for _, server in self._servers:
             server.close()  # closes its own descriptors; ours keep the sockets and their backlog
         self._closing = True
+        # A connection accepted just before is made by a task (asyncio's _accept_connection2), a
+        # loop pass or two later: let those run, or it is in neither set below and is reset.
+        for _ in range(2):
+            await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
         started = loop.time()
         gc.collect()  # failed handshakes' protocols (a cycle with their transport) leave _handshaking
