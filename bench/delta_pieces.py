@@ -61,7 +61,7 @@ async def main(size: int, rounds: int, where: str | None) -> None:
             artifact = await _build(app, cache)
             deltas = Deltas()
             try:
-                wanted = await deltas.hashes(artifact)
+                wanted = deltas.hashes(artifact)
                 started = time.perf_counter()
                 delta = await deltas.delta(artifact, missing(wanted, releases.kept(layout)))
                 packing.append(time.perf_counter() - started)

@@ -181,7 +181,7 @@ async def test_a_delta_of_the_gzip_artifact_uses_the_hashes_asked_with_the_zstd_
     gz = await build_artifact(project, "web", "production", None, {}, print, tmp_path, codec="gz")
     deltas = Deltas()
     try:
-        wanted = await deltas.hashes(zst)
+        wanted = deltas.hashes(zst)
         delta = await deltas.delta(gz, (wanted[0],))
         assert delta is not None
         assert delta.path.name.endswith(".tar.gz")

@@ -162,12 +162,6 @@ class Packed:
     digest: SourceDigest
 
 
-def file_hashes(artifact: Path) -> dict[str, str]:
-    """Path -> sha256 of every regular file in `artifact`, from its manifest (the first member)."""
-    files: dict[str, str] = json.loads(_manifest(artifact)[0])["files"]
-    return files
-
-
 def _manifest(artifact: Path) -> tuple[bytes, int]:
     """The manifest's bytes and the members' mtime: read off the start, the rest stays packed."""
     with _reading(artifact) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:

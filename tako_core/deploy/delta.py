@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tako_core.agent.contract import MAX_LINE
 from tako_core.build import Artifact, SourceSetError
-from tako_core.build.archive import file_hashes, write_delta
+from tako_core.build.archive import write_delta
 
 _FITS = MAX_LINE // 2  # bytes of a hash list or base in one request, leaving room for the rest
 _WORTH = 0.5  # a delta is sent when at most this fraction of the artifact
@@ -42,17 +42,15 @@ class Deltas:
     """The deltas of one deploy, packed in a scratch directory that `close()` removes."""
 
     def __init__(self) -> None:
-        self._files: dict[Path, dict[str, str]] = {}  # path -> sha256, by the manifest
         self._packed: dict[tuple[Path, frozenset[str]], Delta | None] = {}
         self._lock = asyncio.Lock()
         self._scratch: Path | None = None
 
-    async def hashes(self, artifact: Artifact) -> list[str]:
-        """The distinct file hashes (cut short) to ask a server about; none when the list would not fit."""
-        async with self._lock:
-            if artifact.path not in self._files:
-                self._files[artifact.path] = await asyncio.to_thread(file_hashes, artifact.path)
-        wanted = sorted({sha[:SHORT] for sha in self._files[artifact.path].values()})
+    @staticmethod
+    def hashes(artifact: Artifact) -> list[str]:
+        """The distinct file hashes (cut short) to ask a server about; none when the list would not fit.
+        The build's digest of the files is the artifact's manifest (zstd's and gzip's alike)."""
+        wanted = sorted({file.sha256[:SHORT] for file in artifact.packed.digest.files.values()})
         return wanted if len(json.dumps(wanted)) < _FITS else []
 
     async def delta(self, artifact: Artifact, missing: tuple[str, ...] | None) -> Delta | None:
@@ -70,9 +68,8 @@ class Deltas:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="tako-delta-"))
         dest = self._scratch / f"{number}{''.join(artifact.path.suffixes[-2:])}"
-        if artifact.path not in self._files:  # the gzip artifact of servers without zstd: the same files
-            self._files[artifact.path] = file_hashes(artifact.path)
-        wanted = {sha for sha in self._files[artifact.path].values() if sha[:SHORT] in send}
+        files = artifact.packed.digest.files.values()
+        wanted = {file.sha256 for file in files if file.sha256[:SHORT] in send}
         try:
             size, left_out = write_delta(artifact.path, artifact.packed, wanted, dest)
         except SourceSetError:  # the project changed since the build: its artifact is what goes

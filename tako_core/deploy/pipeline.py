@@ -152,7 +152,7 @@ class _Deploy(Run):
 
         async def wanted() -> tuple[str, list[str]]:
             artifact = await building
-            return artifact.build, await self._deltas.hashes(artifact)
+            return artifact.build, self._deltas.hashes(artifact)
 
         try:
             with self._phase(name, Phase.CONNECT) as done:
